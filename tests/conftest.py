@@ -1,0 +1,47 @@
+"""Shared pytest fixtures: real-data locations (skipped when absent) and device selection."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DETECTOR_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} is absent (it lives in ../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco_tiny_root() -> Path:
+    """Root of ../shared/data/coco_tiny (80 train + 80 val COCO images); skips when absent."""
+    return _shared("coco_tiny")
+
+
+@pytest.fixture(scope="session")
+def raccoon_root() -> Path:
+    """Root of ../shared/data/raccoon (200 VOC-XML images, 1 class); skips when absent."""
+    return _shared("raccoon")
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """A CUDA device, or skip: CI has no GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    return torch.device("cuda")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="CUDA is not available")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
