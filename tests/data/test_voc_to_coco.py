@@ -1,0 +1,55 @@
+"""datasets/voc_to_coco.py: the CLI writes a COCO JSON equal to what VocDetection trains on."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.data.coco import CocoDetection
+from detector.data.voc import VocDetection
+
+SCRIPT = Path(__file__).resolve().parents[2] / "datasets" / "voc_to_coco.py"
+
+
+@pytest.fixture(scope="module")
+def cli():
+    spec = importlib.util.spec_from_file_location("voc_to_coco", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_converts_and_round_trips_through_coco(cli, make_voc, tmp_path):
+    objects = [("cat", 1, 1, 10, 5, 0), ("dog", 3, 4, 45, 20, 0), ("cat", 2, 2, 8, 8, 1)]
+    root = make_voc({"a": (40, 30, objects), "b": (30, 40, [])}, splits={"val": ["a", "b"]})
+    out = tmp_path / "out" / "instances_val.json"
+    assert cli.main(["--root", str(root), "--split", "val", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [c["name"] for c in data["categories"]] == ["cat", "dog"]
+    assert [a["bbox"] for a in data["annotations"]] == [[0, 0, 10, 5], [2, 3, 38, 17], [1, 1, 7, 7]]
+    assert [a["iscrowd"] for a in data["annotations"]] == [0, 0, 1]  # difficult: ignored at eval
+
+    as_coco = CocoDetection(root=root, ann_file=out, image_dir="JPEGImages")
+    as_voc = VocDetection(root=root, split="val")
+    assert as_coco.image_ids == as_voc.image_ids and as_coco.class_names == as_voc.class_names
+    for c, v in zip(as_coco.records, as_voc.records, strict=True):
+        np.testing.assert_array_equal(c.boxes, v.boxes)
+        np.testing.assert_array_equal(c.labels, v.labels)
+
+
+def test_bad_input_exits_with_message(cli, make_voc, tmp_path, capsys):
+    root = make_voc({"a": (40, 30, [("cat", 1, 1, 10, 5, 0)])})
+    (root / "Annotations" / "a.xml").write_text("")
+    assert cli.main(["--root", str(root), "--out", str(tmp_path / "x.json")]) == 1
+    assert "a.xml is empty" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_raccoon_conversion(cli, raccoon_root, tmp_path):
+    out = tmp_path / "raccoon_test.json"
+    cli.main(["--root", str(raccoon_root), "--split-file", "data/test_labels.csv", "--out",
+              str(out)])
+    data = json.loads(out.read_text())
+    assert (len(data["images"]), len(data["annotations"]), len(data["categories"])) == (40, 44, 1)
