@@ -1,0 +1,316 @@
+"""Backbones: image batch -> one stride-16 feature map, plus pretrained-weight resolution.
+
+Shorthand: B images, H/W padded image height/width, C backbone output channels.
+
+Every backbone exposes ``out_channels: int`` and ``stride: int``; the detector relies on nothing else.
+Weights are given as plain strings (so configs can name them):
+
+* ``None``: random initialisation;
+* a torchvision weights name such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"``: fetched through
+  torchvision's enum (its URL, file name and the torch hub cache ``$TORCH_HOME/hub/checkpoints``);
+* a path to a local ``.pth`` file holding a torchvision-format state dict (e.g. the file behind that
+  URL, downloaded elsewhere) -- the way to use pretrained weights on a machine with no network.
+
+Failures (no network, unknown name, missing file, wrong layout) raise one one-line sentence saying
+what to do, never a download stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+from torchvision.models import WeightsEnum
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = [
+    "ResNet50C4Backbone",
+    "VGG16BNBackbone",
+    "WeightsUnavailableError",
+    "freeze_batch_norm",
+    "load_torchvision_state",
+    "vgg16_classifier_state",
+]
+
+_NORM_MODES = ("frozen", "train")
+# torchvision vgg16_bn ``features`` layout: conv(3x3)+BN+ReLU units, a max-pool closing blocks 1-4.
+# (end index, exclusive) of each of the 5 conv blocks; index 43 (pool5) is dropped: stride 16.
+_VGG16_BLOCK_ENDS = (7, 14, 24, 34, 43)
+_VGG16_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be downloaded (typically: no network)."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _download(weights: WeightsEnum, arch: str) -> dict[str, Tensor]:
+    """Fetch ``weights`` through the torch hub cache; one-sentence error when offline."""
+    file_name = os.path.basename(weights.url)
+    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights.url, map_location="cpu", progress=True, check_hash=True
+        )
+    except OSError as error:  # urllib's URLError/HTTPError, socket timeouts, connection errors
+        raise WeightsUnavailableError(
+            f"could not download {arch} weights {weights.name} from {weights.url} "
+            f"({_one_line(error)}; no network?); download {file_name} elsewhere and pass "
+            f"weights=/path/to/{file_name}, or copy it into {cache_dir}"
+        ) from None
+
+
+def _read_local(path: Path, arch: str) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{arch} weights file {path} does not exist; pass weights=None, a torchvision "
+            f"weights name, or the path of a torchvision-format {arch} state dict (.pth)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt or non-torch file: unpickling/zip errors of many kinds
+        raise ValueError(
+            f"could not read {arch} weights file {path} as a torch state dict "
+            f"({_one_line(error)[:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{arch} weights file {path} does not hold a state dict")
+    return state
+
+
+def load_torchvision_state(
+    weights: str | WeightsEnum, *, enum: type[WeightsEnum], arch: str
+) -> dict[str, Tensor]:
+    """Resolve a weights spec to a torchvision-format state dict on the CPU.
+
+    Args:
+        weights (str | WeightsEnum): a member of ``enum`` or its name (``"IMAGENET1K_V1"``), or a
+            path to a local ``.pth`` state dict (anything ending in ``.pth``/``.pt`` or holding a
+            path separator is treated as a path).
+        enum (type[WeightsEnum]): the torchvision weights enum, e.g. ``VGG16_BN_Weights``.
+        arch (str): human-readable architecture name for error messages.
+
+    Returns:
+        dict[str, Tensor]: the state dict, keys as in the torchvision model.
+    """
+    if isinstance(weights, WeightsEnum):
+        return _download(weights, arch)
+    if weights in enum.__members__:
+        return _download(enum[weights], arch)
+    path = Path(weights).expanduser()
+    if path.suffix in (".pth", ".pt") or "/" in weights or os.sep in weights or path.exists():
+        return _read_local(path, arch)
+    names = ", ".join(enum.__members__)
+    raise ValueError(
+        f"unknown {arch} weights {weights!r}; expected None, one of {names}, "
+        f"or a path to a local .pth state dict"
+    )
+
+
+def _load_matching(module: nn.Module, state: dict[str, Tensor], arch: str) -> None:
+    """Copy into ``module`` the entries of ``state`` named like its own (extra keys are ignored)."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in state]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ValueError(
+            f"the weights are not a torchvision {arch} state dict: {len(missing)} "
+            f"expected entries are missing ({shown})"
+        )
+    try:
+        module.load_state_dict({key: state[key] for key in own})
+    except RuntimeError as error:
+        raise ValueError(
+            f"the weights do not match torchvision's {arch} layout ({_one_line(error)[:300]})"
+        ) from None
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` by a ``FrozenBatchNorm2d`` with its statistics.
+
+    Frozen BN normalises with the stored running mean/var and affine terms, in train and eval mode
+    alike, and has no trainable parameters. Children are replaced in place; the return value is
+    ``module`` itself, or its replacement when ``module`` is a ``BatchNorm2d`` (assign it back).
+    """
+    if isinstance(module, nn.BatchNorm2d):
+        tensors = [*module.parameters(), *module.buffers()]
+        device = tensors[0].device if tensors else None
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps).to(device)
+        with torch.no_grad():
+            if module.affine:
+                frozen.weight.copy_(module.weight)
+                frozen.bias.copy_(module.bias)
+            if module.track_running_stats:
+                frozen.running_mean.copy_(module.running_mean)
+                frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        replaced = freeze_batch_norm(child)
+        if replaced is not child:
+            setattr(module, name, replaced)
+    return module
+
+
+def _freeze_children(parent: nn.Module, names: list[str]) -> None:
+    """Stop training the named children of ``parent``: no gradients, BN statistics frozen."""
+    for name in names:
+        child = freeze_batch_norm(getattr(parent, name))
+        setattr(parent, name, child)
+        for param in child.parameters():
+            param.requires_grad_(False)
+
+
+def _check_options(frozen_blocks: int, num_blocks: int, norm: str) -> None:
+    if not 0 <= frozen_blocks <= num_blocks:
+        raise ValueError(f"frozen_blocks must be in [0, {num_blocks}], got {frozen_blocks}")
+    if norm not in _NORM_MODES:
+        raise ValueError(f"norm must be one of {_NORM_MODES}, got {norm!r}")
+
+
+def _vgg16_bn_features() -> nn.Sequential:
+    """torchvision's vgg16_bn ``features`` up to conv5_3 + BN + ReLU (no pool5), same indices."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for block, widths in enumerate(_VGG16_CHANNELS):
+        for width in widths:
+            conv = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            in_channels = width
+        if block < len(_VGG16_CHANNELS) - 1:
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    return nn.Sequential(*layers)
+
+
+class VGG16BNBackbone(nn.Module):
+    """VGG16 with batch norm, truncated after conv5_3 + BN + ReLU (no last max-pool): stride 16.
+
+    Blocks (each ends with a 2x2 max-pool except the last): conv1_1-1_2, conv2_1-2_2,
+    conv3_1-3_3, conv4_1-4_3, conv5_1-5_3. The module holds ``features``, indexed exactly like
+    torchvision's ``vgg16_bn().features`` (minus pool5), so its state dict is a subset of
+    torchvision's.
+
+    Args:
+        weights (str | None): None (random init), a ``VGG16_BN_Weights`` name such as
+            ``"IMAGENET1K_V1"``, or a path to a local torchvision-format vgg16_bn state dict.
+        frozen_blocks (int): how many leading conv blocks (0-5) are frozen: no gradients and
+            frozen BN statistics whatever ``norm`` says. The paper freezes conv1-conv2 (2).
+        norm (str): BN in the trainable blocks. ``"frozen"``: running statistics and affine
+            parameters fixed (``FrozenBatchNorm2d``; suits pretrained weights and small batches).
+            ``"train"``: ordinary ``BatchNorm2d`` (suits training from random init).
+    """
+
+    def __init__(
+        self, *, weights: str | None = None, frozen_blocks: int = 2, norm: str = "frozen"
+    ) -> None:
+        super().__init__()
+        _check_options(frozen_blocks, len(_VGG16_BLOCK_ENDS), norm)
+        self.out_channels = 512
+        self.stride = 16
+        self.frozen_blocks = frozen_blocks
+        self.features = _vgg16_bn_features()
+        if weights is not None:
+            state = load_torchvision_state(weights, enum=models.VGG16_BN_Weights, arch="VGG16-BN")
+            _load_matching(self, state, "VGG16-BN")
+        if frozen_blocks:
+            frozen_layers = range(_VGG16_BLOCK_ENDS[frozen_blocks - 1])
+            _freeze_children(self.features, [str(index) for index in frozen_layers])
+        if norm == "frozen":
+            freeze_batch_norm(self.features)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Compute the stride-16 feature map.
+
+        Args:
+            images (Tensor[B, 3, H, W]): normalised images.
+
+        Returns:
+            Tensor[B, 512, H // 16, W // 16]: conv5_3 features after BN + ReLU. Each of the four
+            max-pools floors, so odd sizes lose their last row/column; with H, W multiples of 32
+            (the data pipeline pads to that) the division is exact.
+        """
+        return self.features(images)
+
+
+def vgg16_classifier_state(weights: str | WeightsEnum) -> dict[str, Tensor]:
+    """VGG16-BN's first two classifier layers, renamed for a box head's ``fc6``/``fc7``.
+
+    Args:
+        weights (str | WeightsEnum): as for :class:`VGG16BNBackbone` (name or local path).
+
+    Returns:
+        dict[str, Tensor]: ``fc6.weight (Tensor[4096, 512*7*7])``, ``fc6.bias (Tensor[4096])``,
+        ``fc7.weight (Tensor[4096, 4096])``, ``fc7.bias (Tensor[4096])``.
+    """
+    state = load_torchvision_state(weights, enum=models.VGG16_BN_Weights, arch="VGG16-BN")
+    renames = {"fc6": "classifier.0", "fc7": "classifier.3"}
+    out = {}
+    for new, old in renames.items():
+        for kind in ("weight", "bias"):
+            if f"{old}.{kind}" not in state:
+                raise ValueError(
+                    f"the weights are not a torchvision VGG16-BN state dict: {old}.{kind} "
+                    f"(needed for the box head's {new}) is missing"
+                )
+            out[f"{new}.{kind}"] = state[f"{old}.{kind}"]
+    return out
+
+
+class ResNet50C4Backbone(nn.Module):
+    """ResNet-50 up to ``layer3`` (conv4_x, "C4"): stride 16, 1024 channels.
+
+    Stages, in order: stem (conv1 + bn1 + max-pool), layer1, layer2, layer3; attributes are named
+    like torchvision's ``resnet50()`` so its state dict is a subset of torchvision's.
+
+    Args:
+        weights (str | None): None, a ``ResNet50_Weights`` name (``"IMAGENET1K_V1"``,
+            ``"IMAGENET1K_V2"``, ``"DEFAULT"``) or a path to a local torchvision resnet50 state dict.
+        frozen_blocks (int): how many leading stages (0-4) are frozen, BN included; 2 = stem and
+            layer1 (detectron2's default).
+        norm (str): ``"frozen"`` or ``"train"``, as for :class:`VGG16BNBackbone`.
+    """
+
+    def __init__(
+        self, *, weights: str | None = None, frozen_blocks: int = 2, norm: str = "frozen"
+    ) -> None:
+        super().__init__()
+        _check_options(frozen_blocks, 4, norm)
+        self.out_channels = 1024
+        self.stride = 16
+        self.frozen_blocks = frozen_blocks
+        resnet = models.resnet50(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+        )
+        self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
+        if weights is not None:
+            state = load_torchvision_state(weights, enum=models.ResNet50_Weights, arch="ResNet-50")
+            _load_matching(self, state, "ResNet-50")
+        stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"]]
+        for names in stages[:frozen_blocks]:
+            _freeze_children(self, names)
+        if norm == "frozen":
+            freeze_batch_norm(self)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Compute the stride-16 feature map.
+
+        Args:
+            images (Tensor[B, 3, H, W]): normalised images.
+
+        Returns:
+            Tensor[B, 1024, ceil(H / 16), ceil(W / 16)]: layer3 output (the padded stride-2 convs
+            round up; equal to H / 16 for H, W multiples of 16).
+        """
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        return self.layer3(self.layer2(self.layer1(x)))
