@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not go online
+
 import pytest
 import torch
 

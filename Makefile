@@ -1,0 +1,37 @@
+# Set-up and everyday commands. Every target installs what it needs first (into .venv).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install test test-fast lint train eval bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install  ## the whole suite (CPU; GPU tests skip without CUDA)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: install  ## everything but the slow (real training run) tests
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: install
+	$(BIN)/ruff check detector tools tests datasets
+
+train: install  ## focal-loss Faster R-CNN on the generated shapes set (CPU: under 10 minutes)
+	$(BIN)/python tools/train_net.py experiment=focal $(ARGS)
+
+eval: install  ## COCO mAP of the newest training run
+	$(BIN)/python tools/eval.py $(ARGS)
+
+bench: install  ## batched target assignment vs torchvision's per-image path
+	$(BIN)/python tools/bench_ops.py $(ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,160 @@
+"""ROI head: proposal sampling for training, RoI pooling + box head + predictor, and its loss.
+
+Shorthand: B images, R proposals per image (padded), G ground-truth boxes per image (padded),
+S sampled RoIs per image (padded), K foreground classes (K + 1 logits with background 0),
+C feature channels, P x P pooled resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from detector.boxes import BoxCoder
+from detector.matcher import Matcher
+from detector.modeling.packing import gather_rows, pack_rows
+from detector.targets import assign_targets
+
+__all__ = ["ROICriterion", "ROIHead", "ROISampler"]
+
+
+class ROISampler(nn.Module):
+    """Choose the RoIs the ROI head trains on and their targets.
+
+    Ground-truth boxes are appended to the proposals, every candidate is matched to the ground
+    truth, and ``num_samples`` per image are drawn with at most ``positive_fraction`` foreground
+    (paper: 128 of them at 0.25; 512 here by default as in later implementations). With
+    ``num_samples=None`` every non-ignored candidate is kept (sampling-free focal loss).
+
+    Args:
+        matcher (Matcher): proposal/GT matching, e.g. fg IoU >= 0.5, bg in [0.0, 0.5).
+        box_coder (BoxCoder): weights (10, 10, 5, 5).
+        num_samples (int, optional): RoIs per image, or None for all.
+        positive_fraction (float): largest foreground share of the sample.
+        append_gt (bool): add the ground-truth boxes to the candidates.
+    """
+
+    def __init__(
+        self,
+        *,
+        matcher: Matcher,
+        box_coder: BoxCoder,
+        num_samples: int | None = 512,
+        positive_fraction: float = 0.25,
+        append_gt: bool = True,
+    ) -> None:
+        super().__init__()
+        self.matcher = matcher
+        self.box_coder = box_coder
+        self.num_samples = num_samples
+        self.positive_fraction = float(positive_fraction)
+        self.append_gt = bool(append_gt)
+
+    @torch.no_grad()
+    def forward(self, proposals: Tensor, proposal_valid: Tensor, targets: dict) -> dict[str, Tensor]:
+        """Sample RoIs.
+
+        Args:
+            proposals (Tensor[B, R, 4]): xyxy proposals (detached).
+            proposal_valid (BoolTensor[B, R]): False for padding.
+            targets (dict): ``boxes [B, G, 4]``, ``labels [B, G]``, ``box_valid [B, G]``.
+
+        Returns:
+            dict with ``rois [B, S, 4]``, ``roi_valid [B, S]``, ``roi_labels [B, S]`` (0..K, -1 in
+            padding) and ``roi_target_deltas [B, S, 4]`` (zero unless foreground).
+        """
+        candidates, valid = proposals.float(), proposal_valid
+        if self.append_gt:
+            candidates = torch.cat((candidates, targets["boxes"].float()), dim=1)
+            valid = torch.cat((valid, targets["box_valid"]), dim=1)
+        assigned = assign_targets(
+            candidates, targets["boxes"], targets["box_valid"],
+            matcher=self.matcher, box_coder=self.box_coder, gt_labels=targets["labels"],
+            reference_valid=valid, num_samples=self.num_samples,
+            positive_fraction=self.positive_fraction,
+        )
+        capacity = candidates.shape[1] if self.num_samples is None else self.num_samples
+        index, roi_valid = pack_rows(assigned.labels >= 0, min(capacity, candidates.shape[1]))
+        return {
+            "rois": gather_rows(candidates, index),
+            "roi_valid": roi_valid,
+            "roi_labels": gather_rows(assigned.labels, index).masked_fill(~roi_valid, -1),
+            "roi_target_deltas": gather_rows(assigned.deltas, index),
+        }
+
+
+class ROIHead(nn.Module):
+    """RoI pooling -> box head -> class scores (K + 1) and class-specific deltas (4K).
+
+    Args:
+        pooler (nn.Module): ``torchvision.ops.RoIPool`` (paper) or ``RoIAlign``, called as
+            ``pooler(features, rois[M, 5])`` with rows ``(image index, x1, y1, x2, y2)`` and its
+            ``spatial_scale`` set to 1 / stride.
+        box_head (nn.Module): pooled ``[M, C, P, P]`` -> ``[M, box_head.out_features]``.
+        num_classes (int): K, foreground classes.
+    """
+
+    def __init__(self, *, pooler: nn.Module, box_head: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.num_classes = int(num_classes)
+        self.cls_score = nn.Linear(box_head.out_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(box_head.out_features, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """features (Tensor[B, C, Hf, Wf]), rois (Tensor[B, S, 4]) xyxy image pixels ->
+        logits (Tensor[B, S, K + 1]), deltas (Tensor[B, S, 4K])."""
+        batch, num = rois.shape[:2]
+        image_idx = torch.arange(batch, device=rois.device, dtype=rois.dtype)
+        flat = torch.cat((image_idx[:, None, None].expand(batch, num, 1), rois), dim=2)
+        pooled = self.pooler(features, flat.reshape(-1, 5).to(features.dtype))
+        x = self.box_head(pooled)
+        logits = self.cls_score(x).view(batch, num, -1)
+        deltas = self.bbox_pred(x).view(batch, num, -1)
+        return logits, deltas
+
+
+class ROICriterion(nn.Module):
+    """ROI losses on the sampled RoIs: classification over K + 1 classes and smooth-L1 on the
+    deltas of the ground-truth class of foreground RoIs.
+
+    Normalisation: with a sampler both terms are divided by the number of sampled RoIs; with
+    ``normalize_by_positives=True`` (sampling-free focal loss) by the number of foreground RoIs.
+
+    Args:
+        cls_loss (callable): ``(logits[N, K+1], targets[N] long) -> [N]`` (cross-entropy or
+            softmax focal, see ``detector.losses``).
+        box_beta (float): smooth-L1 beta (1.0).
+        normalize_by_positives (bool): see above.
+    """
+
+    def __init__(self, *, cls_loss, box_beta: float = 1.0, normalize_by_positives: bool = False):
+        super().__init__()
+        self.cls_loss = cls_loss
+        self.box_beta = float(box_beta)
+        self.normalize_by_positives = bool(normalize_by_positives)
+
+    def forward(self, outputs: dict, targets: dict | None = None) -> dict[str, Tensor]:
+        """outputs: ``roi_logits [B, S, K+1]``, ``roi_deltas [B, S, 4K]``, ``roi_labels [B, S]``,
+        ``roi_target_deltas [B, S, 4]``. Returns ``{"loss_cls", "loss_box"}`` (float32)."""
+        labels = outputs["roi_labels"]
+        used = (labels >= 0).float()
+        positive = labels > 0
+        normaliser = (positive.float() if self.normalize_by_positives else used).sum().clamp(min=1.0)
+        logits = outputs["roi_logits"]
+        cls = self.cls_loss(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).flatten())
+        deltas = outputs["roi_deltas"].float().unflatten(-1, (-1, 4))  # [B, S, K, 4]
+        class_idx = (labels - 1).clamp(min=0)
+        own = deltas.gather(2, class_idx[..., None, None].expand(*labels.shape, 1, 4)).squeeze(2)
+        box = torch.nn.functional.smooth_l1_loss(
+            own, outputs["roi_target_deltas"].float(), beta=self.box_beta, reduction="none"
+        ).sum(dim=-1)
+        return {
+            "loss_cls": (cls * used.flatten()).sum() / normaliser,
+            "loss_box": (box * positive.float()).sum() / normaliser,
+        }
