@@ -20,6 +20,11 @@ def _shared(name: str) -> Path:
     return path
 
 
+# Unit tests use small tensors, for which thread start-up costs more than it saves on a 2-core
+# machine; subprocess tests (real training runs) keep torch's default.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def coco_tiny_root() -> Path:
     """Root of ../shared/data/coco_tiny (80 train + 80 val COCO images); skips when absent."""

@@ -51,7 +51,9 @@ class ROISampler(nn.Module):
         self.append_gt = bool(append_gt)
 
     @torch.no_grad()
-    def forward(self, proposals: Tensor, proposal_valid: Tensor, targets: dict) -> dict[str, Tensor]:
+    def forward(
+        self, proposals: Tensor, proposal_valid: Tensor, targets: dict
+    ) -> dict[str, Tensor]:
         """Sample RoIs.
 
         Args:
@@ -92,6 +94,9 @@ class ROIHead(nn.Module):
             ``spatial_scale`` set to 1 / stride.
         box_head (nn.Module): pooled ``[M, C, P, P]`` -> ``[M, box_head.out_features]``.
         num_classes (int): K, foreground classes.
+
+    Pooling runs in float32 so that RoI coordinates are never rounded to half precision (bf16
+    holds integers exactly only up to 256); the pooled features come back in the features' dtype.
     """
 
     def __init__(self, *, pooler: nn.Module, box_head: nn.Module, num_classes: int) -> None:
@@ -110,12 +115,13 @@ class ROIHead(nn.Module):
         """features (Tensor[B, C, Hf, Wf]), rois (Tensor[B, S, 4]) xyxy image pixels ->
         logits (Tensor[B, S, K + 1]), deltas (Tensor[B, S, 4K])."""
         batch, num = rois.shape[:2]
+        rois = rois.float()  # never round box coordinates to the features' (half) precision
         image_idx = torch.arange(batch, device=rois.device, dtype=rois.dtype)
         flat = torch.cat((image_idx[:, None, None].expand(batch, num, 1), rois), dim=2)
-        pooled = self.pooler(features, flat.reshape(-1, 5).to(features.dtype))
+        pooled = self.pooler(features.float(), flat.reshape(-1, 5)).to(features.dtype)
         x = self.box_head(pooled)
-        logits = self.cls_score(x).view(batch, num, -1)
-        deltas = self.bbox_pred(x).view(batch, num, -1)
+        logits = self.cls_score(x).view(batch, num, self.num_classes + 1)
+        deltas = self.bbox_pred(x).view(batch, num, 4 * self.num_classes)
         return logits, deltas
 
 
@@ -145,7 +151,8 @@ class ROICriterion(nn.Module):
         labels = outputs["roi_labels"]
         used = (labels >= 0).float()
         positive = labels > 0
-        normaliser = (positive.float() if self.normalize_by_positives else used).sum().clamp(min=1.0)
+        count = positive.float() if self.normalize_by_positives else used
+        normaliser = count.sum().clamp(min=1.0)
         logits = outputs["roi_logits"]
         cls = self.cls_loss(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).flatten())
         deltas = outputs["roi_deltas"].float().unflatten(-1, (-1, 4))  # [B, S, K, 4]
