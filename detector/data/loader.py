@@ -1,8 +1,12 @@
 """DataLoaders for detection: grouped batches for training, seeded workers, pinned memory on CUDA.
 
-Reproducibility: one `torch.Generator` seeded with `seed` drives the batch order and the
-per-worker seeds; each worker re-seeds numpy, `random` and the dataset's albumentations
-pipeline (which keeps its own random state) from its torch seed.
+Reproducibility and exact resume: a training epoch's batch order is a pure function of
+``(seed, epoch)`` (`AspectRatioGroupedBatchSampler`), and each training sample's augmentation a
+pure function of ``(seed, epoch, index)`` (`SeededSamples` re-seeds the albumentations pipeline,
+which keeps its own random state, before every sample). So neither depends on which worker
+loads a sample nor on how many samples came before it: a run resumed from ``(epoch, batches
+taken)`` sees exactly the batches an uninterrupted run would, with any ``num_workers``. Workers
+still re-seed numpy and `random` from their torch seed (`seed_worker`) for anything else.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from torch.utils.data import (
     ConcatDataset,
     DataLoader,
     Dataset,
-    RandomSampler,
     Sampler,
     SequentialSampler,
     Subset,
@@ -26,7 +29,10 @@ from torch.utils.data import (
 )
 
 from detector.data.collate import collate_batch
-from detector.data.samplers import AspectRatioGroupedBatchSampler
+from detector.data.samplers import AspectRatioGroupedBatchSampler, mix_seed
+
+__all__ = ["SeededSamples", "build_batch_sampler", "build_dataloader", "dataset_aspect_ratios",
+           "seed_transforms", "seed_worker"]
 
 
 def seed_transforms(dataset: Dataset, seed: int) -> None:
@@ -50,6 +56,38 @@ def seed_worker(worker_id: int) -> None:
         seed_transforms(info.dataset, seed)
 
 
+class SeededSamples(Dataset):
+    """A training view of ``dataset`` whose sample ``(epoch, index)`` is augmented with the seed
+    ``mix_seed(seed, epoch, index)``; pair it with a sampler built with ``epoch_keys=True``.
+
+    Plain integer keys load ``dataset[index]`` with the pipeline's current random state. Other
+    attributes (``class_names``, ``coco``, ...) are the wrapped dataset's.
+
+    Args:
+        dataset (Dataset): a detection dataset (or a Subset/ConcatDataset of them).
+        seed (int): the run's data seed.
+    """
+
+    def __init__(self, *, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            epoch, index = key
+            seed_transforms(self.dataset, mix_seed(self.seed, epoch, index) % 2**32)
+            return self.dataset[index]
+        return self.dataset[key]
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("dataset", "seed"):  # unpickling: not yet set
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def dataset_aspect_ratios(dataset: Dataset) -> Tensor:
     """FloatTensor[len(dataset)]: width / height per index, through Subset/ConcatDataset."""
     if isinstance(dataset, Subset):
@@ -60,17 +98,22 @@ def dataset_aspect_ratios(dataset: Dataset) -> Tensor:
 
 
 def build_batch_sampler(
-    *, dataset: Dataset, batch_size: int, train: bool, generator: torch.Generator,
-    group_aspect_ratio: bool = True, drop_last: bool = False,
+    *, dataset: Dataset, batch_size: int, train: bool, generator: torch.Generator | None = None,
+    group_aspect_ratio: bool = True, drop_last: bool = False, seed: int | None = None,
+    num_replicas: int = 1, rank: int = 0, epoch_keys: bool = False,
 ) -> Sampler:
-    """Train: shuffled (aspect-ratio grouped) batches. Eval: sequential batches."""
+    """Train: shuffled (aspect-ratio grouped unless ``group_aspect_ratio=False``) batches, order
+    a function of ``(seed, epoch)``, rank ``rank``'s shard of ``num_replicas``. Eval: sequential
+    batches of the indices ``rank, rank + num_replicas, ...`` (every image exactly once over all
+    ranks)."""
     if not train:
-        return BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
-    if group_aspect_ratio:
-        return AspectRatioGroupedBatchSampler(
-            aspect_ratios=dataset_aspect_ratios(dataset), batch_size=batch_size,
-            drop_last=drop_last, generator=generator)
-    return BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last)
+        if num_replicas == 1:
+            return BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
+        return BatchSampler(range(rank, len(dataset), num_replicas), batch_size, drop_last=False)
+    ratios = dataset_aspect_ratios(dataset) if group_aspect_ratio else torch.ones(len(dataset))
+    return AspectRatioGroupedBatchSampler(
+        aspect_ratios=ratios, batch_size=batch_size, drop_last=drop_last, generator=generator,
+        seed=seed, num_replicas=num_replicas, rank=rank, epoch_keys=epoch_keys)
 
 
 def build_dataloader(
@@ -85,6 +128,8 @@ def build_dataloader(
     pin_memory: bool | None = None,
     persistent_workers: bool = False,
     size_divisible: int = 32,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
     """A DataLoader yielding Batch dicts (docs/design.md) from a detection dataset.
 
@@ -99,13 +144,22 @@ def build_dataloader(
         pin_memory: default: whether CUDA is available.
         persistent_workers: keep workers alive between epochs (needs num_workers > 0).
         size_divisible: padded batch height/width are multiples of this.
+        num_replicas, rank: distributed training: this process's shard (train: same epoch
+            order on every rank, disjoint batches; eval: every ``num_replicas``-th image).
+
+    Train loaders wrap ``dataset`` in `SeededSamples` (``loader.dataset.dataset`` is the original)
+    and their batch sampler is an `AspectRatioGroupedBatchSampler` (``set_epoch(epoch, skip=k)``
+    resumes inside an epoch).
     """
     generator = torch.Generator().manual_seed(seed)
     if num_workers == 0:
         seed_transforms(dataset, seed)
-    batch_sampler = build_batch_sampler(dataset=dataset, batch_size=batch_size, train=train,
-                                        generator=generator,
-                                        group_aspect_ratio=group_aspect_ratio, drop_last=drop_last)
+    batch_sampler = build_batch_sampler(
+        dataset=dataset, batch_size=batch_size, train=train, generator=generator,
+        group_aspect_ratio=group_aspect_ratio, drop_last=drop_last, seed=seed,
+        num_replicas=num_replicas, rank=rank, epoch_keys=train)
+    if train:
+        dataset = SeededSamples(dataset=dataset, seed=seed)
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,

@@ -1,0 +1,113 @@
+"""Checkpoints: atomic writes (temp file + rename), the periodic ``iter_XXXXXXX.pth`` files of a
+run (keeping the last K) and loading with clear errors.
+
+Layout of a run's ``checkpoints/``: ``iter_0000100.pth``, ``iter_0000200.pth``, ... (the full
+training state, see ``Trainer.state_dict``) and ``final.pth`` (the trained model with ``config``,
+``class_names`` and ``label_to_cat_id``, what ``tools/eval.py`` reads). A killed process leaves
+at worst a stray ``.iter_*.tmp`` file, never a truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "find_latest_checkpoint",
+    "find_resume_checkpoint",
+    "list_periodic_checkpoints",
+    "load_checkpoint",
+    "periodic_checkpoint_path",
+    "save_checkpoint",
+    "save_periodic_checkpoint",
+]
+
+_PERIODIC = re.compile(r"iter_(\d+)\.pth")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read."""
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` with ``torch.save`` to a temp file beside ``path``, then rename it into
+    place, so a crash mid-write never leaves a truncated checkpoint.
+
+    ``payload`` should hold only tensors and plain Python values (dicts, lists, strings,
+    numbers, None): ``load_checkpoint`` refuses to unpickle anything else."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # os.open honours the umask (tempfile.mkstemp would leave the checkpoint private, mode 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by ``save_checkpoint``.
+
+    Only tensors and plain Python values are unpickled (``weights_only=True``), so a checkpoint
+    from an untrusted source cannot run code. A missing file raises ``FileNotFoundError``, an
+    unreadable one ``CheckpointError``; both are one clear line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+        first_line = (str(error).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(
+            f"could not read checkpoint {path} (not a file written by save_checkpoint?): "
+            f"{type(error).__name__}: {first_line}") from None
+
+
+def find_latest_checkpoint(root: str | Path, name: str = "final.pth") -> Path | None:
+    """The most recently written ``name`` under ``root`` (searched recursively), or None."""
+    candidates = [p for p in Path(root).rglob(name) if p.is_file()] if Path(root).is_dir() else []
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def periodic_checkpoint_path(directory: str | Path, iteration: int) -> Path:
+    """``directory/iter_XXXXXXX.pth`` (7-digit zero-padded iteration)."""
+    return Path(directory) / f"iter_{int(iteration):07d}.pth"
+
+
+def list_periodic_checkpoints(directory: str | Path) -> list[Path]:
+    """The ``iter_*.pth`` files of ``directory``, oldest (lowest iteration) first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir()
+             if (m := _PERIODIC.fullmatch(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def save_periodic_checkpoint(directory: str | Path, payload: dict, *, iteration: int,
+                             keep: int) -> Path:
+    """Write ``iter_XXXXXXX.pth`` atomically, then delete all but the ``keep`` newest."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    path = save_checkpoint(periodic_checkpoint_path(directory, iteration), payload)
+    for old in list_periodic_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest (highest iteration) ``checkpoints/iter_*.pth`` of a run directory, or None."""
+    found = list_periodic_checkpoints(Path(output_dir) / "checkpoints")
+    return found[-1] if found else None

@@ -1,0 +1,138 @@
+"""Stopping training safely: on a non-finite loss or gradient, and on SIGINT/SIGTERM.
+
+The trainer checks, once per step and with a single host sync, that every loss term and the
+gradient norm are finite. ``on_nonfinite="stop"`` writes the last good state (the step is checked
+before the optimiser applies it) and raises ``NonFiniteError``; ``"skip"`` drops the step,
+counts it and goes on. A ``StopSignal`` is a flag that SIGINT/SIGTERM set while it is
+``installed()``; the trainer finishes the current step, writes a checkpoint and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from detector.engine import distributed as dist
+
+__all__ = ["NONFINITE_HINT", "NonFiniteError", "StopSignal", "describe_nonfinite",
+           "gather_values", "grad_norm", "step_flags"]
+
+log = logging.getLogger("detector.train")
+
+NONFINITE_HINT = (
+    "Hints: lower the learning rate, add or lengthen the warmup, clip the gradient norm, check "
+    "the annotations for broken boxes (NaN/inf, negative or huge coordinates); or skip such "
+    "steps instead of stopping")
+
+
+class NonFiniteError(FloatingPointError):
+    """Training stopped because a loss term or the gradient norm is NaN or infinite.
+
+    Attributes:
+        terms (dict[str, float]): the offending values by name (``loss_*``, ``grad_norm``).
+        iteration (int): the 1-based iteration of the failed step.
+        lr (float): its learning rate.
+        checkpoint (Path | None): the last good state, written before raising.
+    """
+
+    def __init__(self, message: str, *, terms: dict[str, float], iteration: int, lr: float,
+                 checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.terms, self.iteration, self.lr, self.checkpoint = terms, iteration, lr, checkpoint
+
+
+def describe_nonfinite(values: dict[str, float], *, iteration: int, phase: str, phase_iter: int,
+                       phase_total: int, lr: float) -> tuple[dict[str, float], str]:
+    """The non-finite entries of ``values`` and one line naming them, the iteration and the LR.
+
+    Args:
+        values: loss terms and ``grad_norm`` as floats.
+        iteration: 1-based global iteration of the step; ``phase_iter`` its index in the phase.
+    """
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    named = ", ".join(f"{k}={v}" for k, v in bad.items()) or "a value on another process"
+    return bad, (f"non-finite {named} at iteration {iteration} (phase {phase}, step "
+                 f"{phase_iter}/{phase_total}), learning rate {lr:.3g}")
+
+
+def grad_norm(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
+              max_norm: float | None) -> torch.Tensor:
+    """The total norm of the (unscaled) gradients of ``optimizer``'s parameters, a 0-dim tensor
+    on their device; clips them to ``max_norm`` when given. Call after ``backward``."""
+    scaler.unscale_(optimizer)  # a no-op for a disabled scaler
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if max_norm:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+
+def step_flags(checked: dict[str, torch.Tensor], *, stop_requested: bool) -> tuple[bool, bool]:
+    """(is any value of ``checked`` non-finite, is a stop requested), each on any rank.
+
+    Args:
+        checked: 0-dim tensors (loss terms, gradient norm) of this rank.
+
+    This is the step's single host sync: one stacked finiteness test, reduced over ranks with
+    the stop flag so that every rank takes the same decision."""
+    finite = torch.isfinite(torch.stack([v.detach().float() for v in checked.values()])).all()
+    stop = torch.tensor(float(stop_requested), device=finite.device)
+    bad, stop_any = dist.all_reduce(torch.stack([(~finite).float(), stop]), op="max").tolist()
+    return bool(bad), bool(stop_any)
+
+
+def gather_values(checked: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``checked`` as floats, a non-finite value of any rank winning (for the message)."""
+    values: dict[str, float] = {}
+    for part in dist.all_gather_objects({k: float(v.detach()) for k, v in checked.items()}):
+        values.update({k: v for k, v in part.items() if k not in values or not math.isfinite(v)})
+    return values
+
+
+class StopSignal:
+    """A stop request the trainer checks after every step.
+
+    ``request()`` sets it from code; while ``installed()``, SIGINT and SIGTERM set it (a second
+    SIGINT raises ``KeyboardInterrupt`` at once). ``reason`` names what asked ("SIGTERM", ...);
+    ``exit_code`` is the shell convention for it (128 + signal number, 1 for a code request).
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum is not None else 1
+
+    def request(self, reason: str = "stop requested", signum: int | None = None) -> None:
+        self.reason, self.signum = reason, signum
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.request(name, signum)
+        log.warning("%s received: finishing the current step, then writing a checkpoint "
+                    "(Ctrl-C again aborts at once, without one)", name)
+
+    @contextlib.contextmanager
+    def installed(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+                  ) -> Iterator[StopSignal]:
+        """Route ``signals`` to this flag inside the block; the previous handlers come back
+        after it. Must run in the main thread."""
+        previous = {s: signal.signal(s, self._handle) for s in signals}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -1,0 +1,93 @@
+"""What the user watches: a log line every N iterations, eval lines, TensorBoard scalars and a
+``metrics.jsonl`` file with one JSON object per log point."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import resource
+from pathlib import Path
+
+import torch
+
+__all__ = ["TrainLogger", "format_duration", "memory_mb"]
+
+log = logging.getLogger("detector.train")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> "H:MM:SS"."""
+    return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on ``device``, or the process's peak resident memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class TrainLogger:
+    """Writes the same numbers to the console log, ``metrics.jsonl`` and TensorBoard.
+
+    Args:
+        output_dir (Path): run directory; ``metrics.jsonl`` and ``tensorboard/`` go there.
+        tensorboard (bool): also write TensorBoard event files.
+        enabled (bool): False makes every call a no-op (non-zero ranks in distributed runs).
+    """
+
+    def __init__(self, *, output_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+        self.enabled = enabled
+        self.output_dir = Path(output_dir)
+        self._writer = None
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def _write(self, record: dict, iteration: int, prefix: str) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("iter", "phase_iter"):
+                    if math.isfinite(value):
+                        self._writer.add_scalar(f"{prefix}/{key}", value, iteration)
+
+    def train_point(self, *, phase: str, iteration: int, phase_iter: int, phase_total: int,
+                    losses: dict[str, float], lr: float, sec_per_iter: float, eta: float,
+                    memory: float) -> None:
+        """One training log point (averages over the last window)."""
+        if not self.enabled:
+            return
+        total = sum(losses.values())
+        terms = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in losses.items())
+        log.info(
+            "[%s] iter %d/%d  loss %.4f (%s)  lr %.2e  %.3f s/it  eta %s  mem %.0f MiB",
+            phase, phase_iter, phase_total, total, terms, lr, sec_per_iter, format_duration(eta),
+            memory,
+        )
+        record = {"iter": iteration, "phase": phase, "phase_iter": phase_iter, "loss": total,
+                  **losses, "lr": lr, "sec_per_iter": sec_per_iter, "memory_mb": memory}
+        self._write(record, iteration, "train")
+
+    def eval_point(self, *, phase: str, iteration: int, metrics: dict) -> None:
+        """One evaluation result (AP, AP50, ...)."""
+        if not self.enabled:
+            return
+        ap, ap50 = metrics.get("AP"), metrics.get("AP50")
+        log.info("[%s] eval at iter %d: AP %s  AP50 %s", phase, iteration,
+                 "n/a" if ap is None else f"{ap:.4f}", "n/a" if ap50 is None else f"{ap50:.4f}")
+        record = {"iter": iteration, "phase": phase}
+        record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        self._write(record, iteration, "val")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

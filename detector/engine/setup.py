@@ -1,0 +1,27 @@
+"""Run setup shared by the command-line tools: device choice and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["resolve_device", "seed_everything"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; any other torch device string as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} was asked for but CUDA is not available; use device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,121 @@
+"""Tiny training set-ups shared by the reliability tests (not a test module).
+
+Load it from a test with ``load_tiny()`` below's pattern (``importlib`` by file path: tests are
+not a package); subprocesses import it by name with ``tests/engine`` on ``PYTHONPATH``, e.g.
+``model.backbone._target_=tiny_training.TinyBackbone`` for ``tools/train_net.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from detector.data import ShapesDetection, build_dataloader, build_transforms
+from detector.engine import schedules
+from detector.engine.optim import lr_lambda
+from detector.engine.trainer import Trainer
+from detector.losses import BinaryCrossEntropy, CrossEntropy
+from detector.modeling.box_head import MLPBoxHead
+from detector.modeling.build import build_criterion, build_model
+
+IMAGE_SIZE = 64
+
+# configs/train.yaml overrides that make tools/train_net.py train this set-up in seconds
+CLI_OVERRIDES = [
+    "dataset.image_size=64", "dataset.min_size=64", "dataset.max_size=64",
+    "dataset.num_train=8", "dataset.num_val=4", "dataset.rpn_pre_nms_top_n=[200,100]",
+    "dataset.rpn_post_nms_top_n=[32,32]", "dataset.roi_num_samples=32",
+    "model.backbone._target_=tiny_training.TinyBackbone", "model.box_head.in_channels=32",
+    "model.box_head.hidden_dim=32", "batch_size=2", "num_workers=0", "train.progress=false",
+    "train.log_period=1", "loss.criterion.rpn_num_samples=64", "schedule.lr.warmup_iters=2",
+    "device=cpu",
+]
+
+
+class TinyBackbone(nn.Module):
+    """Four stride-2 conv + BN + ReLU blocks: stride 16, 32 channels. Accepts (and ignores) the
+    VGG backbone's config keys so it can replace it from the command line."""
+
+    out_channels, stride = 32, 16
+
+    def __init__(self, **unused) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in (8, 16, 32, 32):
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            channels = width
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+
+def tiny_model(num_classes: int = 4) -> nn.Module:
+    return build_model(
+        backbone=TinyBackbone(), box_head=MLPBoxHead(in_channels=32, resolution=7, hidden_dim=32),
+        pooler=torchvision.ops.RoIPool(7, 1.0 / 16), num_classes=num_classes,
+        anchor_sizes=(16, 32, 64), anchor_offset=0.5, rpn_pre_nms_top_n=(200, 100),
+        rpn_post_nms_top_n=(32, 32), roi_num_samples=32)
+
+
+def tiny_criterion() -> nn.Module:
+    return build_criterion(rpn_cls_loss=BinaryCrossEntropy(), roi_cls_loss=CrossEntropy(),
+                           rpn_num_samples=64)
+
+
+def shapes(root: Path, split: str, *, train: bool, num_train: int = 8, num_val: int = 4):
+    transforms = build_transforms(train=train, min_size=IMAGE_SIZE, max_size=IMAGE_SIZE,
+                                  hflip_prob=0.5, color_jitter=0.2 if train else 0.0)
+    return ShapesDetection(root=root, split=split, num_train=num_train, num_val=num_val,
+                           image_size=IMAGE_SIZE, transforms=transforms)
+
+
+def make_trainer(root: Path, output_dir: Path, *, phases, seed: int = 0, lr: float = 0.01,
+                 num_workers: int = 0, batch_size: int = 2, val: bool = False,
+                 device: str | torch.device = "cpu", **options) -> Trainer:
+    """A Trainer of the tiny model on the tiny shapes set; the model is initialised from
+    ``seed`` and the data order and augmentation from ``seed`` too."""
+    torch.manual_seed(seed)
+    model = tiny_model()
+    loader = build_dataloader(dataset=shapes(root, "train", train=True), batch_size=batch_size,
+                              train=True, num_workers=num_workers, seed=seed)
+    val_loader = None
+    if val:
+        val_loader = build_dataloader(dataset=shapes(root, "val", train=False), batch_size=2,
+                                      train=False)
+    options = {"progress": False, "log_period": 1, **options}
+    return Trainer(
+        model=model, criterion=tiny_criterion(), train_loader=loader, phases=phases,
+        optimizer=functools.partial(torch.optim.SGD, lr=lr, momentum=0.9),
+        lr_lambda=functools.partial(lr_lambda, warmup_iters=2, decay="cosine"),
+        weight_decay=1e-4, device=torch.device(device), output_dir=output_dir,
+        val_loader=val_loader, **options)
+
+
+def end_to_end(iterations: int):
+    return schedules.end_to_end(iterations=iterations)
+
+
+def four_step(a: int, b: int, c: int, d: int):
+    return schedules.four_step(rpn_iterations=a, fast_rcnn_iterations=b,
+                               rpn_finetune_iterations=c, fast_rcnn_finetune_iterations=d)
+
+
+class StopAfter:
+    """A stop signal that makes the trainer stop after ``iterations`` steps (it is read during
+    a step, like a signal arriving then)."""
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+        self.trainer: Trainer | None = None
+        self.reason, self.signum = "test stop", None
+
+    @property
+    def requested(self) -> bool:
+        return self.trainer is not None and self.trainer.iteration + 1 >= self.iterations

@@ -1,0 +1,166 @@
+"""Config validation for the command-line tools: one clear line per problem, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from detector.engine.checkpoint import find_resume_checkpoint
+from detector.engine.setup import resolve_device
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+__all__ = ["ConfigError", "check_dataset", "check_device", "check_eval_config", "check_overrides",
+           "check_reliability", "check_train_config", "resume_checkpoint"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, reported as one line."""
+
+
+def _positive_int(cfg: DictConfig, key: str) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_device(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and CUDA present when asked for."""
+    name = str(name)
+    if name != "auto" and not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    try:
+        resolve_device(name)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def _common(cfg: DictConfig) -> None:
+    """Keys shared by train.yaml and eval.yaml."""
+    if cfg.num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+    check_device(cfg.device)
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """The dataset root must exist (the generated shapes set is created on first use)."""
+    if cfg.dataset.name == "shapes":
+        return
+    root = Path(cfg.dataset.root)
+    if not root.is_dir():
+        raise ConfigError(
+            f"dataset.root={root} does not exist (dataset={cfg.dataset.name}); point "
+            f"dataset.root at your data, see datasets/README.md")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value of a training config."""
+    check_dataset(cfg)
+    for key in ("batch_size", "train.log_period", "train.eval_batch_size", "dataset.max_size"):
+        _positive_int(cfg, key)
+    # every step length of the schedule (iterations, rpn_iterations, ...)
+    for key in cfg.schedule:
+        if str(key).endswith("iterations"):
+            _positive_int(cfg, f"schedule.{key}")
+    _common(cfg)
+    if not cfg.optimizer.lr > 0:
+        raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
+    clip = cfg.train.clip_grad_norm
+    if clip is not None and not clip > 0:
+        raise ConfigError(f"train.clip_grad_norm must be positive or null, got {clip}")
+    check_reliability(cfg)
+
+
+def _non_negative_int(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{key} must be an integer >= 0, got {value!r}")
+
+
+def check_reliability(cfg: DictConfig) -> None:
+    """Checkpointing, resume, the NaN guard and memory-format keys of train.yaml."""
+    for key in ("train.checkpoint_period", "train.eval_period"):
+        _non_negative_int(cfg, key)
+    _positive_int(cfg, "train.keep_checkpoints")
+    if cfg.train.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"train.on_nonfinite must be stop or skip, got {cfg.train.on_nonfinite!r}")
+    if not isinstance(cfg.train.channels_last, bool):
+        raise ConfigError(f"train.channels_last must be true or false, got "
+                          f"{cfg.train.channels_last!r}")
+    resume = cfg.resume
+    if not isinstance(resume, bool | None) and str(resume).lower() not in ("true", "false"):
+        if not Path(str(resume)).is_file():
+            raise ConfigError(f"resume={resume}: no such checkpoint file (resume=true continues "
+                              f"the newest checkpoint of output_dir)")
+
+
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint ``resume`` asks for: None (false), the newest ``iter_*.pth`` of
+    ``output_dir`` (true) or the given file."""
+    resume = cfg.resume
+    if resume is None or resume is False or str(resume).lower() == "false":
+        return None
+    if resume is True or str(resume).lower() == "true":
+        found = find_resume_checkpoint(cfg.output_dir)
+        if found is None:
+            raise ConfigError(
+                f"resume=true but {Path(cfg.output_dir) / 'checkpoints'} holds no iter_*.pth: "
+                f"pass output_dir=<the run to resume> (or resume=PATH to a checkpoint)")
+        return found
+    return Path(str(resume))
+
+
+def _one_line(error: Exception) -> str:
+    """Hydra's multi-line composition error as one line: its first paragraph (plus the
+    available options of a group, when it lists them)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    first = []
+    for line in lines:
+        if not line or line.startswith(("full_key", "object_type", "Config search path")):
+            break
+        first.append(line)
+    message = " ".join(first) or type(error).__name__
+    if first[0].startswith("Could not override") and first[1:2] and first[1].startswith("To "):
+        message = f"{first[0].rstrip('.')}: no such key in the config ({first[1][0].lower()}" \
+                  f"{first[1][1:]} if it is not a typo)"
+    if "Available options in" in str(error):
+        start = lines.index(next(x for x in lines if x.startswith("Available options in"))) + 1
+        options = [x for x in lines[start:] if x and ":" not in x]
+        message += f" (available: {', '.join(options)})"
+    return message
+
+
+def check_overrides(overrides: list[str], *, config_name: str,
+                    config_dir: Path = CONFIG_DIR) -> None:
+    """Compose ``config_name`` with command-line ``overrides`` as Hydra will, and turn Hydra's
+    rejection (an unknown key, a missing group option, a syntax error) into one ConfigError
+    line. Arguments that are Hydra flags (``--help``, ``-m``, ...) are left to Hydra."""
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            compose(config_name=config_name, overrides=list(overrides))
+    except OverrideParseException as error:
+        raise ConfigError(f"could not parse the command line {' '.join(overrides)!r}: "
+                          f"{_one_line(error)}") from None
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value of an evaluation config."""
+    _positive_int(cfg, "batch_size")
+    if cfg.num_visualize < 0:
+        raise ConfigError(f"num_visualize must be >= 0, got {cfg.num_visualize}")
+    if cfg.split not in ("train", "val"):
+        raise ConfigError(f"split must be train or val, got {cfg.split!r}")
+    _common(cfg)

@@ -1,0 +1,118 @@
+"""COCO mAP of a trained checkpoint: python tools/eval.py [checkpoint=PATH] [dataset=... ...]
+
+With no arguments: the newest outputs/**/checkpoints/final.pth, on its own run's val split.
+Prints the 12-number COCO table and per-class AP; writes, beside the checkpoint,
+<name>_<split>_metrics.json, <name>_<split>_results.json (COCO results: original category ids,
+xywh) and <name>_<split>_detections/*.png (val images with their detections drawn).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from config_checks import ConfigError, check_dataset, check_eval_config  # noqa: E402
+
+from detector.data import DatasetError, build_dataloader, read_image_rgb  # noqa: E402
+from detector.engine.checkpoint import (  # noqa: E402
+    CheckpointError,
+    find_latest_checkpoint,
+    load_checkpoint,
+)
+from detector.engine.inference import evaluate  # noqa: E402
+from detector.engine.setup import resolve_device  # noqa: E402
+from detector.evaluation import (  # noqa: E402
+    detections_to_coco_results,
+    format_coco_table,
+    format_per_class_table,
+    save_metrics,
+    save_results,
+)
+from detector.visualize import draw_detections, save_image  # noqa: E402
+
+log = logging.getLogger("eval")
+
+
+def resolve_checkpoint(cfg: DictConfig) -> Path:
+    if cfg.checkpoint is not None:
+        return Path(cfg.checkpoint)
+    latest = find_latest_checkpoint(cfg.outputs_root)
+    if latest is None:
+        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
+                          f"(make train) or pass checkpoint=PATH")
+    return latest
+
+
+def build_model(run_cfg: DictConfig, state: dict, device: torch.device):
+    model_cfg = run_cfg.model.copy()
+    for part in ("backbone", "box_head"):  # the checkpoint holds the weights: never download
+        if "weights" in model_cfg[part]:
+            model_cfg[part].weights = None
+    model = hydra.utils.instantiate(model_cfg, num_classes=len(state["class_names"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def visualize(dataset, detections: list[dict], out_dir: Path, count: int, threshold: float):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for det in detections[:count]:
+        info = dataset.coco.imgs[det["image_id"]]
+        image = read_image_rgb(Path(dataset.image_dir) / info["file_name"])
+        gt = [a["bbox"] for a in dataset.coco.imgToAnns[det["image_id"]]]
+        gt_xyxy = torch.tensor(gt, dtype=torch.float32).reshape(-1, 4)
+        gt_xyxy[:, 2:] += gt_xyxy[:, :2]
+        drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"],
+                                class_names=dataset.class_names, score_threshold=threshold,
+                                gt_boxes=gt_xyxy)
+        save_image(out_dir / f"{det['image_id']}.png", drawn)
+
+
+def run(cfg: DictConfig) -> dict:
+    check_eval_config(cfg)
+    path = resolve_checkpoint(cfg)
+    state = load_checkpoint(path)
+    run_cfg = OmegaConf.create(state["config"])
+    dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else run_cfg.dataset
+    check_dataset(OmegaConf.create({"dataset": dataset_cfg}))
+    dataset = hydra.utils.instantiate(dataset_cfg[cfg.split])
+    dataset.transforms = hydra.utils.instantiate(dataset_cfg.val.transforms)  # never augment
+    if list(dataset.class_names) != list(state["class_names"]):
+        raise ConfigError(f"the checkpoint's classes {state['class_names']} differ from the "
+                          f"dataset's {dataset.class_names}")
+    device = resolve_device(cfg.device)
+    log.info("evaluating %s on %s (%s split, %d images) on %s", path, dataset_cfg.name, cfg.split,
+             len(dataset), device)
+    model = build_model(run_cfg, state, device)
+    loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
+                              num_workers=cfg.num_workers)
+    metrics, detections = evaluate(model, loader, device=device, precision=cfg.precision)
+    stem = f"{path.stem}_{cfg.split}"
+    save_metrics(path.parent / f"{stem}_metrics.json", metrics)
+    save_results(path.parent / f"{stem}_results.json",
+                 detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id))
+    visualize(dataset, detections, path.parent / f"{stem}_detections", cfg.num_visualize,
+              cfg.score_threshold_visualize)
+    print(format_coco_table(metrics))
+    print(format_per_class_table(metrics))
+    log.info("AP %.4f  AP50 %.4f  (metrics, results and drawings beside %s)",
+             metrics["AP"] or 0.0, metrics["AP50"] or 0.0, path)
+    return metrics
+
+
+@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as error:
+        log.error("%s", error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

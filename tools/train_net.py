@@ -1,0 +1,185 @@
+"""Train a Faster R-CNN: python tools/train_net.py [experiment=NAME] [key=value ...]
+
+Composes configs/train.yaml, builds datasets, model and criterion with hydra.utils.instantiate,
+runs the schedule (end-to-end or 4-step) and writes everything into the run directory:
+.hydra/ (resolved config), train_net.log, metrics.jsonl, tensorboard/, checkpoints/iter_*.pth
+(every train.checkpoint_period iterations), checkpoints/final.pth, loss_curves.png and
+final_metrics.json.
+
+Reliability: resume=true (with output_dir=<run>) or resume=PATH continues a run exactly;
+SIGINT/SIGTERM finish the current step, write a checkpoint and print the command that resumes
+(exit code 130/143); a NaN/Inf loss or gradient stops with one line after saving the last good
+state (exit code 3; train.on_nonfinite=skip skips such steps); a bad config is one line (exit
+code 2). Multi-GPU / multi-node: torchrun --nproc_per_node=N tools/train_net.py ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from config_checks import (  # noqa: E402
+    ConfigError,
+    check_overrides,
+    check_train_config,
+    resume_checkpoint,
+)
+
+from detector.data import DatasetError, build_dataloader  # noqa: E402
+from detector.engine import distributed as dist  # noqa: E402
+from detector.engine.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from detector.engine.guard import NonFiniteError, StopSignal  # noqa: E402
+from detector.engine.logger import TrainLogger  # noqa: E402
+from detector.engine.setup import resolve_device, seed_everything  # noqa: E402
+from detector.engine.trainer import Trainer  # noqa: E402
+from detector.evaluation import format_coco_table, save_metrics  # noqa: E402
+from detector.visualize import plot_metrics  # noqa: E402
+
+log = logging.getLogger("train_net")
+NONFINITE_KEYS = ("(config: optimizer.lr, schedule.lr.warmup_iters, train.clip_grad_norm, "
+                  "dataset.on_bad; train.on_nonfinite=skip)")
+
+
+def build_datasets(cfg: DictConfig):
+    train = hydra.utils.instantiate(cfg.dataset.train)
+    val = hydra.utils.instantiate(cfg.dataset.val)
+    if list(train.class_names) != list(val.class_names):
+        raise ConfigError(
+            f"train and val splits have different classes ({train.class_names} vs "
+            f"{val.class_names}); set dataset.class_names=[...] explicitly")
+    for name, ds in (("train", train), ("val", val)):
+        log.info("%s: %d images, %d classes; %s", name, len(ds), len(ds.class_names),
+                 ds.report.summary() if hasattr(ds, "report") else "")
+    return train, val
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
+                  stop_signal: StopSignal | None) -> Trainer:
+    train_set, val_set = build_datasets(cfg)
+    model = hydra.utils.instantiate(cfg.model, num_classes=len(train_set.class_names))
+    if dist.get_rank():  # the same initial weights everywhere, then per-rank RPN/ROI sampling
+        seed_everything(cfg.seed + dist.get_rank())
+    shard = dict(num_workers=cfg.num_workers, seed=cfg.seed, num_replicas=dist.get_world_size(),
+                 rank=dist.get_rank())
+    t = cfg.train
+    return Trainer(
+        model=model, criterion=hydra.utils.instantiate(cfg.loss.criterion),
+        train_loader=build_dataloader(dataset=train_set, batch_size=cfg.batch_size, train=True,
+                                      **shard),
+        val_loader=build_dataloader(dataset=val_set, batch_size=t.eval_batch_size, train=False,
+                                    **shard),
+        phases=hydra.utils.instantiate(cfg.schedule.phases),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        lr_lambda=hydra.utils.instantiate(cfg.schedule.lr),
+        weight_decay=cfg.optimizer.get("weight_decay", 0.0), device=device,
+        output_dir=output_dir, eval_period=t.eval_period, log_period=t.log_period,
+        clip_grad_norm=t.clip_grad_norm, precision=cfg.precision, progress=t.progress,
+        logger=TrainLogger(output_dir=output_dir, enabled=dist.is_main()),
+        checkpoint_period=t.checkpoint_period, keep_checkpoints=t.keep_checkpoints,
+        checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
+                          "class_names": list(train_set.class_names),
+                          "label_to_cat_id": dict(train_set.label_to_cat_id)},
+        on_nonfinite=t.on_nonfinite, stop_signal=stop_signal, channels_last=t.channels_last)
+
+
+def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
+    """Train (or resume) the run ``cfg`` describes; returns the trainer's summary."""
+    device = dist.init_distributed(resolve_device(cfg.device))
+    seed_everything(cfg.seed)
+    output_dir = Path(dist.broadcast_object(str(cfg.output_dir)))  # every rank: rank 0's run
+    if not dist.is_main():
+        logging.getLogger().setLevel(logging.WARNING)
+        own = Path(cfg.output_dir)  # Hydra made it; it differs if ${now:} ticked between ranks
+        if own != output_dir and own.is_dir() and not any(own.iterdir()):
+            own.rmdir()
+    resume = resume_checkpoint(cfg)
+    trainer = build_trainer(cfg, output_dir, device, stop_signal)
+    if resume is not None:
+        trainer.resume(resume)
+    log.info("device %s x %d process(es), %d iterations", device, dist.get_world_size(),
+             trainer.total_iterations)
+    summary = trainer.train()
+    if summary["interrupted"] is None and dist.is_main():
+        summary["final"] = save_checkpoint(output_dir / "checkpoints" / "final.pth", {
+            **trainer.checkpoint_extra, "model": trainer.models["main"].state_dict(),
+            "iteration": summary["iterations"]})
+        plot_metrics(output_dir / "metrics.jsonl", output_dir / "loss_curves.png")
+        report(summary, summary["final"], output_dir)
+    return summary
+
+
+def report(summary: dict, checkpoint: Path, output_dir: Path) -> None:
+    metrics = summary["metrics"]
+    if metrics is not None:
+        save_metrics(output_dir / "final_metrics.json", metrics)
+        log.info("final evaluation:\n%s", format_coco_table(metrics))
+    ap = "n/a" if not metrics or metrics["AP"] is None else f"{metrics['AP']:.4f}"
+    ap50 = "n/a" if not metrics or metrics["AP50"] is None else f"{metrics['AP50']:.4f}"
+    minutes = summary["wall_time"] / 60
+    log.info("done: %d iterations in %.1f min (%d non-finite steps skipped); AP %s, AP50 %s",
+             summary["iterations"], minutes, summary["skipped_steps"], ap, ap50)
+    log.info("checkpoint: %s", checkpoint)
+    log.info("logs: %s (train_net.log, metrics.jsonl, tensorboard/, loss_curves.png)", output_dir)
+    log.info("evaluate it with: python tools/eval.py checkpoint=%s", checkpoint)
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run: its overrides + output_dir + resume=true."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("output_dir=", "resume="))]
+    world = dist.get_world_size()
+    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
+    args = [*kept, f"output_dir={cfg.output_dir}", "resume=true"]
+    return " ".join([launcher, "tools/train_net.py", *map(shlex.quote, args)])
+
+
+def run(cfg: DictConfig) -> int:
+    """Validate, train, report; returns the process exit code (0 done, 2 config/data error,
+    3 non-finite loss, 128 + signal number when stopped by SIGINT/SIGTERM)."""
+    stop = StopSignal()
+    try:
+        check_train_config(cfg)
+        with stop.installed():
+            summary = train(cfg, stop)
+    except (ConfigError, DatasetError, CheckpointError) as error:
+        log.error("%s: %s", type(error).__name__, error)
+        return 2
+    except NonFiniteError as error:
+        log.error("training diverged: %s %s", error, NONFINITE_KEYS)
+        return 3
+    finally:
+        dist.cleanup_distributed()
+    if summary["interrupted"] is not None:
+        log.warning("stopped by %s at iteration %d; checkpoint %s. Resume with: %s",
+                    summary["interrupted"], summary["iterations"], summary["checkpoint"],
+                    resume_command(cfg))
+        return stop.exit_code
+    return 0
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    try:
+        check_overrides(sys.argv[1:], config_name="train")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes run files
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    main()
