@@ -1,4 +1,4 @@
-"""Matching: give every anchor/proposal a ground-truth index and a foreground/background/ignore label.
+"""Matching: give every anchor/proposal a ground-truth index and a fg/bg/ignore label.
 
 Shorthand: B images, N anchors or proposals per image, M ground-truth boxes per image (padded).
 The matcher sees only an IoU matrix; sampling and losses are separate steps (``sampling.py``,
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Matcher"]
+__all__ = ["Matcher", "best_columns"]
 
 
 class Matcher:
@@ -65,21 +65,96 @@ class Matcher:
         Args:
             iou (Tensor[B, N, M]): IoU of each anchor with each ground truth; padded ground truth
                 columns hold a negative value (as ``batched_box_iou`` writes them) and never match.
+                Fastest as a transposed view of a contiguous ``[B, M, N]`` tensor, which is what
+                ``batched_box_iou`` and ``AnchorGenerator.iou`` return.
 
         Returns:
-            matched_idx (LongTensor[B, N]): column of the best ground truth (0 when there is none;
-                meaningful only where the label is 1).
+            matched_idx (LongTensor[B, N]): column of the best ground truth, the first one on ties
+                (0 when there is none; meaningful only where the label is 1).
             labels (LongTensor[B, N]): 1 foreground, 0 background, -1 ignore.
         """
         batch, rows, cols = iou.shape
-        if cols == 0:
-            iou = iou.new_full((batch, rows, 1), -1.0)
-        best_iou, matched_idx = iou.max(dim=2)
-        boundaries = iou.new_tensor(self.thresholds)
-        label_table = torch.tensor(self.labels, device=iou.device, dtype=torch.long)
-        labels = label_table[torch.bucketize(best_iou.clamp(min=0), boundaries, right=True)]
+        if cols == 0 or rows == 0:
+            return iou.new_zeros((batch, rows), dtype=torch.long), self.labels_only(iou)
+        scores = iou.transpose(1, 2)  # (B, M, N)
+        best = scores.amax(dim=1, keepdim=True)  # (B, 1, N)
+        return _first_true_(scores == best), self._labels(scores, best)
+
+    def labels_only(self, iou: Tensor) -> Tensor:
+        """The labels of ``__call__`` without the matched indices (one pass over ``iou`` fewer).
+
+        For callers that need the indices of a few rows only: ``best_columns`` gives those.
+
+        Args:
+            iou (Tensor[B, N, M]): as for ``__call__``.
+
+        Returns:
+            LongTensor[B, N]: 1 foreground, 0 background, -1 ignore.
+        """
+        batch, rows, cols = iou.shape
+        if cols == 0 or rows == 0:
+            return self._interval_labels(iou.new_zeros((batch, rows))).long()
+        scores = iou.transpose(1, 2)  # (B, M, N)
+        return self._labels(scores, scores.amax(dim=1, keepdim=True))
+
+    def _labels(self, scores: Tensor, best: Tensor) -> Tensor:
+        """scores (Tensor[B, M, N]) and their column maxima best (Tensor[B, 1, N]) -> labels."""
+        # Reductions run over the ground-truth axis of a [B, M, N] view. On CPU, index-returning
+        # reductions over a non-innermost axis (max(dim).indices, argmax, any) are an order of
+        # magnitude slower than amax, so the argmax and the "any" are amaxes of uint8 masks.
+        labels = self._interval_labels(best.squeeze(1))
         if self.allow_low_quality_matches:
-            best_per_gt = iou.max(dim=1, keepdim=True).values  # (B, 1, M)
-            is_best = (iou == best_per_gt) & (best_per_gt > 0)
-            labels = torch.where(is_best.any(dim=2), torch.ones_like(labels), labels)
-        return matched_idx, labels
+            best_per_gt = scores.amax(dim=2, keepdim=True)  # (B, M, 1)
+            # IoU never exceeds 1, so a target of 2 excludes ground truth without a positive
+            # overlap (no overlapping row, or padding).
+            target = best_per_gt.masked_fill(best_per_gt <= 0, 2.0)
+            is_best = (scores == target).view(torch.uint8).amax(dim=1)  # (B, N)
+            labels.masked_fill_(is_best.view(torch.bool), 1)
+        return labels.long()
+
+    def _interval_labels(self, best_iou: Tensor) -> Tensor:
+        """best_iou (Tensor[B, N]) -> (Int8Tensor[B, N]): the label of the interval it falls in.
+
+        A negative IoU (padding only) counts as 0. The thresholds stay Python floats: a tensor built
+        from them would be a host-to-device copy on every call.
+        """
+        if self.thresholds[0] <= 0:
+            best_iou = best_iou.clamp(min=0)
+        labels = torch.full_like(best_iou, self.labels[0], dtype=torch.int8)  # .long() by callers
+        for threshold, label in zip(self.thresholds, self.labels[1:], strict=True):
+            labels.masked_fill_(best_iou >= threshold, label)
+        return labels
+
+
+def _first_true_(mask: Tensor) -> Tensor:
+    """mask (BoolTensor[B, M, N]) with a True in every column -> (LongTensor[B, N]): first True row.
+
+    Row m of the mask is weighted M - m (in place: the mask is overwritten), so the largest weight
+    present marks the first True row. A column without a True (NaN IoU) gets row M - 1 rather than
+    an out-of-range index.
+    """
+    rows = mask.shape[1]
+    if rows <= torch.iinfo(torch.uint8).max:
+        weights = torch.arange(rows, 0, -1, dtype=torch.uint8, device=mask.device)
+        weighted = mask.view(torch.uint8).mul_(weights.view(1, rows, 1))
+    else:
+        weights = torch.arange(rows, 0, -1, dtype=torch.int32, device=mask.device)
+        weighted = mask * weights.view(1, rows, 1)
+    return (rows - weighted.amax(dim=1).long()).clamp_(max=rows - 1)
+
+
+def best_columns(iou: Tensor, rows: Tensor) -> Tensor:
+    """``Matcher``'s matched index for a few rows: the best column, the first one on ties.
+
+    Args:
+        iou (Tensor[B, N, M]): as for ``Matcher``.
+        rows (LongTensor[B, P]): rows of each image to look up.
+
+    Returns:
+        LongTensor[B, P]: column index (0 when M == 0).
+    """
+    batch, num = rows.shape
+    if iou.shape[2] == 0:
+        return rows.new_zeros((batch, num))
+    picked = iou.gather(1, rows.unsqueeze(-1).expand(-1, -1, iou.shape[2]))  # (B, P, M)
+    return _first_true_((picked == picked.amax(dim=2, keepdim=True)).transpose(1, 2))

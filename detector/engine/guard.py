@@ -69,7 +69,9 @@ def grad_norm(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if max_norm:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.nn.utils.clip_grad_norm_(params, float("inf"))
 
 
 def step_flags(checked: dict[str, torch.Tensor], *, stop_requested: bool) -> tuple[bool, bool]:
@@ -80,8 +82,12 @@ def step_flags(checked: dict[str, torch.Tensor], *, stop_requested: bool) -> tup
 
     This is the step's single host sync: one stacked finiteness test, reduced over ranks with
     the stop flag so that every rank takes the same decision."""
-    finite = torch.isfinite(torch.stack([v.detach().float() for v in checked.values()])).all()
-    stop = torch.tensor(float(stop_requested), device=finite.device)
+    device = next(iter(checked.values())).device
+    values = torch.stack([v.detach().float().to(device) for v in checked.values()])
+    finite = torch.isfinite(values).all()
+    if not dist.is_distributed():
+        return not finite.item(), stop_requested
+    stop = torch.full((), float(stop_requested), device=finite.device)  # a fill, not a copy
     bad, stop_any = dist.all_reduce(torch.stack([(~finite).float(), stop]), op="max").tolist()
     return bool(bad), bool(stop_any)
 

@@ -10,9 +10,12 @@ captured by ``capture_rng_state``; the last two only need ``BatchStream``'s (epo
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from detector.data.samplers import AspectRatioGroupedBatchSampler
 
-__all__ = ["BatchStream", "capture_rng_state", "restore_rng_state"]
+__all__ = ["BatchStream", "capture_rng_state", "drop_records_after", "restore_rng_state"]
 
 log = logging.getLogger("detector.train")
 
@@ -50,6 +53,26 @@ def restore_rng_state(state: dict) -> None:
                          numpy["has_gauss"], numpy["cached"]))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def drop_records_after(metrics_path: Path, iteration: int) -> int:
+    """Remove the ``metrics.jsonl`` records of iterations after ``iteration`` (logged by a run
+    that was killed after its last checkpoint; the resumed run logs them again). Returns how
+    many were dropped; the file is rewritten atomically."""
+    lines = metrics_path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _record_iteration(line) <= iteration]
+    if len(kept) != len(lines):
+        tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, metrics_path)
+    return len(lines) - len(kept)
+
+
+def _record_iteration(line: str) -> float:
+    try:
+        return float(json.loads(line).get("iter", -1))
+    except (ValueError, AttributeError):
+        return -1  # keep what cannot be read
 
 
 class BatchStream:

@@ -38,7 +38,12 @@ from detector.engine.inference import TARGET_KEYS, autocast, to_device
 from detector.engine.logger import TrainLogger, format_duration, memory_mb
 from detector.engine.optim import param_groups
 from detector.engine.schedules import Phase
-from detector.engine.state import BatchStream, capture_rng_state, restore_rng_state
+from detector.engine.state import (
+    BatchStream,
+    capture_rng_state,
+    drop_records_after,
+    restore_rng_state,
+)
 
 __all__ = ["Trainer", "infinite_batches"]
 
@@ -430,5 +435,8 @@ class Trainer:
             log.warning("the checkpoint holds the random state of %d processes, this run has %d",
                         len(rngs), dist.get_world_size())
         restore_rng_state(rngs[rank % len(rngs)])
+        metrics = getattr(self.logger, "metrics_path", None)
+        if dist.is_main() and metrics is not None and metrics.is_file():
+            drop_records_after(metrics, self.iteration)
         log.info("resumed at iteration %d/%d (phase %d/%d, step %d)", self.iteration,
                  self.total_iterations, self.phase_index + 1, len(self.phases), self.phase_iter)

@@ -88,20 +88,23 @@ class FasterRCNN(nn.Module):
                 this model's RPN proposals (4-step training feeds another RPN's proposals).
 
         Returns:
-            dict of raw outputs: ``image_sizes``, ``anchors [A,4]``, ``rpn_logits [B,A]``,
+            dict of raw outputs: ``image_sizes``, ``anchors [A,4]``, ``anchor_grid`` (the same
+            anchors as x/y intervals, ``AnchorGenerator.grid_intervals``), ``rpn_logits [B,A]``,
             ``rpn_deltas [B,A,4]``, ``proposals [B,R,4]``, ``proposal_valid [B,R]``; with targets
             also ``rois``, ``roi_valid``, ``roi_labels``, ``roi_target_deltas``, ``roi_logits``,
             ``roi_deltas``; with detect also ``det_logits [B,R,K+1]``, ``det_deltas [B,R,4K]``.
         """
         features = self.backbone(images)
         anchors = self.anchor_generator(features)
+        anchor_grid = self.anchor_generator.grid_intervals(features.shape[-2:], device=anchors.device)
         rpn_logits, rpn_deltas = self.rpn_head(features)
         if proposals is None:
             boxes, _, valid = self.proposal_generator(anchors, rpn_logits, rpn_deltas, image_sizes)
         else:
             boxes, valid = proposals
         out = {
-            "image_sizes": image_sizes, "anchors": anchors, "rpn_logits": rpn_logits,
+            "image_sizes": image_sizes, "anchors": anchors, "anchor_grid": anchor_grid,
+            "rpn_logits": rpn_logits,
             "rpn_deltas": rpn_deltas, "proposals": boxes, "proposal_valid": valid,
         }
         if targets is not None:

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from detector.boxes import BoxCoder, clip_boxes, remove_small_boxes_mask
+from detector.boxes import BoxCoder, clip_boxes, grid_box_iou, remove_small_boxes_mask
 from detector.matcher import Matcher
 from detector.modeling.packing import gather_rows, pack_rows
 from detector.targets import assign_targets
@@ -209,16 +209,19 @@ class RPNCriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
         """outputs: ``anchors [A, 4]``, ``rpn_logits [B, A]``, ``rpn_deltas [B, A, 4]``,
-        ``image_sizes [B, 2]``; targets: ``boxes [B, G, 4]``, ``box_valid [B, G]``.
+        ``image_sizes [B, 2]``, optionally ``anchor_grid`` (the anchors' x/y intervals: fast IoU); targets: ``boxes [B, G, 4]``, ``box_valid [B, G]``.
 
         Returns: ``{"loss_rpn_cls": Tensor[], "loss_rpn_box": Tensor[]}`` (float32).
         """
         anchors = outputs["anchors"]
+        iou = None  # the anchor grid's IoU is computed without expanding pairwise coordinates
+        if "anchor_grid" in outputs:
+            iou = grid_box_iou(*outputs["anchor_grid"], targets["boxes"], targets["box_valid"])
         assigned = assign_targets(
             anchors, targets["boxes"], targets["box_valid"],
             matcher=self.matcher, box_coder=self.box_coder,
             reference_valid=anchors_inside(anchors, outputs["image_sizes"], self.anchor_border),
-            num_samples=self.num_samples, positive_fraction=self.positive_fraction,
+            num_samples=self.num_samples, positive_fraction=self.positive_fraction, iou=iou,
         )
         used = (assigned.labels >= 0).float()
         positive = (assigned.labels > 0).float()

@@ -20,7 +20,12 @@ from detector.engine.checkpoint import (
     periodic_checkpoint_path,
     save_periodic_checkpoint,
 )
-from detector.engine.state import BatchStream, capture_rng_state, restore_rng_state
+from detector.engine.state import (
+    BatchStream,
+    capture_rng_state,
+    drop_records_after,
+    restore_rng_state,
+)
 
 
 def _load_tiny():
@@ -193,3 +198,14 @@ def test_batch_stream_position_and_epochs(shapes_root):
     other = BatchStream(trainer.train_loader)
     other.load_state_dict({"epoch": 0, "position": 3, "seed": 0})
     assert [next(other)["image_ids"].tolist() for _ in range(3)] == ids[3:]
+
+
+def test_resume_rewinds_the_metrics_log_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"iter": {i}, "loss": 1.0}}\n' for i in range(1, 8))
+                    + '{"iter": 4, "AP": 0.5}\nnot json\n')
+    assert drop_records_after(path, 4) == 3
+    kept = path.read_text().splitlines()
+    assert [line for line in kept if '"loss"' in line] == [
+        f'{{"iter": {i}, "loss": 1.0}}' for i in range(1, 5)]
+    assert '{"iter": 4, "AP": 0.5}' in kept and "not json" in kept
