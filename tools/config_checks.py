@@ -42,8 +42,8 @@ def _common(cfg: DictConfig) -> None:
     """Keys shared by train.yaml and eval.yaml."""
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}")
     check_device(cfg.device)
 
 

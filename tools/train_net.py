@@ -39,7 +39,7 @@ from detector.engine import distributed as dist  # noqa: E402
 from detector.engine.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
 from detector.engine.guard import NonFiniteError, StopSignal  # noqa: E402
 from detector.engine.logger import TrainLogger  # noqa: E402
-from detector.engine.setup import resolve_device, seed_everything  # noqa: E402
+from detector.engine.setup import resolve_device, resolve_precision, seed_everything  # noqa: E402
 from detector.engine.trainer import Trainer  # noqa: E402
 from detector.evaluation import format_coco_table, save_metrics  # noqa: E402
 from detector.visualize import plot_metrics  # noqa: E402
@@ -82,7 +82,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
         lr_lambda=hydra.utils.instantiate(cfg.schedule.lr),
         weight_decay=cfg.optimizer.get("weight_decay", 0.0), device=device,
         output_dir=output_dir, eval_period=t.eval_period, log_period=t.log_period,
-        clip_grad_norm=t.clip_grad_norm, precision=cfg.precision, progress=t.progress,
+        clip_grad_norm=t.clip_grad_norm, precision=resolve_precision(cfg.precision, device),
+        progress=t.progress,
         logger=TrainLogger(output_dir=output_dir, enabled=dist.is_main()),
         checkpoint_period=t.checkpoint_period, keep_checkpoints=t.keep_checkpoints,
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
