@@ -231,25 +231,23 @@ def grid_box_iou(
     return iou.flatten(2).transpose(-1, -2)
 
 
+def _paired_inter_union(b1: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
+    """b1, b2 (Tensor[..., 4] float32): xyxy, paired -> intersection and union (Tensor[...])."""
+    wh = (torch.minimum(b1[..., 2:], b2[..., 2:]) - torch.maximum(b1[..., :2], b2[..., :2]))
+    inter = wh.clamp(min=0).prod(dim=-1)
+    return inter, box_area(b1) + box_area(b2) - inter
+
+
 def elementwise_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """boxes1, boxes2 (Tensor[..., 4]): xyxy, paired -> (Tensor[...] float32): IoU of each pair."""
-    b1, b2 = boxes1.float(), boxes2.float()
-    lt = torch.maximum(b1[..., :2], b2[..., :2])
-    rb = torch.minimum(b1[..., 2:], b2[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(b1) + box_area(b2) - inter
+    inter, union = _paired_inter_union(boxes1.float(), boxes2.float())
     return inter / union.clamp(min=_TINY)
 
 
 def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """boxes1, boxes2 (Tensor[..., 4]): xyxy, paired -> (Tensor[...] float32): GIoU in [-1, 1]."""
     b1, b2 = boxes1.float(), boxes2.float()
-    lt = torch.maximum(b1[..., :2], b2[..., :2])
-    rb = torch.minimum(b1[..., 2:], b2[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(b1) + box_area(b2) - inter
+    inter, union = _paired_inter_union(b1, b2)
     iou = inter / union.clamp(min=_TINY)
     hull_wh = (torch.maximum(b1[..., 2:], b2[..., 2:]) - torch.minimum(b1[..., :2], b2[..., :2]))
     hull = hull_wh.clamp(min=0).prod(dim=-1)

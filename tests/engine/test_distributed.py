@@ -4,12 +4,10 @@ evaluation. Several real processes: tests/tools/test_reliability.py (torchrun)."
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
-from pathlib import Path
 
 import pytest
+import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -17,23 +15,6 @@ from torch.nn.parallel import DistributedDataParallel
 from detector.data import build_dataloader
 from detector.engine import distributed as dist
 from detector.engine.inference import evaluate
-
-
-def _load_tiny():
-    path = Path(__file__).with_name("tiny_training.py")
-    spec = importlib.util.spec_from_file_location("tiny_training", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_training"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data") / "shapes"
 
 
 def _free_port() -> int:

@@ -3,35 +3,16 @@ count) and the graceful stop on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import signal
-import sys
-from pathlib import Path
 
 import pytest
+import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 
 from detector.engine.checkpoint import load_checkpoint
 from detector.engine.guard import NonFiniteError, StopSignal, describe_nonfinite
-
-
-def _load_tiny():
-    path = Path(__file__).with_name("tiny_training.py")
-    spec = importlib.util.spec_from_file_location("tiny_training", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_training"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data") / "shapes"
 
 
 class CorruptBatches:

@@ -4,13 +4,11 @@ files (atomic, newest K kept)."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 
 from detector.engine.checkpoint import (
@@ -26,23 +24,6 @@ from detector.engine.state import (
     drop_records_after,
     restore_rng_state,
 )
-
-
-def _load_tiny():
-    path = Path(__file__).with_name("tiny_training.py")
-    spec = importlib.util.spec_from_file_location("tiny_training", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_training"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data") / "shapes"
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:
