@@ -26,7 +26,7 @@ from detector.engine.checkpoint import (  # noqa: E402
     load_checkpoint,
 )
 from detector.engine.inference import evaluate  # noqa: E402
-from detector.engine.setup import resolve_device  # noqa: E402
+from detector.engine.setup import resolve_device, resolve_precision  # noqa: E402
 from detector.evaluation import (  # noqa: E402
     detections_to_coco_results,
     format_coco_table,
@@ -91,7 +91,8 @@ def run(cfg: DictConfig) -> dict:
     model = build_model(run_cfg, state, device)
     loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
                               num_workers=cfg.num_workers)
-    metrics, detections = evaluate(model, loader, device=device, precision=cfg.precision)
+    metrics, detections = evaluate(model, loader, device=device,
+                                   precision=resolve_precision(cfg.precision, device))
     stem = f"{path.stem}_{cfg.split}"
     save_metrics(path.parent / f"{stem}_metrics.json", metrics)
     save_results(path.parent / f"{stem}_results.json",

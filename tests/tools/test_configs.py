@@ -239,7 +239,7 @@ def test_eval_config_takes_another_dataset(hydra_compose, tmp_path):
 @pytest.mark.parametrize(("override", "message"), [
     ("batch_size=0", "batch_size must be a positive integer"),
     ("train.log_period=-1", "train.log_period must be a positive integer"),
-    ("precision=fp8", "precision must be fp32, bf16 or fp16"),
+    ("precision=fp8", "precision must be auto, fp32, bf16 or fp16"),
     ("num_workers=-1", "num_workers must be >= 0"),
     ("optimizer.lr=0", "optimizer.lr must be positive"),
     ("train.clip_grad_norm=0", "train.clip_grad_norm must be positive"),
@@ -283,7 +283,7 @@ def test_good_training_config_passes(hydra_compose, shapes_overrides, tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("batch_size=0", "batch_size must be a positive integer"),
-    ("precision=fp8", "precision must be fp32, bf16 or fp16"),
+    ("precision=fp8", "precision must be auto, fp32, bf16 or fp16"),
     ("split=test", "split must be train or val"),
 ])
 def test_bad_eval_values_are_config_errors(override, message, hydra_compose):

@@ -243,7 +243,7 @@ def test_two_gloo_processes_evaluate_like_one_process(overrides, tmp_path, monke
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          f"--master_port={_free_port()}", str(TOOLS / "train_net.py"), *overrides,
-         "batch_size=1", "schedule.iterations=6", "train.eval_batch_size=3",
+         "batch_size=1", "schedule.iterations=6", "train.eval_batch_size=3", "precision=fp32",
          "train.checkpoint_period=3", f"output_dir={run}"],
         cwd=PROJECT_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
@@ -262,7 +262,7 @@ def test_two_gloo_processes_evaluate_like_one_process(overrides, tmp_path, monke
     monkeypatch.setenv("DETECTOR_EVAL_DIR", str(tmp_path / "eval"))
     single = eval_tool.run(_compose("eval", [f"checkpoint={run / 'checkpoints' / 'final.pth'}",
                                              "device=cpu", "num_workers=0", "num_visualize=0",
-                                             "batch_size=4"]))
+                                             "batch_size=4", "precision=fp32"]))
     assert distributed["num_images"] == single["num_images"] == 4
     assert distributed["AR100"] > 0  # not a vacuous comparison of zeros
     for key in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100"):

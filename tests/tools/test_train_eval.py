@@ -259,7 +259,7 @@ def _exits_2(main, cfg, caplog, text: str) -> None:
 
 
 BAD_TRAIN = [
-    ("precision=fp8", "precision must be fp32, bf16 or fp16, got 'fp8'"),
+    ("precision=fp8", "precision must be auto, fp32, bf16 or fp16, got 'fp8'"),
     ("schedule.iterations=0", "schedule.iterations must be a positive integer"),
     ("train.eval_batch_size=0", "train.eval_batch_size must be a positive integer"),
 ]
