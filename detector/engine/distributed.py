@@ -22,8 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from detector.engine.inference import predict
-from detector.evaluation import evaluate_coco
+from detector.engine.inference import predict, score_detections
 
 __all__ = [
     "all_gather_objects",
@@ -161,8 +160,5 @@ def evaluate_sharded(
     detections.sort(key=lambda d: d["image_id"])
     metrics = None
     if is_main():
-        dataset = loader.dataset
-        metrics = evaluate_coco(
-            dataset.coco, detections, label_to_cat_id=dataset.label_to_cat_id,
-            class_names=dataset.class_names, img_ids=sorted({d["image_id"] for d in detections}))
+        metrics = score_detections(loader.dataset, detections)
     return broadcast_object(metrics), detections

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from detector.evaluation import evaluate_coco
 
-__all__ = ["autocast", "evaluate", "predict", "to_device"]
+__all__ = ["autocast", "evaluate", "predict", "score_detections", "to_device"]
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,14 @@ def evaluate(
     Returns:
         (metrics from ``detector.evaluation.evaluate_coco``, the detections).
     """
-    dataset = loader.dataset
     detections = predict(model, loader, device=device, precision=precision, progress=progress)
-    image_ids = sorted({d["image_id"] for d in detections})
-    metrics = evaluate_coco(
+    return score_detections(loader.dataset, detections), detections
+
+
+def score_detections(dataset, detections: list[dict]) -> dict:
+    """COCO metrics of ``detections`` (from ``predict``) against ``dataset.coco``, restricted to
+    the images that were predicted."""
+    return evaluate_coco(
         dataset.coco, detections, label_to_cat_id=dataset.label_to_cat_id,
-        class_names=dataset.class_names, img_ids=image_ids,
+        class_names=dataset.class_names, img_ids=sorted({d["image_id"] for d in detections}),
     )
-    return metrics, detections
