@@ -62,6 +62,12 @@ def build_model(
     ``box_head`` maps pooled features to ``box_head.out_features``. ``roi_num_samples=None`` keeps
     every proposal (sampling-free focal loss).
     """
+    scale = getattr(pooler, "spatial_scale", None)
+    if scale is not None and abs(scale * backbone.stride - 1.0) > 1e-6:
+        raise ValueError(
+            f"pooler spatial_scale {scale} does not match the backbone's stride {backbone.stride} "
+            f"(it must be 1/{backbone.stride} = {1 / backbone.stride})"
+        )
     anchors = AnchorGenerator(
         sizes=anchor_sizes, ratios=anchor_ratios, stride=backbone.stride, offset=anchor_offset
     )

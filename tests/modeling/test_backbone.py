@@ -91,6 +91,56 @@ def test_vgg_layout_matches_torchvision_features_without_pool5():
     assert not isinstance(backbone.features[-1], nn.MaxPool2d)
 
 
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (32, 64), (47, 50)])
+def test_vgg_output_stride_8_doubles_the_map(height, width):
+    backbone = VGG16BNBackbone(output_stride=8).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(2, 3, height, width))
+    assert out.shape == (2, 512, height // 8, width // 8)
+    assert backbone.stride == 8
+
+
+def test_vgg_output_stride_8_keeps_the_layers_and_dilates_conv5_only():
+    plain, dilated = VGG16BNBackbone(frozen_blocks=0), VGG16BNBackbone(frozen_blocks=0,
+                                                                       output_stride=8)
+    # same parameters under the same names: weights move freely between the two
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {
+        k: v.shape for k, v in dilated.state_dict().items()}
+    blocks = _conv_blocks(dilated)
+    assert all(conv.dilation == (1, 1) and conv.padding == (1, 1)
+               for block in blocks[:4] for conv in block)
+    assert all(conv.dilation == (2, 2) and conv.padding == (2, 2) for conv in blocks[4])
+    pools = [m for m in dilated.features if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 3  # pool1-3; pool4 is an identity at its index
+
+
+def _reach(backbone: VGG16BNBackbone) -> int:
+    """How far (input pixels) a change in the first input column moves the output."""
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 32, 256)
+    changed = image.clone()
+    changed[..., 0] += 5.0
+    with torch.no_grad():
+        diff = (backbone.eval()(changed) - backbone(image)).abs().amax(dim=(0, 1, 2))
+    return int(diff.nonzero().max().item() + 1) * backbone.stride
+
+
+def test_vgg_output_stride_8_sees_as_far_as_stride_16():
+    """Dilating conv5 keeps its reach in input pixels (receptive field 188 vs 196 px); without
+    the dilation the stride-8 map would see only 140 px."""
+    plain, dilated = _reach(VGG16BNBackbone()), _reach(VGG16BNBackbone(output_stride=8))
+    undilated = VGG16BNBackbone(output_stride=8)
+    for conv in _conv_blocks(undilated)[4]:
+        conv.dilation, conv.padding = (1, 1), (1, 1)
+    assert abs(dilated - plain) <= 16, (dilated, plain)
+    assert _reach(undilated) <= dilated - 16
+
+
+def test_vgg_invalid_output_stride_is_rejected():
+    with pytest.raises(ValueError, match="output_stride"):
+        VGG16BNBackbone(output_stride=32)
+
+
 @pytest.mark.parametrize("frozen_blocks", [0, 2, 4])
 def test_frozen_blocks_get_no_gradient_and_later_blocks_do(frozen_blocks):
     backbone = VGG16BNBackbone(frozen_blocks=frozen_blocks, norm="train").train()

@@ -322,6 +322,22 @@ def test_gradients_reach_unfrozen_backbone_layers_only():
         assert all(p.grad is not None for p in module.parameters())
 
 
+def test_stride_8_backbone_gives_stride_8_anchors_and_a_checked_pooler_scale():
+    backbone = VGG16BNBackbone(weights=None, frozen_blocks=0, output_stride=8)
+    parts = dict(backbone=backbone, box_head=MLPBoxHead(in_channels=512, resolution=7,
+                                                        hidden_dim=32),
+                 num_classes=NUM_CLASSES, anchor_sizes=(16, 32), rpn_post_nms_top_n=POST_NMS,
+                 roi_num_samples=ROI_SAMPLES)
+    with pytest.raises(ValueError, match="spatial_scale 0.0625 .* stride 8"):
+        build_model(pooler=torchvision.ops.RoIPool(7, 1.0 / 16), **parts)
+    model = build_model(pooler=torchvision.ops.RoIPool(7, 1.0 / 8), **parts)
+    data = random_batch([(64, 64)], [2])
+    out = model(data["images"], data["image_sizes"], data["targets"])
+    assert out["anchors"].shape == (8 * 8 * 6, 4)  # an 8 x 8 map, 2 sizes x 3 ratios
+    assert model.anchor_generator.stride == 8
+    sum(ce_criterion()(out, data["targets"]).values()).backward()
+
+
 # ----------------------------------------------------------------------------- overfitting
 
 
