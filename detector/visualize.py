@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 LOSS_KEYS: tuple[str, ...] = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box")
 EVAL_KEYS: tuple[str, ...] = ("AP", "AP50")
-DEFAULT_KEYS: tuple[str, ...] = (*LOSS_KEYS, "lr", *EVAL_KEYS)
+DEFAULT_KEYS: tuple[str, ...] = (*LOSS_KEYS, "lr", "grad_norm", *EVAL_KEYS)
 GROUP_KEYS: tuple[str, ...] = ("step", "phase")
 
 GT_COLOR: tuple[int, int, int] = (0, 255, 0)

@@ -62,19 +62,26 @@ class TrainLogger:
 
     def train_point(self, *, phase: str, iteration: int, phase_iter: int, phase_total: int,
                     losses: dict[str, float], lr: float, sec_per_iter: float, eta: float,
-                    memory: float) -> None:
-        """One training log point (averages over the last window)."""
+                    memory: float, grad_norm: tuple[float, float] | None = None) -> None:
+        """One training log point (averages over the last window).
+
+        ``grad_norm`` is (mean, max) over the window of the total gradient norm before clipping:
+        a mean far above ``clip_grad_norm`` means clipping, not the lr, sets the step size; a
+        lone max spike is the first sign of divergence."""
         if not self.enabled:
             return
         total = sum(losses.values())
         terms = "  ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in losses.items())
+        grad = "" if grad_norm is None else f"  grad {grad_norm[0]:.2f} (max {grad_norm[1]:.2f})"
         log.info(
-            "[%s] iter %d/%d  loss %.4f (%s)  lr %.2e  %.3f s/it  eta %s  mem %.0f MiB",
-            phase, phase_iter, phase_total, total, terms, lr, sec_per_iter, format_duration(eta),
-            memory,
+            "[%s] iter %d/%d  loss %.4f (%s)%s  lr %.2e  %.3f s/it  eta %s  mem %.0f MiB",
+            phase, phase_iter, phase_total, total, terms, grad, lr, sec_per_iter,
+            format_duration(eta), memory,
         )
         record = {"iter": iteration, "phase": phase, "phase_iter": phase_iter, "loss": total,
                   **losses, "lr": lr, "sec_per_iter": sec_per_iter, "memory_mb": memory}
+        if grad_norm is not None:
+            record["grad_norm"], record["grad_norm_max"] = grad_norm
         self._write(record, iteration, "train")
 
     def eval_point(self, *, phase: str, iteration: int, metrics: dict) -> None:

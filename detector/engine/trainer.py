@@ -46,6 +46,17 @@ log = logging.getLogger("detector.train")
 HEADS = ("backbone", "rpn_head", "roi_head")
 
 
+def _mean_max(values: list[torch.Tensor]) -> tuple[float, float] | None:
+    """(mean, max) of the finite 0-dim tensors in ``values`` (fp16 overflow steps, which the
+    GradScaler skips, have an inf norm), or None if there are none."""
+    stacked = torch.stack(values).float()
+    finite = stacked[stacked.isfinite()]
+    if finite.numel() == 0:
+        return None
+    mean, top = torch.stack((finite.mean(), finite.max())).tolist()
+    return mean, top
+
+
 def infinite_batches(loader: DataLoader) -> Iterator[dict]:
     """Batches forever, a new epoch (and a new shuffle) when one ends (see ``BatchStream``)."""
     return iter(BatchStream(loader))
@@ -220,13 +231,14 @@ class Trainer(CheckpointingMixin):
         """Train ``phase`` from ``self.phase_iter`` on; False when stopped early."""
         trained = self._start_phase(phase)
         window: dict[str, torch.Tensor] = {}
+        norms: list[torch.Tensor] = []  # pre-clipping gradient norms of the window's steps
         window_start, window_len = time.perf_counter(), 0
         bar = tqdm(total=phase.iterations, initial=self.phase_iter, dynamic_ncols=True,
                    desc=f"step {self.phase_index + 1}/{len(self.phases)} {phase.name}",
                    disable=not self.progress)
         while self.phase_iter < phase.iterations:
             lr = self._optimizer.param_groups[0]["lr"]
-            losses, stop = self._step(trained, phase)
+            losses, norm, stop = self._step(trained, phase)
             with warnings.catch_warnings():  # after a skipped first step: "step() before ..."
                 warnings.simplefilter("ignore", UserWarning)
                 self._scheduler.step()
@@ -234,18 +246,21 @@ class Trainer(CheckpointingMixin):
             bar.update()
             for k, v in (losses or {}).items():
                 window[k] = window.get(k, 0.0) + v
+            if losses is not None:
+                norms.append(norm)
             window_len += losses is not None
             last = self.phase_iter == phase.iterations
             if (self.phase_iter % self.log_period == 0 or last) and window_len:
                 elapsed = (time.perf_counter() - window_start) / window_len
                 averaged = self._average(window, window_len)
+                grad_norm = _mean_max(norms)
                 self.logger.train_point(
                     phase=phase.name, iteration=self.iteration, phase_iter=self.phase_iter,
                     phase_total=phase.iterations, losses=averaged, lr=lr, sec_per_iter=elapsed,
                     eta=elapsed * (self.total_iterations - self.iteration),
-                    memory=memory_mb(self.device))
+                    memory=memory_mb(self.device), grad_norm=grad_norm)
                 bar.set_postfix(loss=f"{sum(averaged.values()):.3f}", lr=f"{lr:.1e}")
-                window, window_start, window_len = {}, time.perf_counter(), 0
+                window, window_start, window_len, norms = {}, time.perf_counter(), 0, []
             if self.checkpoint_period > 0 and self.iteration % self.checkpoint_period == 0:
                 self.save_checkpoint()
             # (the end of the last phase is evaluated once, by ``train``)
@@ -283,9 +298,9 @@ class Trainer(CheckpointingMixin):
             out = source(images, batch["image_sizes"], detect=False)
         return out["proposals"].float(), out["proposal_valid"]
 
-    def _step(self, model: nn.Module, phase: Phase) -> tuple[dict | None, bool]:
+    def _step(self, model: nn.Module, phase: Phase) -> tuple[dict | None, torch.Tensor, bool]:
         """One optimiser step. Returns (the phase's detached loss terms, or None if the step was
-        skipped as non-finite; whether to stop after it)."""
+        skipped as non-finite; the gradient norm before clipping; whether to stop after it)."""
         # the state before the step, put back if it turns out non-finite: the random generators
         # and data position (for the checkpoint) and the buffers the forward updates (BN stats)
         cursor = {"rng": capture_rng_state(), "data": self.stream.state_dict()}
@@ -314,7 +329,7 @@ class Trainer(CheckpointingMixin):
             self._consecutive_skips = 0
             self.scaler.step(self._optimizer)
         self.scaler.update()
-        return (None if bad else {k: v.detach() for k, v in terms.items()}), stop
+        return (None if bad else {k: v.detach() for k, v in terms.items()}), norm.detach(), stop
 
     def _nonfinite(self, phase: Phase, checked: dict[str, torch.Tensor], cursor: dict) -> None:
         """Skip the step (counted) or write the last good state and raise ``NonFiniteError``."""

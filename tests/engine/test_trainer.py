@@ -14,7 +14,7 @@ from detector.data import ShapesDetection, build_dataloader, build_transforms
 from detector.engine.logger import TrainLogger
 from detector.engine.optim import lr_lambda
 from detector.engine.schedules import end_to_end, four_step
-from detector.engine.trainer import Trainer
+from detector.engine.trainer import Trainer, _mean_max
 from detector.evaluation import STAT_NAMES
 from detector.losses import BinaryCrossEntropy, CrossEntropy
 from detector.modeling import build_criterion, build_model
@@ -213,6 +213,7 @@ def test_metrics_jsonl_has_a_line_per_log_point_and_the_evaluations(shapes, tmp_
         assert not (RPN_LOSSES | ROI_LOSSES) - terms & r.keys()
         assert r["loss"] == pytest.approx(sum(r[k] for k in terms))
         assert {"lr", "sec_per_iter", "memory_mb", "phase_iter"} <= r.keys()
+        assert 0 < r["grad_norm"] <= r["grad_norm_max"] < float("inf")
     # eval_period=1: evaluations in the main-model phases that use their own proposals
     # (steps 3-4), none in steps 1-2, and exactly one at the very end
     assert [(r["iter"], r["phase"]) for r in evals] == [
@@ -223,6 +224,12 @@ def test_metrics_jsonl_has_a_line_per_log_point_and_the_evaluations(shapes, tmp_
     assert set(STAT_NAMES) <= metrics.keys()
     assert not any(k.startswith("_") for k in metrics)
     assert summary["iterations"] == 6
+
+
+def test_logged_gradient_norm_is_the_mean_and_max_of_the_finite_pre_clipping_norms():
+    norms = [torch.tensor(1.0), torch.tensor(float("inf")), torch.tensor(3.0)]
+    assert _mean_max(norms) == (2.0, 3.0)
+    assert _mean_max([torch.tensor(float("nan"))]) is None
 
 
 def test_final_evaluation_runs_once_at_the_end(shapes, tmp_path):
