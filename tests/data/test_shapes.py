@@ -58,13 +58,17 @@ def test_refuses_to_overwrite_foreign_folder(tmp_path):
 
 def test_rendered_boxes_are_inside_the_image_and_not_tiny():
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    for _ in range(60):
         image, boxes, labels = render_shapes_image(rng, image_size=96)
         assert image.shape == (96, 96, 3) and image.dtype == np.uint8
         assert len(boxes) == len(labels) <= 4 and set(labels.tolist()) <= {1, 2, 3, 4}
         assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2:] <= 96)
+        sides = boxes[:, 2:] - boxes[:, :2]
         # the thinnest shape is an ellipse/rectangle of aspect 0.55 at the smallest diameter
-        assert np.all(boxes[:, 2:] - boxes[:, :2] >= 0.125 * 96 * 0.55)
+        assert np.all(sides >= 0.25 * 96 * 0.55)
+        # every shape spans at least ~60% of the smallest diameter (a quarter of the image) along
+        # its longer side: two cells of a stride-16 map at 128 px
+        assert np.all(sides.max(axis=1) >= 0.6 * 0.25 * 96)
 
 
 def test_default_set_shape_and_coco_code_path(default_root):
