@@ -146,6 +146,21 @@ def test_default_is_cross_entropy_with_a_zero_objectness_bias(hydra_compose, tmp
     assert cfg.name == "ce_end_to_end"
 
 
+@pytest.mark.parametrize("dataset", ["shapes", "coco", "voc"])
+def test_sampled_rpn_box_weight_keeps_the_papers_balance(dataset, hydra_compose, tmp_path):
+    """With sampled anchors the RPN box weight is lambda * N_cls / N_reg = 10 * 256 / (anchor
+    locations of a full-size image): ~1 at 600 x 1000, 40 on the 8 x 8 map of a 128 px image."""
+    cfg = _train_cfg(hydra_compose, ["experiment=ce", f"dataset={dataset}"], tmp_path)
+    criterion = hydra.utils.instantiate(cfg.loss.criterion)
+    stride = 16  # every backbone of configs/model
+    locations = (cfg.dataset.min_size / stride) * (cfg.dataset.max_size / stride)
+    expected = 10 * criterion.rpn.num_samples / locations
+    assert criterion.weights["loss_rpn_box"] == pytest.approx(expected, rel=0.1)
+    focal = hydra.utils.instantiate(_train_cfg(
+        hydra_compose, ["experiment=focal", f"dataset={dataset}"], tmp_path).loss.criterion)
+    assert focal.rpn.num_samples is None and focal.weights["loss_rpn_box"] == 1.0
+
+
 def test_focal_dense_drops_roi_sampling(hydra_compose, tmp_path):
     cfg = _train_cfg(hydra_compose, ["experiment=focal_dense"], tmp_path)
     model = hydra.utils.instantiate(cfg.model, num_classes=NUM_CLASSES)
