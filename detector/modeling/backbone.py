@@ -296,17 +296,27 @@ class ResNet50C4Backbone(nn.Module):
         frozen_blocks (int): how many leading stages (0-4) are frozen, BN included; 2 = stem and
             layer1 (detectron2's default).
         norm (str): ``"frozen"`` or ``"train"``, as for :class:`VGG16BNBackbone`.
+        output_stride (int): 16, or 8 with layer3's stride replaced by dilation 2 (torchvision's
+            ``replace_stride_with_dilation``; same weights).
     """
 
     def __init__(
-        self, *, weights: str | None = None, frozen_blocks: int = 2, norm: str = "frozen"
+        self,
+        *,
+        weights: str | None = None,
+        frozen_blocks: int = 2,
+        norm: str = "frozen",
+        output_stride: int = 16,
     ) -> None:
         super().__init__()
         _check_options(frozen_blocks, 4, norm)
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         self.out_channels = 1024
-        self.stride = 16
+        self.stride = output_stride
         self.frozen_blocks = frozen_blocks
-        resnet = models.resnet50(weights=None)
+        resnet = models.resnet50(
+            weights=None, replace_stride_with_dilation=[False, output_stride == 8, False])
         self.conv1, self.bn1, self.relu, self.maxpool = (
             resnet.conv1,
             resnet.bn1,
@@ -324,14 +334,14 @@ class ResNet50C4Backbone(nn.Module):
             freeze_batch_norm(self)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Compute the stride-16 feature map.
+        """Compute the feature map (stride s = ``self.stride``).
 
         Args:
             images (Tensor[B, 3, H, W]): normalised images.
 
         Returns:
-            Tensor[B, 1024, ceil(H / 16), ceil(W / 16)]: layer3 output (the padded stride-2 convs
-            round up; equal to H / 16 for H, W multiples of 16).
+            Tensor[B, 1024, ceil(H / s), ceil(W / s)]: layer3 output (the padded stride-2 convs
+            round up; equal to H / s for H, W multiples of s).
         """
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         return self.layer3(self.layer2(self.layer1(x)))

@@ -323,6 +323,18 @@ def test_resnet_c4_shape_is_ceil_of_stride_16():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
 
 
+def test_resnet_c4_output_stride_8_dilates_layer3_with_the_same_weights():
+    plain, dilated = ResNet50C4Backbone(), ResNet50C4Backbone(output_stride=8)
+    with torch.no_grad():
+        out = dilated.eval()(torch.randn(1, 3, 64, 80))
+    assert out.shape == (1, 1024, 8, 10) and dilated.stride == 8
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {
+        k: v.shape for k, v in dilated.state_dict().items()}
+    assert dilated.layer3[1].conv2.dilation == (2, 2) and plain.layer3[1].conv2.dilation == (1, 1)
+    with pytest.raises(ValueError, match="output_stride"):
+        ResNet50C4Backbone(output_stride=4)
+
+
 def test_resnet_c4_frozen_stages_and_local_weights(tmp_path):
     reference = models.resnet50(weights=None).eval()
     _randomise_batch_norm(reference)
