@@ -105,7 +105,7 @@ def render_shapes_image(
         object_size: shape diameter range as fractions of `image_size`. The default (32-80 px
             in a 128 px image) keeps every shape at least two cells of a stride-16 feature map
             across; with an eighth (16 px, one cell) as the lower end, version 1 of this set made
-            the smallest shapes the bulk of the misses of a detector trained from scratch.
+            the smallest shapes a large share of the misses of a detector trained from scratch.
 
     Returns:
         (image uint8[S, S, 3] RGB, boxes float64[N, 4] xyxy pixels, labels int64[N] 1..4).
