@@ -111,13 +111,7 @@ def sample_balanced(
     positive_fraction: float,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``draw_balanced`` as masks.
-
-    Args:
-        labels (LongTensor[B, N]): 1 foreground, 0 background, -1 ignore.
-        num_per_image (int): sample size per image (e.g. 256 for the RPN, 512 for the ROI head).
-        positive_fraction (float): largest share of foreground in the sample (0.5 RPN, 0.25 ROI).
-        generator (torch.Generator, optional): on ``labels.device``, for reproducible draws.
+    """``draw_balanced`` (same arguments, ``labels [B, N]``) as masks.
 
     Returns:
         pos_mask (BoolTensor[B, N]): sampled foreground rows.
