@@ -1,7 +1,9 @@
 """Shared pytest fixtures: real-data locations (skipped when absent) and device selection."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not go online
@@ -52,3 +54,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+
+def _register(name: str) -> None:
+    """Make ``tests/<name>.py`` importable by name from every test module (tests are no package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+
+_register("tiny_checkpoint")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """``<run>/checkpoints/final.pth`` of a small VGG16-BN model with the shapes classes (see
+    ``tests/tiny_checkpoint.py``)."""
+    return sys.modules["tiny_checkpoint"].write_tiny_checkpoint(
+        tmp_path_factory.mktemp("run") / "checkpoints" / "final.pth")

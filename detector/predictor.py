@@ -1,0 +1,216 @@
+"""Run a trained detector on your own images: ``Predictor.from_checkpoint(path)(images)``.
+
+    >>> from detector.predictor import Predictor
+    >>> predictor = Predictor.from_checkpoint("outputs/focal_end_to_end/<run>/checkpoints/final.pth")
+    >>> result = predictor("street.jpg")            # a path, an RGB array, a PIL image, or a list
+    >>> for box, name, score in zip(result.boxes, result.class_names, result.scores):
+    ...     print(name, round(float(score), 2), box)  # xyxy in the original image's pixels
+
+Images go through the evaluation pipeline of the run (resize to the run's ``min_size``/``max_size``,
+ImageNet normalisation), are batched, and the detections come back in original-image pixels.
+The model is built once from the checkpoint's own description (no Hydra, nothing downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from detector.data.collate import collate_batch
+from detector.data.image_io import read_image_rgb
+from detector.data.transforms import DetectionTransforms, build_transforms
+from detector.engine.checkpoint import load_checkpoint
+from detector.engine.inference import autocast, to_device
+from detector.engine.setup import resolve_device, resolve_precision
+from detector.modeling.spec import model_from_checkpoint
+
+__all__ = ["Detections", "Predictor", "checkpoint_metrics", "load_image"]
+
+ImageInput = Any  # str | Path | np.ndarray[H, W, 3] uint8 | PIL.Image.Image
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image (D of them, highest score first).
+
+    Attributes:
+        boxes (ndarray[D, 4] float32): xyxy, pixels of the original image.
+        scores (ndarray[D] float32): class scores in [0, 1].
+        labels (ndarray[D] int64): 1..K (``class_names[label - 1]`` names a label).
+        class_names (list[str]): the name of each detection's class.
+        image_size (tuple[int, int]): (height, width) of the original image.
+        source (str | None): the file the image came from, if any.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    image_size: tuple[int, int]
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def above(self, threshold: float) -> Detections:
+        """Only the detections scoring at least ``threshold``."""
+        keep = self.scores >= threshold
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep],
+                          [n for n, k in zip(self.class_names, keep, strict=True) if k],
+                          self.image_size, self.source)
+
+    def to_list(self, *, label_to_cat_id: dict[int, int] | None = None) -> list[dict]:
+        """One JSON-ready dict per detection: ``bbox`` as COCO xywh, ``box_xyxy``, ``score``,
+        ``label``, ``category_id`` (the dataset's own id when ``label_to_cat_id`` is given) and
+        ``category``."""
+        out = []
+        for (x1, y1, x2, y2), score, label, name in zip(
+                self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), self.class_names,
+                strict=True):
+            cat_id = label_to_cat_id.get(label, label) if label_to_cat_id else label
+            out.append({"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "box_xyxy": [round(v, 2) for v in (x1, y1, x2, y2)],
+                        "score": round(score, 4), "label": label, "category_id": int(cat_id),
+                        "category": name})
+        return out
+
+
+def load_image(image: ImageInput, *, bgr: bool = False) -> tuple[np.ndarray, str | None]:
+    """Any supported input -> (RGB uint8 array [H, W, 3], source file name or None).
+
+    Args:
+        image: a file path (read with OpenCV; grayscale and alpha are converted), an array
+            ``[H, W, 3]`` uint8 (RGB unless ``bgr``; pass ``bgr=True`` for arrays from
+            ``cv2.imread``) or ``[H, W]`` grayscale, or a PIL image.
+
+    Raises:
+        DatasetError: an unreadable or non-image file (the message names it).
+        ValueError: an array of the wrong shape or type.
+    """
+    if isinstance(image, str | Path):
+        return read_image_rgb(image), str(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image, without importing PIL
+        return np.asarray(image.convert("RGB")), getattr(image, "filename", None) or None
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"an image must be a path, a numpy array or a PIL image, not "
+                         f"{type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"an image array must be [H, W, 3] (or [H, W]), got shape {image.shape}")
+    return np.ascontiguousarray(image[:, :, ::-1] if bgr else image), None
+
+
+def checkpoint_metrics(path: str | Path) -> dict | None:
+    """The metrics a checkpoint was scored with: ``final_metrics.json`` of its run (training's
+    final evaluation), else ``<name>_val_metrics.json`` beside it (``tools/eval.py``), else None."""
+    path = Path(path)
+    for candidate in (path.parent.parent / "final_metrics.json",
+                      path.parent / f"{path.stem}_val_metrics.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+@dataclass
+class Predictor:
+    """A trained model plus its evaluation preprocessing; call it on images.
+
+    Build it with ``from_checkpoint``. Attributes: ``model`` (eval mode, on ``device``),
+    ``transforms`` (the run's eval pipeline), ``class_names``, ``label_to_cat_id``,
+    ``score_threshold``, ``batch_size``, ``precision`` ("fp32", "bf16" or "fp16"), ``info``
+    (checkpoint path, iteration, metrics).
+    """
+
+    model: nn.Module
+    transforms: DetectionTransforms
+    class_names: list[str]
+    device: torch.device
+    precision: str = "fp32"
+    score_threshold: float = 0.5
+    batch_size: int = 8
+    label_to_cat_id: dict[int, int] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
+                        score_threshold: float = 0.5, batch_size: int = 8) -> Predictor:
+        """Load ``path`` (a ``final.pth`` or ``iter_*.pth`` from ``tools/train_net.py``).
+
+        Args:
+            device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+            precision: "auto" (bf16 where the device computes it natively), "fp32", "bf16", "fp16".
+            score_threshold: detections below it are dropped (the model itself keeps >= 0.05).
+            batch_size: images per forward pass.
+        """
+        state = load_checkpoint(path)
+        dataset = state.get("config", {}).get("dataset", {})
+        transforms = build_transforms(train=False, min_size=dataset.get("min_size", 600),
+                                      max_size=dataset.get("max_size", 1000))
+        dev = resolve_device(device)
+        model = model_from_checkpoint(state).to(dev)
+        info = {"checkpoint": str(path), "iteration": state.get("iteration"),
+                "dataset": dataset.get("name"), "metrics": checkpoint_metrics(path)}
+        return cls(model=model, transforms=transforms, class_names=list(state["class_names"]),
+                   device=dev, precision=resolve_precision(precision, dev),
+                   score_threshold=float(score_threshold), batch_size=int(batch_size),
+                   label_to_cat_id={int(k): int(v)
+                                    for k, v in state.get("label_to_cat_id", {}).items()},
+                   info=info)
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], *, bgr: bool = False,
+                 score_threshold: float | None = None) -> Detections | list[Detections]:
+        """Detect objects. One image in, one ``Detections`` out; a list in, a list out.
+
+        Args:
+            images: a path, an array (RGB uint8 ``[H, W, 3]``; ``bgr=True`` for OpenCV's BGR),
+                a PIL image, or a list/tuple of them.
+            score_threshold: overrides the predictor's threshold for this call.
+        """
+        single = not isinstance(images, list | tuple)
+        batch = [images] if single else list(images)
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
+        results: list[Detections] = []
+        for start in range(0, len(batch), self.batch_size):
+            loaded = [load_image(image, bgr=bgr) for image in batch[start:start + self.batch_size]]
+            results.extend(self.predict_arrays(loaded, score_threshold=threshold))
+        return results[0] if single else results
+
+    @torch.no_grad()
+    def predict_arrays(self, images: Iterable[tuple[np.ndarray, str | None]], *,
+                       score_threshold: float) -> list[Detections]:
+        """One forward pass over (RGB array, source) pairs; see ``__call__``."""
+        items, sources = [], []
+        for index, (array, source) in enumerate(images):
+            sample = self.transforms(image=array, boxes=np.zeros((0, 4), np.float32),
+                                     labels=np.zeros((0,), np.int64))
+            items.append({**sample, "image_id": index, "orig_size": tuple(array.shape[:2])})
+            sources.append(source)
+        if not items:
+            return []
+        batch = to_device(collate_batch(items), self.device)
+        with autocast(self.device, self.precision):
+            outputs = self.model(batch["images"], batch["image_sizes"], detect=True)
+        per_image = self.model.detect(outputs, batch["scales"])
+        return [self._to_detections(det, item["orig_size"], source).above(score_threshold)
+                for det, item, source in zip(per_image, items, sources, strict=True)]
+
+    def _to_detections(self, det: dict, size: tuple[int, int], source: str | None) -> Detections:
+        labels = det["labels"].cpu().numpy().astype(np.int64)
+        return Detections(
+            boxes=det["boxes"].float().cpu().numpy().astype(np.float32).reshape(-1, 4),
+            scores=det["scores"].float().cpu().numpy().astype(np.float32),
+            labels=labels, class_names=[self.class_names[i - 1] for i in labels.tolist()],
+            image_size=(int(size[0]), int(size[1])), source=source)

@@ -1,0 +1,127 @@
+"""The Python API on one's own images (detector/predictor.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_checkpoint import TINY_CLASSES, TINY_SIZE
+
+from detector.data import DatasetError, ShapesDetection, build_dataloader, build_transforms
+from detector.data.image_io import read_image_rgb
+from detector.engine.inference import predict
+from detector.predictor import Detections, Predictor, checkpoint_metrics, load_image
+from detector.visualize import save_image
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32",
+                                     score_threshold=0.0, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory) -> ShapesDetection:
+    transforms = build_transforms(train=False, min_size=TINY_SIZE, max_size=TINY_SIZE)
+    return ShapesDetection(root=tmp_path_factory.mktemp("data") / "shapes", split="val",
+                           num_train=2, num_val=3, image_size=TINY_SIZE, transforms=transforms)
+
+
+def _same(a: Detections, b: Detections, atol: float = 1e-4) -> None:
+    assert a.labels.tolist() == b.labels.tolist()
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=atol)
+    np.testing.assert_allclose(a.scores, b.scores, atol=atol)
+
+
+def test_matches_the_evaluation_pipeline(predictor, val_set):
+    """Files in, the same detections as tools/eval.py's path (dataset -> loader -> predict)."""
+    loader = build_dataloader(dataset=val_set, batch_size=3, train=False)
+    reference = predict(predictor.model, loader, device=torch.device("cpu"), progress=False)
+    paths = [val_set.image_dir / val_set.coco.imgs[d["image_id"]]["file_name"] for d in reference]
+    results = predictor(paths)
+    assert len(results) == 3
+    for ref, got, path in zip(reference, results, paths, strict=True):
+        assert got.source == str(path) and got.image_size == (TINY_SIZE, TINY_SIZE)
+        assert len(got) == len(ref["scores"]) > 0  # untrained: scores near 1 / (K + 1) > 0.05
+        np.testing.assert_allclose(got.boxes, ref["boxes"].numpy(), atol=1e-4)
+        np.testing.assert_allclose(got.scores, ref["scores"].numpy(), atol=1e-5)
+        assert got.class_names == [TINY_CLASSES[i - 1] for i in ref["labels"].tolist()]
+
+
+def test_every_input_kind_gives_the_same_result(predictor, val_set, tmp_path):
+    from PIL import Image
+
+    path = val_set.records[0].path
+    rgb = read_image_rgb(path)
+    by_path = predictor(path)
+    assert isinstance(by_path, Detections)
+    _same(by_path, predictor(rgb))
+    _same(by_path, predictor(np.ascontiguousarray(rgb[:, :, ::-1]), bgr=True))
+    _same(by_path, predictor(Image.fromarray(rgb)))
+    batch = predictor([rgb, path, rgb])  # 3 images, batch_size 2: two forward passes
+    assert isinstance(batch, list) and len(batch) == 3
+    for result in batch:
+        _same(by_path, result)
+
+
+def test_boxes_come_back_in_original_pixels(predictor, val_set):
+    """A 2x nearest-neighbour enlargement resizes back to the same 64 px input, so the same
+    detections must come out with every coordinate doubled."""
+    rgb = read_image_rgb(val_set.records[1].path)
+    small, large = predictor([rgb, rgb.repeat(2, axis=0).repeat(2, axis=1)])
+    assert large.image_size == (2 * TINY_SIZE, 2 * TINY_SIZE)
+    assert small.labels.tolist() == large.labels.tolist()
+    np.testing.assert_allclose(large.boxes, 2 * small.boxes, atol=1e-3)
+    assert (large.boxes[:, 2:] <= 2 * TINY_SIZE + 1e-3).all() and (large.boxes >= 0).all()
+
+
+def test_score_threshold_filters(predictor, val_set):
+    rgb = read_image_rgb(val_set.records[0].path)
+    everything = predictor(rgb)
+    cut = float(np.median(everything.scores))
+    kept = predictor(rgb, score_threshold=cut)
+    assert 0 < len(kept) < len(everything) or cut == everything.scores.min()
+    assert (kept.scores >= cut).all()
+    assert len(kept) == int((everything.scores >= cut).sum())
+
+
+def test_bad_inputs_are_clear_errors(predictor, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(DatasetError, match="notes.jpg"):
+        predictor(text)
+    with pytest.raises(ValueError, match="uint8"):
+        predictor(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        predictor(np.zeros((8, 8, 5), np.uint8))
+    with pytest.raises(ValueError, match="path, a numpy array or a PIL image"):
+        predictor(42)
+    assert predictor([]) == []
+
+
+def test_grayscale_arrays_and_files_are_accepted(predictor, tmp_path):
+    gray = np.tile(np.arange(48, dtype=np.uint8), (40, 1))
+    array, source = load_image(gray)
+    assert array.shape == (40, 48, 3) and source is None
+    assert (array[..., 0] == gray).all() and (array[..., 2] == gray).all()
+    save_image(tmp_path / "g.png", array)
+    assert predictor(tmp_path / "g.png").image_size == (40, 48)
+
+
+def test_detections_to_list_is_coco_xywh():
+    det = Detections(boxes=np.array([[10.0, 20.0, 40.0, 60.0]], np.float32),
+                     scores=np.array([0.9], np.float32), labels=np.array([2]),
+                     class_names=["circle"], image_size=(100, 100))
+    (row,) = det.to_list(label_to_cat_id={2: 17})
+    assert row["bbox"] == [10.0, 20.0, 30.0, 40.0] and row["box_xyxy"] == [10, 20, 40, 60]
+    assert row["category_id"] == 17 and row["category"] == "circle" and row["label"] == 2
+    assert row["score"] == pytest.approx(0.9)
+
+
+def test_info_carries_the_run_metrics(predictor, tiny_checkpoint):
+    assert predictor.class_names == TINY_CLASSES
+    assert predictor.info["metrics"] == {"AP": 0.25, "AP50": 0.5}
+    assert predictor.info["iteration"] == 7 and predictor.info["dataset"] == "shapes"
+    assert checkpoint_metrics(tiny_checkpoint.parent / "elsewhere.pth") == {"AP": 0.25,
+                                                                            "AP50": 0.5}
+    assert checkpoint_metrics(tiny_checkpoint.parent.parent.parent / "x" / "y.pth") is None
