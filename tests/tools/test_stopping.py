@@ -84,7 +84,7 @@ def _resume_finishes(args: list[str], run: Path, total: int) -> None:
 def test_sigterm_to_the_process_group_with_data_workers(overrides, tmp_path):
     """What timeout, scancel and systemd do: SIGTERM to every process of the job. The workers
     ignore it, the main process finishes its step, writes a checkpoint and exits with 143."""
-    run, total = tmp_path / "run", 40
+    run, total = tmp_path / "run", 20
     args = [*overrides, "num_workers=2", f"schedule.iterations={total}",
             "train.checkpoint_period=2", f"output_dir={run}"]
     proc = _start(args)
