@@ -40,7 +40,7 @@ def _load(name: str, path: Path):
 
 rel = _load("reliability_helpers", HERE / "test_reliability.py")  # its helpers and tools
 train_net, eval_tool, tiny = rel.train_net, rel.eval_tool, rel.tiny
-cli = sys.modules["cli"]  # what train_net imported
+cli = importlib.import_module("cli")  # tools/ is on sys.path: train_net put it there
 
 
 @pytest.fixture(scope="module")
