@@ -7,8 +7,9 @@ Trains the shapes recipe (``experiment=focal``) on the CPU for ``iterations`` it
 evaluation every ``eval_period`` (default 200), records the resident memory (VmRSS of this
 process, from /proc/self/status) at every log point, and prints the RSS after iteration
 ``mark`` (default 200: allocator pools, data workers and the first evaluation are warm by
-then), at the end, and the difference. A benchmark, not a test: it takes ~20+ minutes. The
-per-log-point figures go to ``<output_dir>/soak_rss.csv``.
+then), at the end, and the difference. A benchmark, not a test: it takes ~20+ minutes on a
+quiet 2-core machine. SIGTERM or Ctrl-C stops it early (after the current step or evaluation
+batch) and it still reports. The per-log-point figures go to ``<output_dir>/soak_rss.csv``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_net  # noqa: E402  (sets THP_MEM_ALLOC_ENABLE before torch loads)
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from detector.engine.guard import StopSignal  # noqa: E402
 from detector.engine.logger import TrainLogger  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -77,18 +79,24 @@ def main(argv: list[str]) -> None:
     samples: dict[int, float] = {}
     (out / "soak_rss.csv").write_text("iteration,rss_mib\n")
     record_rss(out / "soak_rss.csv", samples)
-    start = time.perf_counter()
-    summary = train_net.train(cfg)
-    end = rss_mib()
-    marked = min((i for i in samples if i >= own["mark"]), default=None)
-    print(f"soak: {summary['iterations']} iterations in {(time.perf_counter() - start) / 60:.1f} "
-          f"min, {len(samples)} log points, output {out}")
+    start, stop = time.perf_counter(), StopSignal()
+    with stop.installed():  # SIGTERM/Ctrl-C: stop early and report what was measured so far
+        summary = train_net.train(cfg, stop)
+    report(samples, rss_mib(), mark=own["mark"], iterations=summary["iterations"],
+           minutes=(time.perf_counter() - start) / 60, out=out)
+
+
+def report(samples: dict[int, float], end: float, *, mark: int, iterations: int,
+           minutes: float, out: Path) -> None:
+    print(f"soak: {iterations} iterations in {minutes:.1f} min, {len(samples)} log points, "
+          f"output {out}")
+    marked = min((i for i in samples if i >= mark), default=None)
     if marked is None:
-        print(f"soak: the run never reached iteration {own['mark']}")
+        print(f"soak: the run never reached iteration {mark}")
         return
     growth = 100 * (end - samples[marked]) / samples[marked]
     print(f"rss_after_iter_{marked}_mib: {samples[marked]:.1f}")
-    print(f"rss_end_mib: {end:.1f}")
+    print(f"rss_end_mib: {end:.1f} (after iteration {iterations})")
     print(f"rss_growth_pct: {growth:+.2f}")
 
 

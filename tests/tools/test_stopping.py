@@ -189,14 +189,19 @@ def test_user_error_is_found_inside_other_exceptions():
     assert cli.user_error(FileNotFoundError("no such file")) is not None
 
 
-def test_eval_of_a_checkpoint_for_other_classes_is_one_line(overrides, tmp_path, capsys):
+def test_eval_of_a_bad_dataset_or_other_classes_is_one_line(overrides, tmp_path, capsys):
     run = tmp_path / "run"
     args = [*overrides, "schedule.iterations=2", "train.checkpoint_period=0", f"output_dir={run}"]
     assert train_net.run(rel._compose("train", args)) == 0
     capsys.readouterr()
+    checkpoint = f"checkpoint={run / 'checkpoints' / 'final.pth'}"
+    broken = _voc(tmp_path / "broken")  # a DatasetError inside Hydra's InstantiationException
+    code, err = _task(eval_tool, rel._compose("eval", [checkpoint, "device=cpu", "dataset=voc",
+                                                       f"dataset.root={broken}"]), capsys)
+    assert code == 2 and err.count("\n") == 1 and "a.xml is not valid XML" in err
     other = _voc(tmp_path / "voc", RACCOON_XML)
-    cfg = rel._compose("eval", [f"checkpoint={run / 'checkpoints' / 'final.pth'}", "device=cpu",
-                                "dataset=voc", f"dataset.root={other}", "num_visualize=0"])
+    cfg = rel._compose("eval", [checkpoint, "device=cpu", "dataset=voc", f"dataset.root={other}",
+                                "num_visualize=0"])
     code, err = _task(eval_tool, cfg, capsys)
     assert code == 2 and err.count("\n") == 1
     assert "the checkpoint's classes" in err and "raccoon" in err
