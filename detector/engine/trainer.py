@@ -281,7 +281,7 @@ class Trainer(CheckpointingMixin):
         values = torch.stack([v.float() for v in window.values()]) / count
         return dict(zip(window, dist.all_reduce(values).tolist(), strict=True))
 
-    def _stopped_in_final_evaluation(self) -> str | None:
+    def _stopped_in_final_evaluation(self) -> str:
         """After a stop during the final evaluation: write the (finished) state, which resumes
         straight into that evaluation."""
         if self._saved_iteration != self.iteration:
