@@ -208,31 +208,26 @@ def test_eval_of_a_bad_dataset_or_other_classes_is_one_line(overrides, tmp_path,
 
 
 # ---------------------------------------------------------------------------- bad checkpoints
-def test_resume_true_passes_over_a_truncated_checkpoint(overrides, tmp_path, caplog):
+def test_truncated_checkpoint_is_named_and_resume_true_passes_over_it(overrides, tmp_path,
+                                                                       capsys, caplog):
     run, total = tmp_path / "run", 6
     args = [*overrides, f"schedule.iterations={total}", "train.checkpoint_period=2",
             f"output_dir={run}"]
     assert train_net.run(rel._compose("train", args)) == 0
-    newest = find_resume_checkpoint(run)
-    assert newest.name == "iter_0000006.pth"
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a disk ran full
+    bad = find_resume_checkpoint(run)
+    assert bad.name == "iter_0000006.pth"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # as if a disk ran full
     (run / "checkpoints" / "final.pth").unlink()
+    # resume=PATH: one line naming the file and the one before it, exit code 2
+    capsys.readouterr()
+    assert train_net.run(rel._compose("train", [*args, f"resume={bad}"])) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"could not read checkpoint {bad}" in line
+    assert f"the previous checkpoint is {run / 'checkpoints' / 'iter_0000004.pth'}" in line
+    # resume=true: a warning, then the newest readable one
     with caplog.at_level(logging.WARNING):
         assert find_resume_checkpoint(run).name == "iter_0000004.pth"
         assert train_net.run(rel._compose("train", [*args, "resume=true"])) == 0
     assert any("skipping unreadable checkpoint" in r.getMessage() and "iter_0000006" in
                r.getMessage() for r in caplog.records)
     assert load_checkpoint(run / "checkpoints" / "final.pth")["iteration"] == total
-
-
-def test_resume_from_a_truncated_file_names_it_and_the_previous_one(overrides, tmp_path, capsys):
-    run = tmp_path / "run"
-    args = [*overrides, "schedule.iterations=4", "train.checkpoint_period=2", f"output_dir={run}"]
-    assert train_net.run(rel._compose("train", args)) == 0
-    bad = run / "checkpoints" / "iter_0000004.pth"
-    bad.write_bytes(bad.read_bytes()[:1000])
-    capsys.readouterr()
-    assert train_net.run(rel._compose("train", [*args, f"resume={bad}"])) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert f"could not read checkpoint {bad}" in line
-    assert f"the previous checkpoint is {run / 'checkpoints' / 'iter_0000002.pth'}" in line
