@@ -22,14 +22,11 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli import check_command_line, exit_on_user_error  # noqa: E402
 from config_checks import ConfigError, check_dataset, check_eval_config  # noqa: E402
 
-from detector.data import DatasetError, build_dataloader, read_image_rgb  # noqa: E402
-from detector.engine.checkpoint import (  # noqa: E402
-    CheckpointError,
-    find_latest_checkpoint,
-    load_checkpoint,
-)
+from detector.data import build_dataloader, read_image_rgb  # noqa: E402
+from detector.engine.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from detector.engine.inference import evaluate  # noqa: E402
 from detector.engine.setup import resolve_device, resolve_precision  # noqa: E402
 from detector.evaluation import (  # noqa: E402
@@ -113,12 +110,10 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():  # one line on stderr, exit code 2 (HYDRA_FULL_ERROR=1: trace)
         run(cfg)
-    except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as error:
-        log.error("%s", error)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
+    check_command_line("eval")
     main()

@@ -31,16 +31,12 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from config_checks import (  # noqa: E402
-    ConfigError,
-    check_overrides,
-    check_train_config,
-    resume_checkpoint,
-)
+from cli import USER_ERRORS, check_command_line, exit_on_user_error, report_user_error  # noqa: E402
+from config_checks import ConfigError, check_train_config, resume_checkpoint  # noqa: E402
 
-from detector.data import DatasetError, build_dataloader  # noqa: E402
+from detector.data import build_dataloader  # noqa: E402
 from detector.engine import distributed as dist  # noqa: E402
-from detector.engine.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from detector.engine.checkpoint import save_checkpoint  # noqa: E402
 from detector.engine.guard import NonFiniteError, StopSignal  # noqa: E402
 from detector.engine.logger import TrainLogger  # noqa: E402
 from detector.engine.setup import resolve_device, resolve_precision, seed_everything  # noqa: E402
@@ -155,9 +151,8 @@ def run(cfg: DictConfig) -> int:
         check_train_config(cfg)
         with stop.installed():
             summary = train(cfg, stop)
-    except (ConfigError, DatasetError, CheckpointError) as error:
-        log.error("%s: %s", type(error).__name__, error)
-        return 2
+    except USER_ERRORS as error:  # one line on stderr (wrapped ones: see main)
+        return report_user_error(error)
     except NonFiniteError as error:
         log.error("training diverged: %s %s", error, NONFINITE_KEYS)
         return 3
@@ -173,18 +168,15 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    code = run(cfg)
+    with exit_on_user_error():  # e.g. a DatasetError inside Hydra's InstantiationException
+        code = run(cfg)
     if code:
         sys.exit(code)
 
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    try:
-        check_overrides(sys.argv[1:], config_name="train")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    check_command_line("train")  # a typo'd key or option: one line, exit code 2
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes run files
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     main()

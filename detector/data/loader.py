@@ -30,6 +30,7 @@ from torch.utils.data import (
 
 from detector.data.collate import collate_batch
 from detector.data.samplers import AspectRatioGroupedBatchSampler, mix_seed
+from detector.data.worker_signals import StopSafeDataLoader, ignore_stop_signals
 
 __all__ = ["SeededSamples", "build_batch_sampler", "build_dataloader", "dataset_aspect_ratios",
            "seed_transforms", "seed_worker"]
@@ -47,7 +48,9 @@ def seed_transforms(dataset: Dataset, seed: int) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: derive every RNG of this worker from its torch seed."""
+    """DataLoader ``worker_init_fn``: derive every RNG of this worker from its torch seed, and
+    leave SIGINT/SIGTERM to the main process (``detector.data.worker_signals``)."""
+    ignore_stop_signals()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -147,6 +150,9 @@ def build_dataloader(
         num_replicas, rank: distributed training: this process's shard (train: same epoch
             order on every rank, disjoint batches; eval: every ``num_replicas``-th image).
 
+    Workers ignore SIGINT and SIGTERM (a signal to the whole process group stops training
+    through the main process, see ``detector.data.worker_signals``).
+
     Train loaders wrap ``dataset`` in `SeededSamples` (``loader.dataset.dataset`` is the original)
     and their batch sampler is an `AspectRatioGroupedBatchSampler` (``set_epoch(epoch, skip=k)``
     resumes inside an epoch).
@@ -160,7 +166,7 @@ def build_dataloader(
         num_replicas=num_replicas, rank=rank, epoch_keys=train)
     if train:
         dataset = SeededSamples(dataset=dataset, seed=seed)
-    return DataLoader(
+    return StopSafeDataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,

@@ -4,11 +4,14 @@ run (keeping the last K) and loading with clear errors.
 Layout of a run's ``checkpoints/``: ``iter_0000100.pth``, ``iter_0000200.pth``, ... (the full
 training state, see ``Trainer.state_dict``) and ``final.pth`` (the trained model with ``config``,
 ``class_names`` and ``label_to_cat_id``, what ``tools/eval.py`` reads). A killed process leaves
-at worst a stray ``.iter_*.tmp`` file, never a truncated checkpoint.
+at worst a stray ``.iter_*.tmp`` file, never a truncated checkpoint. A file that is truncated or
+corrupt all the same (a full disk, a bad copy) is named when loading, with the previous
+checkpoint suggested, and ``find_resume_checkpoint`` passes over it with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -18,6 +21,8 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "CheckpointMismatchError",
+    "checkpoint_error",
     "find_latest_checkpoint",
     "find_resume_checkpoint",
     "list_periodic_checkpoints",
@@ -29,9 +34,15 @@ __all__ = [
 
 _PERIODIC = re.compile(r"iter_(\d+)\.pth")
 
+log = logging.getLogger(__name__)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A readable checkpoint that does not fit this run (other classes, another schedule)."""
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
@@ -62,17 +73,44 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
     Only tensors and plain Python values are unpickled (``weights_only=True``), so a checkpoint
     from an untrusted source cannot run code. A missing file raises ``FileNotFoundError``, an
-    unreadable one ``CheckpointError``; both are one clear line naming the file."""
+    unreadable (truncated, corrupt) one ``CheckpointError``; both are one clear line naming
+    the file, the latter suggesting the previous checkpoint of its directory."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
-        first_line = (str(error).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(
-            f"could not read checkpoint {path} (not a file written by save_checkpoint?): "
-            f"{type(error).__name__}: {first_line}") from None
+        raise CheckpointError(f"could not read checkpoint {path} (truncated, corrupt or not "
+                              f"written by save_checkpoint: {_first_line(error)}){_previous(path)}"
+                              ) from None
+
+
+def _first_line(error: Exception) -> str:
+    line = (str(error).strip().splitlines() or [""])[0][:160]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _previous(path: Path) -> str:
+    """'; the previous checkpoint is ...' for an unreadable ``path``: the newest readable
+    ``iter_*.pth`` of its directory below its own iteration (any, for ``final.pth``)."""
+    match = _PERIODIC.fullmatch(path.name)
+    older = [p for p in list_periodic_checkpoints(path.parent)
+             if match is None or int(_PERIODIC.fullmatch(p.name).group(1)) < int(match.group(1))]
+    readable = next((p for p in reversed(older) if checkpoint_error(p) is None), None)
+    if readable is None:
+        return "; no older readable checkpoint beside it"
+    return f"; the previous checkpoint is {readable} (pass that path instead)"
+
+
+def checkpoint_error(path: str | Path) -> str | None:
+    """None if ``path`` unpickles as a checkpoint, else why not (one line). Cheap: the tensors
+    are memory-mapped, not read."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
+        return _first_line(error)
+    return None
 
 
 def find_latest_checkpoint(root: str | Path, name: str = "final.pth") -> Path | None:
@@ -108,6 +146,12 @@ def save_periodic_checkpoint(directory: str | Path, payload: dict, *, iteration:
 
 
 def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest (highest iteration) ``checkpoints/iter_*.pth`` of a run directory, or None."""
-    found = list_periodic_checkpoints(Path(output_dir) / "checkpoints")
-    return found[-1] if found else None
+    """The newest (highest iteration) readable ``checkpoints/iter_*.pth`` of a run directory,
+    or None; newer unreadable ones (truncated, corrupt) are passed over with a warning."""
+    for path in reversed(list_periodic_checkpoints(Path(output_dir) / "checkpoints")):
+        problem = checkpoint_error(path)
+        if problem is None:
+            return path
+        log.warning("skipping unreadable checkpoint %s (%s); trying the previous one", path,
+                    problem)
+    return None

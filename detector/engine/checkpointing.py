@@ -13,7 +13,11 @@ import logging
 from pathlib import Path
 
 from detector.engine import distributed as dist
-from detector.engine.checkpoint import load_checkpoint, save_periodic_checkpoint
+from detector.engine.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    save_periodic_checkpoint,
+)
 from detector.engine.state import capture_rng_state, drop_records_after, restore_rng_state
 
 __all__ = ["CheckpointingMixin"]
@@ -70,10 +74,16 @@ class CheckpointingMixin:
         call before ``train``."""
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         saved = state["trainer"]
+        source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
         names = [p.name for p in self.phases]
         if saved["phases"] != names:
-            raise ValueError(f"the checkpoint is of a run with phases {saved['phases']}, this "
-                             f"run has {names}: resume with the same schedule")
+            raise CheckpointMismatchError(f"{source} is of a run with phases {saved['phases']}, "
+                                          f"this run has {names}: resume with the same schedule")
+        classes, ours = state.get("class_names"), self.checkpoint_extra.get("class_names")
+        if classes is not None and ours is not None and list(classes) != list(ours):
+            raise CheckpointMismatchError(f"{source} is for the classes {list(classes)}, this "
+                                          f"run's dataset has {list(ours)}: resume it with its "
+                                          f"own dataset")
         if saved["phase_iterations"] != [p.iterations for p in self.phases]:
             log.warning("resuming with different phase lengths (%s, checkpoint %s): the LR "
                         "schedule differs from the interrupted run's",

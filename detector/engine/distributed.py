@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from detector.engine.inference import predict, score_detections
+from detector.engine.inference import EvaluationStopped, predict, score_detections
 
 __all__ = [
     "all_gather_objects",
@@ -144,19 +145,31 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 def evaluate_sharded(
     model: nn.Module, loader: DataLoader, *, device: torch.device, precision: str = "fp32",
-    progress: bool = True,
+    progress: bool = True, should_stop: Callable[[], bool] | None = None,
 ) -> tuple[dict | None, list[dict]]:
     """COCO evaluation when each rank's ``loader`` holds a shard of the val set: every rank
     predicts its shard, rank 0 evaluates the detections of all ranks, every rank gets the
     metrics. Single-process: the same as ``detector.engine.inference.evaluate``.
 
+    ``should_stop`` (see ``predict``) is asked by each rank before each of its batches; when it
+    stops any rank, every rank raises ``EvaluationStopped`` (after the gather, so no rank is
+    left waiting in a collective).
+
     Returns:
         (metrics from ``detector.evaluation.evaluate_coco``, all detections sorted by image id).
     """
     sync_buffers(model)
-    mine = predict(model, loader, device=device, precision=precision,
-                   progress=progress and is_main())
-    detections = [d for part in all_gather_objects(mine) for d in part]
+    try:
+        mine = predict(model, loader, device=device, precision=precision,
+                       progress=progress and is_main(), should_stop=should_stop)
+    except EvaluationStopped as stopped:
+        mine = stopped.images_done  # every rank still takes part in the gather below
+    parts = all_gather_objects(mine)
+    if any(isinstance(p, int) for p in parts):
+        done = sum(p if isinstance(p, int) else len(p) for p in parts)
+        raise EvaluationStopped(f"evaluation abandoned after {done} images (stop requested)",
+                                images_done=done)
+    detections = [d for part in parts for d in part]
     detections.sort(key=lambda d: d["image_id"])
     metrics = None
     if is_main():

@@ -4,7 +4,8 @@ The trainer checks, once per step and with a single host sync, that every loss t
 gradient norm are finite. ``on_nonfinite="stop"`` writes the last good state (the step is checked
 before the optimiser applies it) and raises ``NonFiniteError``; ``"skip"`` drops the step,
 counts it and goes on. A ``StopSignal`` is a flag that SIGINT/SIGTERM set while it is
-``installed()``; the trainer finishes the current step, writes a checkpoint and returns.
+``installed()``; the trainer finishes the current step (or abandons an evaluation after the
+current batch), writes a checkpoint and returns.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ class StopSignal:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.request(name, signum)
-        log.warning("%s received: finishing the current step, then writing a checkpoint "
-                    "(Ctrl-C again aborts at once, without one)", name)
+        log.warning("%s received: finishing the current step (or evaluation batch), then "
+                    "writing a checkpoint (Ctrl-C again aborts at once, without one)", name)
 
     @contextlib.contextmanager
     def installed(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),

@@ -34,7 +34,7 @@ from detector.engine.guard import (
     grad_norm,
     step_flags,
 )
-from detector.engine.inference import TARGET_KEYS, autocast, to_device
+from detector.engine.inference import TARGET_KEYS, EvaluationStopped, autocast, to_device
 from detector.engine.logger import TrainLogger, format_duration, memory_mb
 from detector.engine.optim import param_groups
 from detector.engine.schedules import Phase
@@ -172,8 +172,8 @@ class Trainer(CheckpointingMixin):
                 self.phase_begun = True
             if self._run_phase(phase):
                 self.phase_index, self.phase_iter, self.phase_begun = self.phase_index + 1, 0, False
-            else:
-                interrupted = self.stop_signal.reason
+            else:  # (under torchrun the request may have reached another rank only)
+                interrupted = self.stop_signal.reason or "a stop request on another process"
         self.stream.close()  # training data workers are not needed any more
         self._restore(self.models["main"])
         if interrupted is None and self.checkpoint_period > 0 and (
@@ -183,6 +183,8 @@ class Trainer(CheckpointingMixin):
         if interrupted is None and self.val_loader is not None and self._can_evaluate(
                 self.phases[-1]) and self._last_eval_iteration != self.iteration:
             metrics = self._evaluate(self.phases[-1])
+            if metrics is None:  # stopped during the final evaluation
+                interrupted = self._stopped_in_final_evaluation()
         self.logger.close()
         return {"metrics": metrics, "wall_time": time.perf_counter() - start,
                 "iterations": self.iteration, "skipped_steps": self.skipped_steps,
@@ -266,7 +268,7 @@ class Trainer(CheckpointingMixin):
             # (the end of the last phase is evaluated once, by ``train``)
             final = last and self.phase_index == len(self.phases) - 1
             if self._should_evaluate(phase, self.phase_iter) and not final:
-                self._evaluate(phase)
+                stop = self._evaluate(phase) is None or stop  # None: stopped during it
                 self._configure(self.models[phase.model], phase)
             if stop:
                 bar.close()
@@ -278,6 +280,15 @@ class Trainer(CheckpointingMixin):
         """Mean of each windowed loss over the window and over ranks."""
         values = torch.stack([v.float() for v in window.values()]) / count
         return dict(zip(window, dist.all_reduce(values).tolist(), strict=True))
+
+    def _stopped_in_final_evaluation(self) -> str:
+        """After a stop during the final evaluation: write the (finished) state, which resumes
+        straight into that evaluation."""
+        if self._saved_iteration != self.iteration:
+            self.save_checkpoint()
+        log.warning("%s: stopped during the final evaluation, after all %d iterations; state "
+                    "saved to %s", self.stop_signal.reason, self.iteration, self.last_checkpoint)
+        return self.stop_signal.reason or "a stop request on another process"
 
     def _stopped(self, phase: Phase) -> bool:
         if self._saved_iteration != self.iteration:
@@ -358,11 +369,22 @@ class Trainer(CheckpointingMixin):
         return (self.val_loader is not None and self.eval_period > 0
                 and phase_iter % self.eval_period == 0 and self._can_evaluate(phase))
 
-    def _evaluate(self, phase: Phase) -> dict:
+    def _evaluate(self, phase: Phase) -> dict | None:
+        """COCO metrics on the val set, or None when a stop request abandoned the evaluation
+        (logged as skipped; nothing is recorded for it)."""
         t0 = time.perf_counter()
-        metrics, _ = dist.evaluate_sharded(self.models["main"], self.val_loader,
-                                           device=self.device, precision=self.precision,
-                                           progress=self.progress)
+        log.info("evaluation at iteration %d (%d val images)", self.iteration,
+                 len(self.val_loader.dataset))
+        try:
+            metrics, _ = dist.evaluate_sharded(
+                self.models["main"], self.val_loader, device=self.device,
+                precision=self.precision, progress=self.progress,
+                should_stop=lambda: self.stop_signal.requested)
+        except EvaluationStopped as stopped:
+            log.warning("evaluation at iteration %d skipped: %s arrived during it (%s after %s)",
+                        self.iteration, self.stop_signal.reason, stopped,
+                        format_duration(time.perf_counter() - t0))
+            return None
         self._last_eval_iteration = self.iteration
         self.logger.eval_point(phase=phase.name, iteration=self.iteration, metrics=metrics)
         log.info("evaluation took %s", format_duration(time.perf_counter() - t0))

@@ -8,6 +8,7 @@ not a package); subprocesses import it by name with ``tests/engine`` on ``PYTHON
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import torch
@@ -54,6 +55,20 @@ class TinyBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
+
+
+class SlowEvalBackbone(TinyBackbone):
+    """``TinyBackbone`` that sleeps ``eval_delay`` seconds per batch in eval mode: an evaluation
+    that lasts long enough to be interrupted (``+model.backbone.eval_delay=0.5``)."""
+
+    def __init__(self, eval_delay: float = 0.5, **unused) -> None:
+        super().__init__()
+        self.eval_delay = float(eval_delay)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            time.sleep(self.eval_delay)
+        return super().forward(images)
 
 
 def tiny_model(num_classes: int = 4) -> nn.Module:

@@ -135,6 +135,35 @@ def test_images_without_detections_also_count_as_empty():
     assert metrics["AP"] == 0.0
 
 
+def test_images_without_detections_count_as_misses_beside_images_with_them():
+    # image 1: both of its GT boxes found (a medium cat and dog); image 2: an empty detection
+    # entry; image 3: no entry at all. Each class has one of its two GTs found: precision 1 up to
+    # recall 1/2, then nothing -> 51 of the 101 recall points at every IoU threshold.
+    dets = [perfect_detections(MIXED_GT)[0], det(2, [], [], [])]
+    assert dets[0]["image_id"] == 1 and len(dets[0]["boxes"]) == 2
+    metrics = evaluate_coco(make_gt(MIXED_GT), dets, label_to_cat_id=LABEL_TO_CAT)
+    assert metrics["num_images"] == 3
+    assert metrics["AP"] == pytest.approx(51 / 101, abs=EXACT)
+    assert metrics["AR100"] == pytest.approx(0.5, abs=EXACT)
+    assert metrics["per_class"]["cat"] == pytest.approx(51 / 101, abs=EXACT)
+    assert metrics["per_class"]["dog"] == pytest.approx(51 / 101, abs=EXACT)
+
+
+def test_per_class_ap_uses_100_detections_per_image():
+    # 12 cats in image 1, all found: with 100 detections per image AP is 1; read at maxDets=10
+    # it would be 84/101 (recall stops at 10/12), at maxDets=1 9/101.
+    boxes = [[10.0 + 45 * (i % 4), 10.0 + 45 * (i // 4), 30.0, 30.0] for i in range(12)]
+    gt = make_gt([(1, 3, box) for box in boxes] + [(2, 7, [0.0, 0.0, 100.0, 100.0])])
+    scores = [1.0 - 0.01 * i for i in range(12)]
+    dets = [det(1, [xyxy(b) for b in boxes], scores, [1] * 12),
+            det(2, [[0.0, 0.0, 100.0, 100.0]], [0.9], [2])]
+    metrics = evaluate_coco(gt, dets, label_to_cat_id=LABEL_TO_CAT)
+    assert metrics["AR10"] == pytest.approx((10 / 12 + 1) / 2, abs=EXACT)  # the 10-det cap bites
+    assert metrics["per_class"]["cat"] == pytest.approx(1.0, abs=EXACT)
+    assert metrics["per_class"]["dog"] == pytest.approx(1.0, abs=EXACT)
+    assert metrics["AP"] == pytest.approx(1.0, abs=EXACT)
+
+
 def test_iou_0625_matches_at_three_of_ten_thresholds():
     # GT [0,0,100,100] vs det [0,0,100,62.5]: IoU = 6250 / 10000 = 0.625 >= 0.50, 0.55, 0.60 only.
     metrics = evaluate_coco(

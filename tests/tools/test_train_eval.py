@@ -50,7 +50,7 @@ def shapes_root(workdir) -> Path:
 
 
 def _tool(script: str, args: list[str], workdir: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", DETECTOR_EVAL_DIR=str(workdir / "eval"),
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1",
                OMP_NUM_THREADS="1")  # tiny models: more threads only contend on a shared CPU
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, str(TOOLS / script), *args], cwd=workdir, env=env,
@@ -209,8 +209,8 @@ def _one_line_error(result: subprocess.CompletedProcess, text: str) -> None:
     assert result.returncode == 2, output[-4000:]
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert "ERROR" in lines[0] and text in lines[0]
+    assert len(lines) == 1 and result.stderr.strip() == lines[0], output
+    assert lines[0].startswith("error: ") and text in lines[0]
 
 
 @pytest.mark.slow
@@ -248,14 +248,14 @@ def tool_config():
         yield lambda name, overrides: compose(name, overrides=overrides)
 
 
-def _exits_2(main, cfg, caplog, text: str) -> None:
+def _exits_2(main, cfg, capsys, text: str) -> None:
+    """``main(cfg)`` exits with code 2 and one line on stderr holding ``text``."""
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(cfg)
     assert info.value.code == 2
-    errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1
-    assert text in errors[0].getMessage()
-    assert "\n" not in errors[0].getMessage()
+    (line,) = capsys.readouterr().err.strip("\n").split("\n")
+    assert line.startswith("error: ") and text in line
 
 
 BAD_TRAIN = [
@@ -268,29 +268,27 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize(("override", "text"), BAD_TRAIN)
-def test_train_main_reports_bad_values(override, text, tool_config, shapes_root, workdir, caplog):
+def test_train_main_reports_bad_values(override, text, tool_config, shapes_root, workdir, capsys):
     cfg = tool_config("train", [f"dataset.root={shapes_root}", *TINY, override,
                                 f"output_dir={workdir / 'never'}"])
-    _exits_2(_tool_main("train_net.py"), cfg, caplog, text)
+    _exits_2(_tool_main("train_net.py"), cfg, capsys, text)
     assert not (workdir / "never" / "checkpoints").exists()
 
 
-def test_train_main_reports_a_missing_dataset_root(tool_config, workdir, caplog):
+def test_train_main_reports_a_missing_dataset_root(tool_config, workdir, capsys):
     cfg = tool_config("train", ["dataset=coco", f"dataset.root={workdir / 'no_coco'}",
                                 f"output_dir={workdir / 'never'}"])
-    _exits_2(_tool_main("train_net.py"), cfg, caplog, "no_coco does not exist")
+    _exits_2(_tool_main("train_net.py"), cfg, capsys, "no_coco does not exist")
 
 
-def test_eval_main_reports_a_missing_or_corrupt_checkpoint(tool_config, workdir, caplog):
+def test_eval_main_reports_a_missing_or_corrupt_checkpoint(tool_config, workdir, capsys):
     main = _tool_main("eval.py")
     (workdir / "empty").mkdir(exist_ok=True)
-    _exits_2(main, tool_config("eval", [f"outputs_root={workdir / 'empty'}"]), caplog,
+    _exits_2(main, tool_config("eval", [f"outputs_root={workdir / 'empty'}"]), capsys,
              "no checkpoint found under")
-    caplog.clear()
-    _exits_2(main, tool_config("eval", [f"checkpoint={workdir / 'missing.pth'}"]), caplog,
+    _exits_2(main, tool_config("eval", [f"checkpoint={workdir / 'missing.pth'}"]), capsys,
              "missing.pth does not exist")
-    caplog.clear()
     corrupt = workdir / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    _exits_2(main, tool_config("eval", [f"checkpoint={corrupt}"]), caplog,
+    _exits_2(main, tool_config("eval", [f"checkpoint={corrupt}"]), capsys,
              "could not read checkpoint")

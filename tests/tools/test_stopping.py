@@ -1,0 +1,233 @@
+"""Stopping safely everywhere (issue #13), end to end through tools/train_net.py and eval.py:
+SIGTERM / SIGINT to the whole process group (DataLoader workers included), a stop during an
+evaluation, one-line start-up errors (exit code 2; HYDRA_FULL_ERROR=1 keeps the trace) and
+unreadable checkpoints.
+
+The process-group tests start training in its own session (``start_new_session=True``, as
+``setsid`` or a scheduler would) and signal it with ``os.killpg``; they are marked slow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hydra.errors import InstantiationException
+
+from detector.data import DatasetError
+from detector.engine.checkpoint import find_resume_checkpoint, load_checkpoint
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rel = _load("reliability_helpers", HERE / "test_reliability.py")  # its helpers and tools
+train_net, eval_tool, tiny = rel.train_net, rel.eval_tool, rel.tiny
+cli = importlib.import_module("cli")  # tools/ is on sys.path: train_net put it there
+
+
+@pytest.fixture(scope="module")
+def overrides(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    return [*tiny.CLI_OVERRIDES, f"dataset.root={root}"]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    """tools/train_net.py in a new session: its own process group, led by it."""
+    return subprocess.Popen([sys.executable, str(rel.TOOLS / "train_net.py"), *args],
+                            cwd=rel.PROJECT_ROOT, env=rel._env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _stopped_cleanly(proc: subprocess.Popen, signum: int, run: Path) -> tuple[str, int]:
+    """Wait for the signalled run; check the exit code, the output and the checkpoint."""
+    output, _ = proc.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, output[-3000:]
+    assert "Traceback" not in output and "DataLoader worker" not in output, output[-3000:]
+    stopped_at = rel._newest_iteration(run)
+    last = output.strip().splitlines()[-1]
+    assert f"stopped by {name} at iteration {stopped_at}" in last
+    assert last.endswith(f"output_dir={run} resume=true")
+    with pytest.raises(ProcessLookupError):  # no worker outlived the run
+        os.killpg(proc.pid, 0)
+    return output, stopped_at
+
+
+def _resume_finishes(args: list[str], run: Path, total: int) -> None:
+    assert train_net.run(rel._compose("train", [*args, "resume=true"])) == 0
+    final = load_checkpoint(run / "checkpoints" / "final.pth")
+    assert final["iteration"] == total
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if "loss" in r] == list(range(1, total + 1))
+
+
+# ---------------------------------------------------------------------------- process group
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_data_workers(overrides, tmp_path):
+    """What timeout, scancel and systemd do: SIGTERM to every process of the job. The workers
+    ignore it, the main process finishes its step, writes a checkpoint and exits with 143."""
+    run, total = tmp_path / "run", 20
+    args = [*overrides, "num_workers=2", f"schedule.iterations={total}",
+            "train.checkpoint_period=2", f"output_dir={run}"]
+    proc = _start(args)
+    rel._wait_for(lambda: rel._newest_iteration(run) >= 2, proc, "the first checkpoint")
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stopped_at = _stopped_cleanly(proc, signal.SIGTERM, run)
+    assert 2 <= stopped_at < total
+    _resume_finishes(args, run, total)
+
+
+def _evaluating(run: Path, iteration: int):
+    log = run / "train_net.log"
+    return lambda: log.is_file() and f"evaluation at iteration {iteration} " in log.read_text()
+
+
+@pytest.mark.slow
+def test_sigint_to_the_group_during_an_evaluation_exits_within_10_s(overrides, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the foreground group) while a periodic evaluation runs:
+    an evaluation of 30 batches of 0.5 s is abandoned after the current batch, the checkpoint
+    is written and the process exits with 130 well within 10 s; the evaluation is logged as
+    skipped and not recorded. Resuming finishes the run."""
+    run, total = tmp_path / "run", 6
+    args = [*overrides, "num_workers=2", f"schedule.iterations={total}", "train.eval_period=3",
+            "dataset.num_val=30", "train.eval_batch_size=1", "train.checkpoint_period=0",
+            "model.backbone._target_=tiny_training.SlowEvalBackbone", f"output_dir={run}"]
+    proc = _start([*args, "+model.backbone.eval_delay=0.5"])
+    rel._wait_for(_evaluating(run, 3), proc, "the evaluation at iteration 3")
+    signalled = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    output, stopped_at = _stopped_cleanly(proc, signal.SIGINT, run)
+    assert time.monotonic() - signalled < 10.0, output[-3000:]
+    assert stopped_at == 3
+    assert "evaluation at iteration 3 skipped: SIGINT arrived during it" in output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if "AP" in r]  # never an AP of 0 for it
+    _resume_finishes([*args, "+model.backbone.eval_delay=0.0"], run, total)
+
+
+# ---------------------------------------------------------------------------- start-up errors
+RACCOON_XML = ("<annotation><filename>a.jpg</filename><size><width>64</width><height>64</height>"
+               "<depth>3</depth></size><object><name>raccoon</name><difficult>0</difficult>"
+               "<bndbox><xmin>8</xmin><ymin>8</ymin><xmax>40</xmax><ymax>40</ymax></bndbox>"
+               "</object></annotation>")
+
+
+def _voc(root: Path, xml: str = "<annotation><object>") -> Path:
+    """A VOC folder of one 64 x 64 image, ``a``, whose annotation file holds ``xml`` (by
+    default: not XML)."""
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    (root / "Annotations" / "a.xml").write_text(xml)
+    assert cv2.imwrite(str(root / "JPEGImages" / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    for split in ("trainval", "test"):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("a\n")
+    return root
+
+
+@pytest.mark.slow
+def test_a_bad_dataset_is_one_line_on_stderr_without_hydras_wrapping(tmp_path):
+    root = _voc(tmp_path / "voc")
+    done = subprocess.run([sys.executable, str(rel.TOOLS / "train_net.py"), "dataset=voc",
+                           f"dataset.root={root}", "device=cpu", f"output_dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=rel._env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: annotation file ") and "a.xml is not valid XML" in line
+    for noise in ("Error executing job", "Error in call to target", "HYDRA_FULL_ERROR",
+                  "Traceback"):
+        assert noise not in done.stdout + done.stderr
+    assert line in (tmp_path / "run" / "train_net.log").read_text()  # and in the run's log
+
+
+def _task(tool, cfg, capsys) -> tuple[int, str]:
+    """Exit code and stderr of the tool's Hydra task function called with ``cfg``."""
+    with pytest.raises(SystemExit) as info:
+        tool.main(cfg)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_wrapped_dataset_error_in_process_and_hydra_full_error(tmp_path, capsys, monkeypatch):
+    cfg = rel._compose("train", ["dataset=voc", f"dataset.root={_voc(tmp_path / 'voc')}",
+                                 "device=cpu", f"output_dir={tmp_path / 'run'}"])
+    code, err = _task(train_net, cfg, capsys)
+    assert code == 2 and err.count("\n") == 1 and "is not valid XML" in err
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # for debugging: the whole chain, unchanged
+    with pytest.raises(InstantiationException) as info:
+        train_net.main(cfg)
+    assert isinstance(info.value.__cause__, DatasetError)
+
+
+def test_user_error_is_found_inside_other_exceptions():
+    cause = DatasetError("annotation file x.xml is not valid XML")
+    try:
+        try:
+            raise cause
+        except DatasetError as error:
+            raise InstantiationException("Error in call to target 'VocDetection'") from error
+    except InstantiationException as wrapped:
+        assert cli.user_error(wrapped) is cause
+    assert cli.user_error(RuntimeError("a bug")) is None
+    assert cli.user_error(FileNotFoundError("no such file")) is not None
+
+
+def test_eval_of_a_bad_dataset_or_other_classes_is_one_line(overrides, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*overrides, "schedule.iterations=2", "train.checkpoint_period=0", f"output_dir={run}"]
+    assert train_net.run(rel._compose("train", args)) == 0
+    capsys.readouterr()
+    checkpoint = f"checkpoint={run / 'checkpoints' / 'final.pth'}"
+    broken = _voc(tmp_path / "broken")  # a DatasetError inside Hydra's InstantiationException
+    code, err = _task(eval_tool, rel._compose("eval", [checkpoint, "device=cpu", "dataset=voc",
+                                                       f"dataset.root={broken}"]), capsys)
+    assert code == 2 and err.count("\n") == 1 and "a.xml is not valid XML" in err
+    other = _voc(tmp_path / "voc", RACCOON_XML)
+    cfg = rel._compose("eval", [checkpoint, "device=cpu", "dataset=voc", f"dataset.root={other}",
+                                "num_visualize=0"])
+    code, err = _task(eval_tool, cfg, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "the checkpoint's classes" in err and "raccoon" in err
+
+
+# ---------------------------------------------------------------------------- bad checkpoints
+def test_truncated_checkpoint_is_named_and_resume_true_passes_over_it(overrides, tmp_path,
+                                                                       capsys, caplog):
+    run, total = tmp_path / "run", 6
+    args = [*overrides, f"schedule.iterations={total}", "train.checkpoint_period=2",
+            f"output_dir={run}"]
+    assert train_net.run(rel._compose("train", args)) == 0
+    bad = find_resume_checkpoint(run)
+    assert bad.name == "iter_0000006.pth"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # as if a disk ran full
+    (run / "checkpoints" / "final.pth").unlink()
+    # resume=PATH: one line naming the file and the one before it, exit code 2
+    capsys.readouterr()
+    assert train_net.run(rel._compose("train", [*args, f"resume={bad}"])) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"could not read checkpoint {bad}" in line
+    assert f"the previous checkpoint is {run / 'checkpoints' / 'iter_0000004.pth'}" in line
+    # resume=true: a warning, then the newest readable one
+    with caplog.at_level(logging.WARNING):
+        assert find_resume_checkpoint(run).name == "iter_0000004.pth"
+        assert train_net.run(rel._compose("train", [*args, "resume=true"])) == 0
+    assert any("skipping unreadable checkpoint" in r.getMessage() and "iter_0000006" in
+               r.getMessage() for r in caplog.records)
+    assert load_checkpoint(run / "checkpoints" / "final.pth")["iteration"] == total
