@@ -191,6 +191,8 @@ class Trainer(CheckpointingMixin):
     def _begin(self, phase: Phase) -> None:
         if phase.start == "copy_initial_to_rpn":
             self.models["rpn"] = copy.deepcopy(self.models["main"])
+        elif phase.start == "take_rpn_backbone":
+            self.models["main"].backbone.load_state_dict(self.models["rpn"].backbone.state_dict())
         elif phase.start == "take_rpn_head":
             self.models["main"].rpn_head.load_state_dict(self.models["rpn"].rpn_head.state_dict())
             self.models["rpn"] = None
