@@ -29,6 +29,7 @@ from detector.inspection import activation_stats  # noqa: E402
 from detector.inspection.report import (  # noqa: E402
     Thresholds,
     inspect_state,
+    legend,
     summary_table,
     write_report,
 )
@@ -101,6 +102,8 @@ def run(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.output_dir or paths[0].parent / f"{paths[0].stem}_inspect{suffix}")
     report = write_report(runs, out_dir, thresholds=thresholds)
     print(summary_table(runs))
+    if len(runs) > 1:
+        print(legend(runs))
     log.info("report and figures: %s (%s)", out_dir, report.name)
     return report
 

@@ -45,7 +45,9 @@ def plot_block_histograms(rows: list[tuple[str, dict[str, Tensor]]], path: Path,
         values = {run: w.flatten().numpy() for run, w in by_run.items()}
         low = min(v.min() for v in values.values())
         high = max(v.max() for v in values.values())
-        bins = np.linspace(low, high if high > low else low + 1e-6, _BINS + 1)  # shared per row
+        if high - low < 1e-6 * max(1.0, abs(high)):  # one value (e.g. gammas at init: all 1)
+            low, high = low - 0.05 * max(1.0, abs(low)), high + 0.05 * max(1.0, abs(high))
+        bins = np.linspace(low, high, _BINS + 1)  # shared by the runs of a row
         for c, run in enumerate(runs):
             ax = fig.add_subplot(len(rows), len(runs), r * len(runs) + c + 1)
             if run in values:
@@ -70,7 +72,8 @@ def plot_gamma_distribution(gammas: dict[str, dict[str, Tensor]], path: Path, *,
     """
     runs = list(gammas)
     layers = list(dict.fromkeys(layer for by_layer in gammas.values() for layer in by_layer))
-    fig = Figure(figsize=(max(6.0, 0.75 * len(layers) * len(runs)), 4.2), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.45 * len(layers) * len(runs) + 1.5), 4.2),
+                 layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(runs)
     for i, run in enumerate(runs):

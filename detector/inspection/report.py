@@ -22,7 +22,7 @@ from detector.inspection.weights import (
     weight_stats,
 )
 
-__all__ = ["Inspection", "Thresholds", "inspect_state", "summary_table", "write_report"]
+__all__ = ["Inspection", "Thresholds", "inspect_state", "legend", "summary_table", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Inspection:
         prunable (dict[str, list[int]]): BN layer -> channels with |gamma| below the threshold.
         activations (list[ActivationStats]): per ReLU layer; empty if not measured.
         images (int): how many images the activations were measured on.
+        tag (str): its letter in the headers of side-by-side tables ("A", "B"; set by
+            ``write_report`` / ``summary_table`` when there are several runs).
     """
 
     label: str
@@ -56,6 +58,7 @@ class Inspection:
     prunable: dict[str, list[int]]
     activations: list[ActivationStats] = field(default_factory=list)
     images: int = 0
+    tag: str = ""
 
 
 def inspect_state(state: dict[str, Tensor], *, label: str, source: str = "",
@@ -69,6 +72,22 @@ def inspect_state(state: dict[str, Tensor], *, label: str, source: str = "",
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def _headers(columns: list[str], runs: list[Inspection]) -> list[str]:
+    """One header per (column, run), the runs side by side: ``mean abs w (A)``, ``... (B)``."""
+    if len(runs) == 1:
+        return list(columns)
+    return [f"{c} ({_letter(run)})" for c in columns for run in runs]
+
+
+def _letter(run: Inspection) -> str:
+    return run.tag or run.label
+
+
+def legend(runs: list[Inspection]) -> str:
+    """``A = ce_end_to_end (path), B = ...``: what the letters in the table headers stand for."""
+    return "; ".join(f"{run.tag} = {run.label} ({run.source})" for run in runs if run.tag)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -97,14 +116,19 @@ def _block_rows(run: Inspection) -> dict[str, list[str]]:
     return out
 
 
+def _tag_runs(runs: list[Inspection]) -> None:
+    for letter, run in zip("ABCDEFGHIJ", runs, strict=False):
+        run.tag = letter if len(runs) > 1 else ""
+
+
 def summary_table(runs: list[Inspection]) -> str:
-    """Per block, each run's columns side by side (markdown)."""
+    """Per block, each run's columns side by side (markdown; headers end in (A), (B), ...)."""
+    _tag_runs(runs)
     names = ["weights", "mean abs w", "near 0 (abs)", "near 0 (rel)", "prunable BN ch.",
              "zeros after ReLU", "dead ch."]
     per_run = [_block_rows(run) for run in runs]
     blocks = list(dict.fromkeys(b for rows in per_run for b in rows))
-    tag = (lambda name, run: f"{name} [{run.label}]") if len(runs) > 1 else (lambda n, r: n)
-    header = ["block"] + [tag(n, r) for n in names for r in runs]
+    header = ["block"] + _headers(names, runs)
     rows = [[b] + [rows.get(b, ["-"] * len(names))[i] for i in range(len(names))
                    for rows in per_run] for b in blocks]
     return _table(header, rows)
@@ -113,9 +137,8 @@ def summary_table(runs: list[Inspection]) -> str:
 def _layer_table(runs: list[Inspection]) -> str:
     by_run = [{s.name: s for s in run.layers} for run in runs]
     names = list(dict.fromkeys(s.name for run in runs for s in run.layers))
-    tag = (lambda name, run: f"{name} [{run.label}]") if len(runs) > 1 else (lambda n, r: n)
     cols = ["mean abs w", "std", "near 0 (abs)", "near 0 (rel)"]
-    header = ["layer", "block", "kind", "count"] + [tag(c, r) for c in cols for r in runs]
+    header = ["layer", "block", "kind", "count"] + _headers(cols, runs)
     rows = []
     for name in names:
         first = next(stats[name] for stats in by_run if name in stats)
@@ -132,9 +155,8 @@ def _layer_table(runs: list[Inspection]) -> str:
 
 
 def _gamma_table(runs: list[Inspection], threshold: float) -> str:
-    header = ["BN layer", "channels"] + [f"{c} [{r.label}]" for c in (
-        "min abs gamma", "median abs gamma", f"prunable (abs gamma < {threshold:g})")
-        for r in runs]
+    header = ["BN layer", "channels"] + _headers(
+        ["min abs gamma", "median abs gamma", f"prunable (abs gamma < {threshold:g})"], runs)
     layers = list(dict.fromkeys(n for run in runs for n, (k, _) in run.weights.items()
                                 if k == "bn"))
     rows = []
@@ -163,8 +185,7 @@ def _activation_table(runs: list[Inspection]) -> str:
     by_run = [{s.name: s for s in r.activations} for r in measured]
     names = list(dict.fromkeys(s.name for r in measured for s in r.activations))
     cols = ["mean", "std", "zeros", "dead channels"]
-    tag = (lambda c, r: f"{c} [{r.label}]") if len(measured) > 1 else (lambda c, r: c)
-    header = ["layer", "block", "channels"] + [tag(c, r) for c in cols for r in measured]
+    header = ["layer", "block", "channels"] + _headers(cols, measured)
     rows = []
     for name in names:
         first = next(stats[name] for stats in by_run if name in stats)
@@ -207,11 +228,13 @@ def write_report(runs: list[Inspection], out_dir: str | Path, *,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _tag_runs(runs)
     figures = _block_figures(runs, out_dir, thresholds.gamma)
     gammas = {run.label: {layer_label(n): w for n, (kind, w) in run.weights.items()
                           if kind == "bn"} for run in runs}
     parts = ["# Model inspection", ""]
-    parts += [f"- **{run.label}**: `{run.source}`" for run in runs]
+    parts += [f"- {f'**{run.tag}** = ' if run.tag else ''}**{run.label}**: `{run.source}`"
+              for run in runs]
     parts += ["", f"Near zero: **absolute** |w| < {thresholds.abs:g}; **relative** |w| < "
               f"{thresholds.rel:g} x the layer's max |w|. Prunable BN channel: |gamma| < "
               f"{thresholds.gamma:g}. Weight statistics are over conv/linear weights and BN "

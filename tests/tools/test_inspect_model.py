@@ -69,7 +69,8 @@ def _row(text: str, section: str, first_cell: str) -> str:
 
 def test_report_names_the_switched_off_channel_in_both_runs(report):
     text = report.read_text()
-    assert "[ce_tiny]" in text and "[focal_tiny]" in text  # side by side
+    assert "**A** = **ce_tiny**" in text and "**B** = **focal_tiny**" in text
+    assert "| near 0 (abs) (A) | near 0 (abs) (B) |" in text  # side by side
     gamma_row = _row(text, "BN gammas", "backbone.body.1")
     assert gamma_row.count(f"1 ({DEAD})") == 2  # prunable in each run
     relu_row = _row(text, "Activations after ReLU", "backbone.body.2")
