@@ -238,7 +238,7 @@ def write_report(runs: list[Inspection], out_dir: str | Path, *,
     parts += ["", f"Near zero: **absolute** |w| < {thresholds.abs:g}; **relative** |w| < "
               f"{thresholds.rel:g} x the layer's max |w|. Prunable BN channel: |gamma| < "
               f"{thresholds.gamma:g}. Weight statistics are over conv/linear weights and BN "
-              f"gammas (biases left out); block figures count conv/linear weights only.", ""]
+              f"gammas (biases left out); the per-block summary counts conv/linear weights only.", ""]
     parts += ["## Summary per block", "", summary_table(runs), ""]
     parts += ["## Layers", "", _layer_table(runs), ""]
     if any(gammas.values()):
