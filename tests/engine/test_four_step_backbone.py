@@ -60,3 +60,28 @@ def test_unknown_step2_backbone_is_rejected():
     with pytest.raises(ValueError, match="step2_backbone"):
         schedules.four_step(rpn_iterations=1, fast_rcnn_iterations=1, rpn_finetune_iterations=1,
                             fast_rcnn_finetune_iterations=1, step2_backbone="imagenet")
+
+
+@pytest.mark.parametrize("stop_at", [2, 3], ids=["end_of_step1", "inside_step2"])
+def test_resume_keeps_step1_backbone_start(shapes_root, tmp_path, stop_at):
+    """Stopped at the end of step 1 (the copy is still to come) or inside step 2 (it happened),
+    a resumed run ends with the weights of an uninterrupted one."""
+    import tiny_training
+
+    phases = schedules.four_step(rpn_iterations=2, fast_rcnn_iterations=2,
+                                 rpn_finetune_iterations=1, fast_rcnn_finetune_iterations=1,
+                                 step2_backbone="rpn")
+    straight = make_trainer(shapes_root, tmp_path / "straight", phases=phases)
+    straight.train()
+    stop = tiny_training.StopAfter(stop_at)
+    first = make_trainer(shapes_root, tmp_path / "run", phases=phases, stop_signal=stop)
+    stop.trainer = first
+    checkpoint = first.train()["checkpoint"]
+    second = make_trainer(shapes_root, tmp_path / "run", phases=phases)
+    torch.manual_seed(1234)  # as in a fresh process: other weights; everything comes from the file
+    second.models["main"].load_state_dict(tiny_training.tiny_model().state_dict())
+    second.resume(checkpoint)
+    second.train()
+    a, b = (t.models["main"].state_dict() for t in (straight, second))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
