@@ -67,6 +67,9 @@ def check_train_config(cfg: DictConfig) -> None:
     for key in cfg.schedule:
         if str(key).endswith("iterations"):
             _positive_int(cfg, f"schedule.{key}")
+    step2 = cfg.schedule.get("step2_backbone", "initial")
+    if step2 not in ("initial", "rpn"):
+        raise ConfigError(f"schedule.step2_backbone must be initial or rpn, got {step2!r}")
     _common(cfg)
     if not cfg.optimizer.lr > 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
@@ -84,7 +87,7 @@ def _non_negative_int(cfg: DictConfig, key: str) -> None:
 
 def check_reliability(cfg: DictConfig) -> None:
     """Checkpointing, resume, the NaN guard and memory-format keys of train.yaml."""
-    for key in ("train.checkpoint_period", "train.eval_period"):
+    for key in ("train.checkpoint_period", "train.eval_period", "train.histogram_period"):
         _non_negative_int(cfg, key)
     _positive_int(cfg, "train.keep_checkpoints")
     if cfg.train.on_nonfinite not in ("stop", "skip"):

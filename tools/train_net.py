@@ -89,7 +89,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                           "class_names": list(train_set.class_names),
                           "label_to_cat_id": dict(train_set.label_to_cat_id)},
-        on_nonfinite=t.on_nonfinite, stop_signal=stop_signal, channels_last=t.channels_last)
+        on_nonfinite=t.on_nonfinite, stop_signal=stop_signal, channels_last=t.channels_last,
+        histogram_period=t.histogram_period)
 
 
 def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:

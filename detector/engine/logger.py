@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from detector.engine.monitor import ratio_key, write_histograms
+
 __all__ = ["TrainLogger", "format_duration", "memory_mb"]
 
 log = logging.getLogger("detector.train")
@@ -62,12 +64,16 @@ class TrainLogger:
 
     def train_point(self, *, phase: str, iteration: int, phase_iter: int, phase_total: int,
                     losses: dict[str, float], lr: float, sec_per_iter: float, eta: float,
-                    memory: float, grad_norm: tuple[float, float] | None = None) -> None:
+                    memory: float, grad_norm: tuple[float, float] | None = None,
+                    grad_ratios: dict[str, float] | None = None) -> None:
         """One training log point (averages over the last window).
 
         ``grad_norm`` is (mean, max) over the window of the total gradient norm before clipping:
         a mean far above ``clip_grad_norm`` means clipping, not the lr, sets the step size; a
-        lone max spike is the first sign of divergence."""
+        lone max spike is the first sign of divergence. ``grad_ratios`` (block -> ||grad|| / ||w||
+        at the last step, ``detector.engine.monitor``) go to metrics.jsonl and TensorBoard as
+        ``grad_ratio_<block>`` (dots as underscores: ``grad_ratio_backbone_conv1``), not to the
+        console line."""
         if not self.enabled:
             return
         total = sum(losses.values())
@@ -82,7 +88,13 @@ class TrainLogger:
                   **losses, "lr": lr, "sec_per_iter": sec_per_iter, "memory_mb": memory}
         if grad_norm is not None:
             record["grad_norm"], record["grad_norm_max"] = grad_norm
+        record.update({ratio_key(block): r for block, r in (grad_ratios or {}).items()})
         self._write(record, iteration, "train")
+
+    def histograms(self, model: torch.nn.Module, iteration: int) -> None:
+        """TensorBoard histograms of each block's weights and gradients (``train.histogram_period``)."""
+        if self._writer is not None:
+            write_histograms(self._writer, model, iteration)
 
     def eval_point(self, *, phase: str, iteration: int, metrics: dict) -> None:
         """One evaluation result (AP, AP50, ...)."""

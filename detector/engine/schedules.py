@@ -5,7 +5,10 @@ four losses. The paper's 4-step alternating training is four phases:
 
 1. ``rpn``: a copy of the initial model trains backbone + RPN on the RPN losses.
 2. ``fast_rcnn``: the main model (its own backbone, from the initial weights) trains backbone +
-   ROI head on the ROI losses, fed the proposals of the step-1 model.
+   ROI head on the ROI losses, fed the proposals of the step-1 model. With
+   ``step2_backbone="rpn"`` it first takes the step-1 model's backbone instead (start action
+   ``take_rpn_backbone``): what a run from random initialisation needs, where re-initialising
+   would leave step 2 training a fresh backbone in a fraction of the budget.
 3. ``rpn_finetune``: the main model takes the step-1 RPN head; its shared conv layers are frozen
    and only the RPN head trains.
 4. ``fast_rcnn_finetune``: shared conv and RPN frozen; the ROI head trains on the proposals of
@@ -39,7 +42,7 @@ class Phase:
         model (str): which model trains: "main", or "rpn" (the step-1 copy).
         proposals_from (str | None): model whose RPN supplies the proposals; None = own RPN.
         start (str | None): action when the phase begins: "copy_initial_to_rpn" (step 1),
-            "take_rpn_head" (step 3), None.
+            "take_rpn_backbone" (step 2, optional), "take_rpn_head" (step 3), None.
     """
 
     name: str
@@ -63,14 +66,23 @@ def end_to_end(*, iterations: int) -> list[Phase]:
 
 def four_step(
     *, rpn_iterations: int, fast_rcnn_iterations: int, rpn_finetune_iterations: int,
-    fast_rcnn_finetune_iterations: int,
+    fast_rcnn_finetune_iterations: int, step2_backbone: str = "initial",
 ) -> list[Phase]:
-    """The paper's 4-step alternating training (see the module docstring)."""
+    """The paper's 4-step alternating training (see the module docstring).
+
+    Args:
+        step2_backbone (str): where step 2's backbone starts: "initial" (the paper: the initial,
+            e.g. ImageNet, weights) or "rpn" (the backbone step 1 trained).
+    """
+    if step2_backbone not in ("initial", "rpn"):
+        raise ValueError(f"step2_backbone must be 'initial' or 'rpn', got {step2_backbone!r}")
+    step2_start = "take_rpn_backbone" if step2_backbone == "rpn" else None
     return [
         Phase(name="rpn", iterations=int(rpn_iterations), train_modules=("backbone", "rpn_head"),
               losses=RPN_LOSSES, model="rpn", start="copy_initial_to_rpn"),
         Phase(name="fast_rcnn", iterations=int(fast_rcnn_iterations),
-              train_modules=("backbone", "roi_head"), losses=ROI_LOSSES, proposals_from="rpn"),
+              train_modules=("backbone", "roi_head"), losses=ROI_LOSSES, proposals_from="rpn",
+              start=step2_start),
         Phase(name="rpn_finetune", iterations=int(rpn_finetune_iterations),
               train_modules=("rpn_head",), losses=RPN_LOSSES, start="take_rpn_head"),
         Phase(name="fast_rcnn_finetune", iterations=int(fast_rcnn_finetune_iterations),

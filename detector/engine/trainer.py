@@ -36,6 +36,7 @@ from detector.engine.guard import (
 )
 from detector.engine.inference import TARGET_KEYS, EvaluationStopped, autocast, to_device
 from detector.engine.logger import TrainLogger, format_duration, memory_mb
+from detector.engine.monitor import grad_weight_ratios
 from detector.engine.optim import param_groups
 from detector.engine.schedules import Phase
 from detector.engine.state import BatchStream, capture_rng_state
@@ -95,6 +96,9 @@ class Trainer(CheckpointingMixin):
         stop_signal (StopSignal, optional): checked after every step; when set, the trainer
             writes a checkpoint and returns with ``interrupted`` in its summary.
         channels_last (bool): channels-last memory format for the model and images.
+        histogram_period (int): TensorBoard histograms of each block's weights and gradients every
+            this many iterations (0: never). Each log point also logs the per-block
+            gradient-to-weight norm ratios (``detector.engine.monitor``).
     """
 
     def __init__(
@@ -106,7 +110,7 @@ class Trainer(CheckpointingMixin):
         checkpoint_period: int = 0, keep_checkpoints: int = 3,
         checkpoint_extra: dict | None = None, on_nonfinite: str = "stop",
         max_consecutive_skips: int = 20, stop_signal: StopSignal | None = None,
-        channels_last: bool = False,
+        channels_last: bool = False, histogram_period: int = 0,
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -129,6 +133,7 @@ class Trainer(CheckpointingMixin):
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.on_nonfinite, self.max_consecutive_skips = on_nonfinite, int(max_consecutive_skips)
         self.stop_signal = stop_signal or StopSignal()
+        self.histogram_period = int(histogram_period)
         # what the model itself leaves trainable (e.g. frozen backbone blocks) is never unfrozen;
         # keyed by name so that it also holds for the step-1 copy of the 4-step schedule
         self._trainable = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -193,6 +198,8 @@ class Trainer(CheckpointingMixin):
     def _begin(self, phase: Phase) -> None:
         if phase.start == "copy_initial_to_rpn":
             self.models["rpn"] = copy.deepcopy(self.models["main"])
+        elif phase.start == "take_rpn_backbone":
+            self.models["main"].backbone.load_state_dict(self.models["rpn"].backbone.state_dict())
         elif phase.start == "take_rpn_head":
             self.models["main"].rpn_head.load_state_dict(self.models["rpn"].rpn_head.state_dict())
             self.models["rpn"] = None
@@ -260,9 +267,12 @@ class Trainer(CheckpointingMixin):
                     phase=phase.name, iteration=self.iteration, phase_iter=self.phase_iter,
                     phase_total=phase.iterations, losses=averaged, lr=lr, sec_per_iter=elapsed,
                     eta=elapsed * (self.total_iterations - self.iteration),
-                    memory=memory_mb(self.device), grad_norm=grad_norm)
+                    memory=memory_mb(self.device), grad_norm=grad_norm,
+                    grad_ratios=grad_weight_ratios(self.models[phase.model]))
                 bar.set_postfix(loss=f"{sum(averaged.values()):.3f}", lr=f"{lr:.1e}")
                 window, window_start, window_len, norms = {}, time.perf_counter(), 0, []
+            if self.histogram_period and self.iteration % self.histogram_period == 0:
+                self.logger.histograms(self.models[phase.model], self.iteration)
             if self.checkpoint_period > 0 and self.iteration % self.checkpoint_period == 0:
                 self.save_checkpoint()
             # (the end of the last phase is evaluated once, by ``train``)

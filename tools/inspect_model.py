@@ -1,0 +1,121 @@
+"""Inside a trained model: python tools/inspect_model.py [checkpoint=A] [checkpoint_b=B]
+
+Per layer (conv, BN, linear): count, mean |w|, std, near-zero fractions (absolute and relative
+thresholds); BN gammas and the prunable channels; activation statistics after every backbone ReLU
+on ``num_images`` images of the run's own validation set (mean, std, zeros, dead channels). With
+checkpoint_b the two runs are side by side. Writes report.md + PNGs (one weight-histogram grid per
+block) into one folder, prints the per-block summary table and the folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from config_checks import ConfigError, check_dataset, check_device  # noqa: E402
+from eval import build_model, resolve_checkpoint  # noqa: E402
+
+from detector.data import DatasetError, build_dataloader  # noqa: E402
+from detector.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from detector.engine.setup import resolve_device  # noqa: E402
+from detector.inspection import activation_stats  # noqa: E402
+from detector.inspection.report import (  # noqa: E402
+    Thresholds,
+    inspect_state,
+    legend,
+    summary_table,
+    write_report,
+)
+
+log = logging.getLogger("inspect")
+
+
+def check_inspect_config(cfg: DictConfig) -> None:
+    if not isinstance(cfg.num_images, int) or cfg.num_images < 0:
+        raise ConfigError(f"num_images must be an integer >= 0, got {cfg.num_images!r}")
+    for key in ("abs_threshold", "rel_threshold", "gamma_threshold"):
+        if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+            raise ConfigError(f"{key} must be a number >= 0, got {cfg[key]!r}")
+    if cfg.split not in ("train", "val"):
+        raise ConfigError(f"split must be train or val, got {cfg.split!r}")
+    check_device(cfg.device)
+
+
+def validation_images(run_cfg: DictConfig, split: str, count: int):
+    """The first ``count`` images of the run's split, one per batch (no padding), normalised as
+    in evaluation."""
+    check_dataset(OmegaConf.create({"dataset": run_cfg.dataset}))
+    dataset = hydra.utils.instantiate(run_cfg.dataset[split])
+    dataset.transforms = hydra.utils.instantiate(run_cfg.dataset.val.transforms)  # no augmentation
+    loader = build_dataloader(dataset=dataset, batch_size=1, train=False)
+    return [batch["images"] for batch in itertools.islice(loader, count)]
+
+
+def load(path: Path) -> dict:
+    state = load_checkpoint(path)
+    if "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} holds no 'model' and 'config' (not a train_net.py checkpoint)")
+    return state
+
+
+def inspect_checkpoint(path: Path, state: dict, label: str, cfg: DictConfig, device: torch.device,
+                       thresholds: Thresholds):
+    inspection = inspect_state(state["model"], label=label, source=str(path), thresholds=thresholds)
+    if cfg.num_images:
+        run_cfg = OmegaConf.create(state["config"])
+        model = build_model(run_cfg, state, device)
+        images = validation_images(run_cfg, cfg.split, cfg.num_images)
+        inspection.activations = activation_stats(
+            model.backbone, (image.to(device) for image in images), prefix="backbone.")
+        inspection.images = len(images)
+    return inspection
+
+
+def labels_of(paths: list[Path], states: list[dict]) -> list[str]:
+    """Each run's config ``name`` (e.g. focal_end_to_end), prefixed A-/B- when they coincide."""
+    names = [str(state["config"].get("name") or path.stem) for path, state in zip(
+        paths, states, strict=True)]
+    if len(set(names)) < len(names):
+        names = [f"{tag}-{name}" for tag, name in zip("AB", names, strict=False)]
+    return names
+
+
+def run(cfg: DictConfig) -> Path:
+    check_inspect_config(cfg)
+    paths = [resolve_checkpoint(cfg)] + ([Path(cfg.checkpoint_b)] if cfg.checkpoint_b else [])
+    states = [load(path) for path in paths]
+    labels = labels_of(paths, states)
+    thresholds = Thresholds(abs=cfg.abs_threshold, rel=cfg.rel_threshold, gamma=cfg.gamma_threshold)
+    device = resolve_device(cfg.device)
+    runs = []
+    for path, state, label in zip(paths, states, labels, strict=True):
+        log.info("inspecting %s (%s) on %s", path, label, device)
+        runs.append(inspect_checkpoint(path, state, label, cfg, device, thresholds))
+    suffix = f"_vs_{labels[1]}" if len(labels) > 1 else ""
+    out_dir = Path(cfg.output_dir or paths[0].parent / f"{paths[0].stem}_inspect{suffix}")
+    report = write_report(runs, out_dir, thresholds=thresholds)
+    print(summary_table(runs))
+    if len(runs) > 1:
+        print(legend(runs))
+    log.info("report and figures: %s (%s)", out_dir, report.name)
+    return report
+
+
+@hydra.main(config_path="../configs", config_name="inspect", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as error:
+        log.error("%s", error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
