@@ -111,7 +111,8 @@ def plot_curves(study: Study, out_png: str | os.PathLike) -> Path:
             ax.set_yscale("log")
         ax.set(title=key, xlabel="iteration", ylabel=key)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="x-small")
+        if ax.get_lines():
+            ax.legend(fontsize="x-small")
     return _save(fig, out_png)
 
 
@@ -210,5 +211,6 @@ def plot_pr_curves(study: Study, out_png: str | os.PathLike) -> Path:
         ax.set(title=f"{name} (IoU 0.5)", xlabel="recall", ylabel="precision", xlim=(0, 1),
                ylim=(0, 1.02))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="x-small", loc="lower left")
+        if ax.get_lines():
+            ax.legend(fontsize="x-small", loc="lower left")
     return _save(fig, out_png)
