@@ -36,11 +36,12 @@ bench: install  ## batched target assignment vs torchvision's per-image path
 	$(BIN)/python tools/bench_ops.py $(ARGS)
 
 STUDY_ITERATIONS ?= 300
+STUDY_EVAL_PERIOD ?= 100
 STUDY_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 STUDY_DIR ?= outputs/study/$(STUDY_STAMP)
 study: install  ## CE vs focal, 2 seeds each, at a CPU-sized budget, then tools/compare.py on the sweep
 	$(BIN)/python tools/train_net.py -m experiment=ce,focal seed=0,1 \
-		schedule.iterations=$(STUDY_ITERATIONS) train.eval_period=100 \
+		schedule.iterations=$(STUDY_ITERATIONS) train.eval_period=$(STUDY_EVAL_PERIOD) \
 		hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
 	$(BIN)/python tools/compare.py $(STUDY_DIR) --out $(STUDY_DIR)/compare
 	@echo "study report: $(STUDY_DIR)/compare (summary.md, curves.png, pr_curves.png)"

@@ -1,4 +1,5 @@
-"""Hydra callback that keeps a sweep's index (registered in configs/train.yaml, hydra.callbacks).
+"""Hydra callback that keeps a sweep's index (registered in configs/train.yaml, hydra.callbacks),
+and the ${job_folder:...} resolver that names each job's folder (hydra.sweep.subdir).
 
 After each job of a multirun it appends the job's overrides, folder and outcome to
 <sweep dir>/sweep.jsonl and rewrites <sweep dir>/sweep.md (detector.study.sweep_index); at the
@@ -13,16 +14,24 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from detector.study.sweep_index import INDEX_JSONL, INDEX_MD, job_entry, read_index, record_job
+from detector.study.sweep_index import (
+    INDEX_JSONL,
+    INDEX_MD,
+    job_entry,
+    job_folder_name,
+    read_index,
+    record_job,
+)
 
 log = logging.getLogger("sweep")
+OmegaConf.register_new_resolver("job_folder", job_folder_name, replace=True)
 
 
 class SweepIndex(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        hydra_cfg = job_return.hydra_cfg.hydra
+        hydra_cfg = config.hydra  # not job_return.hydra_cfg: a copy that resolves ${now:} anew
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return
         error = None

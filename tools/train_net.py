@@ -39,6 +39,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep_callback  # noqa: E402, F401  (the ${job_folder:...} resolver of hydra.sweep.subdir)
 from config_checks import (  # noqa: E402
     ConfigError,
     check_overrides,
@@ -194,8 +195,10 @@ def run(cfg: DictConfig) -> int:
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun:  # each job of a sweep writes into its own folder (hydra.sweep.subdir)
-        cfg.output_dir = str(Path(HydraConfig.get().sweep.dir) / HydraConfig.get().sweep.subdir)
+    if multirun:  # each job of a sweep writes into the folder Hydra made for it (hydra.sweep)
+        job_dir = HydraConfig.get().runtime.output_dir  # absolute
+        inside = Path(job_dir).is_relative_to(Path.cwd())
+        cfg.output_dir = os.path.relpath(job_dir) if inside else job_dir
     code = run(cfg)
     if code == 3 and multirun:  # a diverged job is an outcome of the sweep, not its end
         log.warning("job diverged (final_metrics.json: status diverged); the sweep goes on")

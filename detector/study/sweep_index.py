@@ -14,9 +14,21 @@ from typing import Any
 from detector.study.report import markdown_table
 from detector.study.runs import load_run
 
-__all__ = ["INDEX_JSONL", "INDEX_MD", "index_markdown", "job_entry", "read_index", "record_job"]
+__all__ = ["INDEX_JSONL", "INDEX_MD", "index_markdown", "job_entry", "job_folder_name",
+           "read_index", "record_job"]
 
 INDEX_JSONL, INDEX_MD = "sweep.jsonl", "sweep.md"
+NAME_LIMIT = 150  # characters; file systems allow 255 per path component
+
+
+def job_folder_name(overrides: str, job: int, limit: int = NAME_LIMIT) -> str:
+    """A sweep job's folder name from its overrides (``"experiment=ce,seed=0"``): ``/`` in
+    values (paths) becomes ``_`` so each job is one folder; a name longer than ``limit`` is cut
+    and ends with ``_etc_job<N>`` (the sweep index has the full list); no overrides: ``job<N>``."""
+    name = overrides.replace("/", "_")
+    if not name:
+        return f"job{job}"
+    return name if len(name) <= limit else f"{name[:limit]}_etc_job{job}"
 
 
 def job_entry(*, job: int, overrides: Sequence[str], run_dir: str | os.PathLike,
