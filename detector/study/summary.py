@@ -62,18 +62,23 @@ class Group:
     def finished(self) -> list[Run]:
         return [r for r in self.runs if r.status == FINISHED]
 
-    def by_seed(self, metric: str) -> dict[int, float]:
-        """seed -> final metric of each finished run (runs without a seed key: numbered)."""
-        values = {}
-        for i, run in enumerate(self.finished()):
-            value = run.metric(metric)
-            if value is not None:
-                values[run.config.get(SEED_KEY, -1 - i)] = value
-        return values
+    def values(self, metric: str) -> list[tuple[Any, float]]:
+        """(seed, final metric) of each finished run that has it (seed None when unknown)."""
+        found = [(r.config.get(SEED_KEY), r.metric(metric)) for r in self.finished()]
+        return [(seed, v) for seed, v in found if v is not None]
+
+    def by_seed(self, metric: str) -> dict[Any, float]:
+        """seed -> final metric, for pairing: each run keyed by its own position (no pairs)
+        when a seed is unknown or repeated within the group."""
+        values = self.values(metric)
+        seeds = [seed for seed, _ in values]
+        if None in seeds or len(set(seeds)) < len(seeds):
+            return {(self.label, i): v for i, (_, v) in enumerate(values)}
+        return dict(values)
 
     def stat(self, metric: str) -> tuple[float, float | None, int] | None:
         """(mean, std or None, n) over finished runs, or None if none has the metric."""
-        values = list(self.by_seed(metric).values())
+        values = [v for _, v in self.values(metric)]
         return None if not values else (*mean_std(values), len(values))
 
     def class_stat(self, name: str) -> tuple[float, float | None, int] | None:

@@ -180,3 +180,18 @@ def test_tool_prints_the_table_and_where_the_report_is(sweep, tmp_path, capsys):
     assert tool.main([str(sweep), str(coco), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1
+
+
+def test_four_step_phases_are_marked_and_lines_break_where_a_term_is_not_logged(tmp_path):
+    from detector.study.plots import _grid, _phase_starts
+
+    records = [*train_records([10, 20], phase="rpn"), *train_records([30, 40], phase="fast_rcnn")]
+    for r in records[:2]:
+        del r["loss_cls"]  # the RPN steps do not train the ROI head
+    run = make_run(tmp_path / "two_stage", overrides=["experiment=two_stage"],
+                          config=config("ce", 0), final=None, records=records)
+    load = find_runs([run])
+    assert _phase_starts(load) == {30.0: "fast_rcnn"}
+    iters, values = _grid(load, "loss_cls")
+    assert iters.tolist() == [10, 20, 30, 40]
+    assert math.isnan(values[0, 0]) and math.isnan(values[0, 1]) and values[0, 2] == pytest.approx(1 / 30)

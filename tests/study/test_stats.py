@@ -48,3 +48,4 @@ def test_one_run_per_group_has_no_interval_and_empty_has_no_difference():
     assert d.mean == pytest.approx(0.3) and d.half_width is None
     assert "no interval" in str(d)
     assert difference({}, {0: 1.0}) is None
+
