@@ -194,7 +194,7 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun:  # each job of a sweep writes into the folder Hydra made for it (hydra.sweep)
         job_dir = HydraConfig.get().runtime.output_dir  # absolute
         inside = Path(job_dir).is_relative_to(Path.cwd())
