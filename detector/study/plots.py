@@ -213,4 +213,6 @@ def plot_pr_curves(study: Study, out_png: str | os.PathLike) -> Path:
         ax.grid(True, alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize="x-small", loc="lower left")
+        else:  # no ground truth of this class in the val set (COCOeval: undefined)
+            ax.text(0.5, 0.5, "no curve (no GT)", ha="center", va="center", color="0.4")
     return _save(fig, out_png)
