@@ -8,7 +8,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # transparent huge pages for PyTorch's CPU allocator: fewer page faults on large temporaries
 export THP_MEM_ALLOC_ENABLE := 1
 
-.PHONY: install test test-fast lint train eval bench clean
+.PHONY: install test test-fast lint train eval bench study clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ eval: install  ## COCO mAP of the newest training run
 
 bench: install  ## batched target assignment vs torchvision's per-image path
 	$(BIN)/python tools/bench_ops.py $(ARGS)
+
+STUDY_ITERATIONS ?= 300
+STUDY_EVAL_PERIOD ?= 100
+STUDY_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+STUDY_DIR ?= outputs/study/$(STUDY_STAMP)
+study: install  ## CE vs focal, 2 seeds each, at a CPU-sized budget, then tools/compare.py on the sweep
+	$(BIN)/python tools/train_net.py -m experiment=ce,focal seed=0,1 \
+		schedule.iterations=$(STUDY_ITERATIONS) train.eval_period=$(STUDY_EVAL_PERIOD) \
+		hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
+	$(BIN)/python tools/compare.py $(STUDY_DIR) --out $(STUDY_DIR)/compare
+	@echo "study report: $(STUDY_DIR)/compare (summary.md, curves.png, pr_curves.png)"
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -2,7 +2,8 @@
 
 With no arguments: the newest outputs/**/checkpoints/final.pth, on its own run's val split.
 Prints the 12-number COCO table and per-class AP; writes, beside the checkpoint,
-<name>_<split>_metrics.json, <name>_<split>_results.json (COCO results: original category ids,
+<name>_<split>_metrics.json (with "pr_iou50": precision at 101 recall points per class at IoU
+0.5), <name>_<split>_results.json (COCO results: original category ids,
 xywh) and <name>_<split>_detections/*.png (val images with their detections drawn).
 """
 

@@ -11,14 +11,21 @@ SIGINT/SIGTERM finish the current step, write a checkpoint and print the command
 (exit code 130/143); a NaN/Inf loss or gradient stops with one line after saving the last good
 state (exit code 3; train.on_nonfinite=skip skips such steps); a bad config is one line (exit
 code 2). Multi-GPU / multi-node: torchrun --nproc_per_node=N tools/train_net.py ...
+
+Sweeps: python tools/train_net.py -m experiment=ce,focal seed=0,1 runs one job per combination,
+each in outputs/multirun/<date_time>/<its overrides>/ (output_dir follows it); sweep_callback.py
+indexes the jobs in sweep.jsonl / sweep.md. A diverged job writes final_metrics.json with status
+diverged and the sweep goes on; a bad config or missing data stops it (exit code 2).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 # Transparent huge pages for PyTorch's CPU allocator (read when torch loads): far fewer page faults
@@ -28,9 +35,11 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep_callback  # noqa: E402, F401  (the ${job_folder:...} resolver of hydra.sweep.subdir)
 from cli import USER_ERRORS, check_command_line, exit_on_user_error, report_user_error  # noqa: E402
 from config_checks import ConfigError, check_train_config, resume_checkpoint  # noqa: E402
 
@@ -42,6 +51,7 @@ from detector.engine.logger import TrainLogger  # noqa: E402
 from detector.engine.setup import resolve_device, resolve_precision, seed_everything  # noqa: E402
 from detector.engine.trainer import Trainer  # noqa: E402
 from detector.evaluation import format_coco_table, save_metrics  # noqa: E402
+from detector.study import diverged_record, finished_record  # noqa: E402
 from detector.visualize import plot_metrics  # noqa: E402
 
 log = logging.getLogger("train_net")
@@ -104,6 +114,10 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
         if own != output_dir and own.is_dir() and not any(own.iterdir()):
             own.rmdir()
     resume = resume_checkpoint(cfg)
+    if dist.is_main():  # what tools/compare.py reads to tell runs apart
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(json.dumps(
+            OmegaConf.to_container(cfg, resolve=True), indent=1))
     trainer = build_trainer(cfg, output_dir, device, stop_signal)
     if resume is not None:
         trainer.resume(resume)
@@ -121,8 +135,10 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
 
 def report(summary: dict, checkpoint: Path, output_dir: Path) -> None:
     metrics = summary["metrics"]
+    save_metrics(output_dir / "final_metrics.json", finished_record(
+        metrics, iterations=summary["iterations"], wall_time_s=summary["wall_time"],
+        skipped_steps=summary["skipped_steps"]))
     if metrics is not None:
-        save_metrics(output_dir / "final_metrics.json", metrics)
         log.info("final evaluation:\n%s", format_coco_table(metrics))
     ap = "n/a" if not metrics or metrics["AP"] is None else f"{metrics['AP']:.4f}"
     ap50 = "n/a" if not metrics or metrics["AP50"] is None else f"{metrics['AP50']:.4f}"
@@ -147,7 +163,7 @@ def resume_command(cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> int:
     """Validate, train, report; returns the process exit code (0 done, 2 config/data error,
     3 non-finite loss, 128 + signal number when stopped by SIGINT/SIGTERM)."""
-    stop = StopSignal()
+    stop, start = StopSignal(), time.perf_counter()
     try:
         check_train_config(cfg)
         with stop.installed():
@@ -156,6 +172,11 @@ def run(cfg: DictConfig) -> int:
         return report_user_error(error)
     except NonFiniteError as error:
         log.error("training diverged: %s %s", error, NONFINITE_KEYS)
+        if dist.is_main():  # an outcome a study reads, like the metrics of a finished run
+            save_metrics(Path(cfg.output_dir) / "final_metrics.json", diverged_record(
+                iteration=error.iteration, lr=error.lr, terms=error.terms,
+                metrics_jsonl=Path(cfg.output_dir) / "metrics.jsonl",
+                wall_time_s=time.perf_counter() - start, checkpoint=error.checkpoint))
         return 3
     finally:
         dist.cleanup_distributed()
@@ -169,9 +190,16 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:  # each job of a sweep writes into the folder Hydra made for it (hydra.sweep)
+        job_dir = HydraConfig.get().runtime.output_dir  # absolute
+        inside = Path(job_dir).is_relative_to(Path.cwd())
+        cfg.output_dir = os.path.relpath(job_dir) if inside else job_dir
     with exit_on_user_error():  # e.g. a DatasetError inside Hydra's InstantiationException
         code = run(cfg)
-    if code:
+    if code == 3 and multirun:  # a diverged job is an outcome of the sweep, not its end
+        log.warning("job diverged (final_metrics.json: status diverged); the sweep goes on")
+    elif code:
         sys.exit(code)
 
 

@@ -5,6 +5,7 @@ from detector.evaluation.coco_eval import (
     evaluate_coco,
     format_coco_table,
     format_per_class_table,
+    pr_curves,
     save_metrics,
     save_results,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "evaluate_coco",
     "format_coco_table",
     "format_per_class_table",
+    "pr_curves",
     "save_metrics",
     "save_results",
 ]

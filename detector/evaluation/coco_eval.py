@@ -7,7 +7,7 @@ T = 10 IoU thresholds (0.50:0.05:0.95), R = 101 recall thresholds, A = 4 area ra
 Undefined values. pycocotools reports ``-1`` for a statistic with no ground truth to average over
 (e.g. ``APs`` when no GT box is small) and keeps ``-1`` in ``eval["precision"]`` for classes with
 no GT. Here every such value is ``None`` (JSON ``null``), never ``-1`` and never NaN, in the
-12 standard stats and in ``per_class`` alike.
+12 standard stats, in ``per_class`` and in ``pr_iou50`` alike.
 """
 from __future__ import annotations
 
@@ -136,7 +136,8 @@ def evaluate_coco(
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
         "ARl"}`` as floats in [0, 1] or ``None`` where undefined (no GT in that area range),
         ``"per_class"`` (name -> AP@[.5:.95], area all, 100 dets; ``None`` for classes without
-        GT), ``"num_images"`` and ``"num_detections"``.
+        GT), ``"pr_iou50"`` (see :func:`pr_curves`), ``"num_images"`` and
+        ``"num_detections"``.
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -147,6 +148,7 @@ def evaluate_coco(
     }
     names = _category_names(coco_gt, evaluator.params.catIds, class_names, label_to_cat_id)
     metrics["per_class"] = _per_class_ap(evaluator, names)
+    metrics["pr_iou50"] = pr_curves(evaluator, names)
     metrics["num_images"] = len(evaluator.params.imgIds)
     metrics["num_detections"] = len(results)
     return metrics
@@ -228,6 +230,33 @@ def _per_class_ap(evaluator: COCOeval, names: Sequence[str]) -> dict[str, float 
         p = p[p > -1]
         per_class[name] = float(np.mean(p)) if p.size else None
     return per_class
+
+
+def pr_curves(evaluator: COCOeval, names: Sequence[str], *, iou: float = 0.5) -> dict[str, Any]:
+    """Precision-recall points per class at one IoU threshold (area all, 100 detections).
+
+    Args:
+        evaluator: an accumulated COCOeval; ``eval["precision"]`` is Tensor[T, R, K, A, M].
+        names: K display names in ``params.catIds`` order.
+        iou: one of ``params.iouThrs``.
+
+    Returns:
+        ``{"iou": iou, "recall": [R recall thresholds], "precision": {name: [R values] or None}}``:
+        COCOeval's interpolated precision at each recall threshold (0 beyond the highest recall
+        reached); ``None`` for a class without GT (pycocotools' ``-1``).
+    """
+    params = evaluator.params
+    t = int(np.argmin(np.abs(np.asarray(params.iouThrs) - iou)))
+    if not np.isclose(params.iouThrs[t], iou):
+        raise ValueError(f"IoU {iou} is not one of COCOeval's thresholds {list(params.iouThrs)}")
+    area, max_det = params.areaRngLbl.index("all"), params.maxDets.index(100)
+    precision = evaluator.eval["precision"][t, :, :, area, max_det]  # [R, K]
+    return {
+        "iou": float(params.iouThrs[t]),
+        "recall": [float(r) for r in params.recThrs],
+        "precision": {name: (None if (precision[:, k] < 0).all() else precision[:, k].tolist())
+                      for k, name in enumerate(names)},
+    }
 
 
 def format_coco_table(metrics: Mapping[str, Any]) -> str:

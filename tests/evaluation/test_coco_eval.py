@@ -303,3 +303,37 @@ def test_coco_tiny_ground_truth_fed_back_scores_ap_one(coco_tiny_root):
     assert metrics["AR100"] == pytest.approx(1.0, abs=EXACT)
     assert metrics["num_images"] == 80
     assert all(ap == pytest.approx(1.0, abs=EXACT) for ap in metrics["per_class"].values())
+
+
+# --- precision-recall points -------------------------------------------------------------------
+
+
+def test_pr_curve_at_iou_05_matches_cocoeval_and_the_hand_computed_curve():
+    # two cats; by score: a hit (P 1, R 1/2), a miss far away (P 1/2), the second hit (P 2/3, R 1).
+    # Interpolated precision: 1 up to recall 0.50, then 2/3 up to 1.00; the dog (GT, never
+    # detected) is 0 everywhere; the bird (no GT) is undefined.
+    gt = make_gt([(1, 3, [10.0, 20.0, 100.0, 50.0]), (2, 3, [0.0, 0.0, 150.0, 120.0]),
+                  (1, 7, [120.0, 30.0, 60.0, 80.0])])
+    dets = [det(1, [xyxy([10.0, 20.0, 100.0, 50.0])], [0.9], [1]),
+            det(2, [[160.0, 160.0, 190.0, 190.0], xyxy([0.0, 0.0, 150.0, 120.0])], [0.8, 0.7],
+                [1, 1])]
+    pr = evaluate_coco(gt, dets, label_to_cat_id=LABEL_TO_CAT)["pr_iou50"]
+    assert pr["iou"] == 0.5 and len(pr["recall"]) == 101
+    assert pr["recall"][50] == pytest.approx(0.5) and pr["recall"][-1] == pytest.approx(1.0)
+    assert list(pr["precision"]) == ["cat", "dog", "bird"]
+    cat = pr["precision"]["cat"]
+    assert cat[:51] == pytest.approx([1.0] * 51, abs=EXACT)
+    assert cat[51:] == pytest.approx([2 / 3] * 50, abs=EXACT)
+    assert pr["precision"]["dog"] == [0.0] * 101
+    assert pr["precision"]["bird"] is None
+
+    # the same numbers as pycocotools' own precision array [T, R, K, A, M] at IoU 0.5
+    coco_dt = gt.loadRes(detections_to_coco_results(dets, label_to_cat_id=LABEL_TO_CAT))
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = COCOeval(gt, coco_dt, iouType="bbox")
+        reference.evaluate()
+        reference.accumulate()
+    expected = reference.eval["precision"][0, :, :, 0, 2]  # IoU 0.5, area all, 100 detections
+    assert cat == expected[:, 0].tolist() and pr["precision"]["dog"] == expected[:, 1].tolist()
+    assert (expected[:, 2] == -1).all()
+    json.dumps(pr, allow_nan=False)  # saved with the metrics: plain JSON

@@ -1,0 +1,218 @@
+"""The study's figures: training curves per group (mean over seeds with a +-std band, schedule
+phases marked), final AP50 against a swept numeric key (diverged runs as crosses) and
+precision-recall curves at IoU 0.5 per class. Agg canvases only; pyplot is never used.
+
+Shorthand: G groups, N runs in a group, I logged iterations, R = 101 recall thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from detector.study.outcome import DIVERGED, FINISHED
+from detector.study.runs import Run
+from detector.study.summary import SEED_KEY, Group, Study, value_of
+
+__all__ = ["CURVE_KEYS", "numeric_key", "plot_curves", "plot_pr_curves", "plot_sweep"]
+
+CURVE_KEYS = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "grad_norm",
+              "AP", "AP50")
+
+
+def _figure(panels: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, int]:
+    ncols = max(1, min(ncols, panels))
+    nrows = max(1, math.ceil(panels / ncols))
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    FigureCanvasAgg(fig)
+    # fixed margins: a constrained layout measures every tick label again (seconds per figure)
+    fig.subplots_adjust(left=1.0 / (size[0] * ncols), right=1 - 0.2 / (size[0] * ncols),
+                        bottom=0.55 / (size[1] * nrows), top=1 - 0.35 / (size[1] * nrows),
+                        wspace=0.45, hspace=0.5)
+    return fig, ncols
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+# --- curves ----------------------------------------------------------------------------------
+
+
+def _grid(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iters [I], values [N, I]) of ``key``: NaN where a run has no value there, so lines break
+    between phases that do not log the key (the 4-step schedule)."""
+    marker = "AP" if key.startswith("AP") else "loss"
+    iters = sorted({r["iter"] for run in runs for r in run.records if marker in r and "iter" in r})
+    index = {it: i for i, it in enumerate(iters)}
+    values = np.full((len(runs), len(iters)), np.nan)
+    for n, run in enumerate(runs):
+        for r in run.records:
+            value = r.get(key)
+            if marker in r and r.get("iter") in index and isinstance(value, int | float):
+                values[n, index[r["iter"]]] = value
+    return np.asarray(iters, dtype=float), values
+
+
+def _phase_starts(runs: Sequence[Run]) -> dict[float, str]:
+    """Iteration where each schedule phase after the first begins -> its name."""
+    starts: dict[float, str] = {}
+    for run in runs:
+        previous = None
+        for r in run.records:
+            if "loss" in r and r.get("phase") != previous:
+                if previous is not None:
+                    starts.setdefault(float(r["iter"]), str(r["phase"]))
+                previous = r.get("phase")
+    return starts
+
+
+def _draw_group(ax, iters: np.ndarray, values: np.ndarray, color: str, label: str) -> None:
+    with warnings.catch_warnings():  # all-NaN columns: NaN mean, a gap in the line
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        count = np.sum(~np.isnan(values), axis=0)
+        std = np.where(count > 1, np.nanstd(values, axis=0, ddof=min(1, len(values) - 1)), 0)
+    marker = "o" if np.sum(~np.isnan(mean)) <= 5 else None
+    ax.plot(iters, mean, color=color, label=f"{label} (n={len(values)})", marker=marker)
+    if len(values) > 1:
+        ax.fill_between(iters, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def plot_curves(study: Study, out_png: str | os.PathLike) -> Path:
+    """Every loss term, the gradient norm and AP/AP50 against iteration, one line per group."""
+    keys = [k for k in CURVE_KEYS if any(k in r for run in study.runs for r in run.records)]
+    fig, ncols = _figure(max(1, len(keys)), 3, (4.6, 3.2))
+    phases = _phase_starts(study.runs)
+    if not keys:
+        fig.text(0.5, 0.5, "no metrics.jsonl records to plot", ha="center", va="center")
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(math.ceil(len(keys) / ncols), ncols, i + 1)
+        for g, group in enumerate(study.groups):
+            iters, values = _grid(group.runs, key)
+            if iters.size:
+                _draw_group(ax, iters, values, f"C{g % 10}", group.label)
+        for start, name in sorted(phases.items()):
+            ax.axvline(start, color="0.4", linestyle=":", linewidth=1)
+            if i == 0:
+                ax.text(start, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
+                        rotation=90, va="top", color="0.3")
+        if key.startswith("loss") or key == "grad_norm":
+            ax.set_yscale("log")
+        ax.set(title=key, xlabel="iteration", ylabel=key)
+        ax.grid(True, alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize="x-small")
+    return _save(fig, out_png)
+
+
+# --- learning-rate (or any numeric key) sweep ------------------------------------------------
+
+
+def _as_float(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def numeric_key(study: Study) -> str | None:
+    """The one differing key (seed aside) whose values are all numbers, with at least two
+    distinct values; None if there is no such key or more than one."""
+    found = [k for k in study.keys if k != SEED_KEY
+             and all(_as_float(value_of(r, k)) is not None for r in study.runs)
+             and len({_as_float(value_of(r, k)) for r in study.runs}) > 1]
+    return found[0] if len(found) == 1 else None
+
+
+def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str = "AP50") -> Path:
+    """Final ``metric`` against ``key`` (log x when all values are positive); one line per
+    combination of the other keys, mean over seeds with the runs as dots; diverged runs as red
+    crosses at the bottom, labelled with the iteration where they diverged."""
+    fig, _ = _figure(1, 1, (7.0, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    others = [k for k in study.keys if k not in (key, SEED_KEY)]
+    series: dict[str, list[Run]] = {}
+    for run in study.runs:
+        label = ", ".join(f"{k}={value_of(run, k)}" for k in others) or metric
+        series.setdefault(label, []).append(run)
+    for s, (label, runs) in enumerate(series.items()):
+        color = f"C{s % 10}"
+        points = sorted((_as_float(value_of(r, key)), r.metric(metric)) for r in runs
+                        if r.status == FINISHED and r.metric(metric) is not None)
+        if points:
+            xs = sorted({x for x, _ in points})
+            means = [np.mean([y for x2, y in points if x2 == x]) for x in xs]
+            ax.plot(xs, means, color=color, marker="o", label=label)
+            ax.scatter(*zip(*points, strict=True), color=color, s=12, alpha=0.5)
+        for run in (r for r in runs if r.status == DIVERGED):
+            x = _as_float(value_of(run, key))
+            ax.scatter([x], [0.0], marker="x", s=80, color="red", zorder=3)
+            ax.annotate(f"diverged\nit {run.final.get('iteration')}", (x, 0.0), fontsize=7,
+                        textcoords="offset points", xytext=(0, 8), ha="center", color="red")
+    if all(_as_float(value_of(r, key)) > 0 for r in study.runs):
+        ax.set_xscale("log")
+    ax.scatter([], [], marker="x", color="red", label="diverged (NaN/Inf)")
+    ax.set(title=f"final {metric} against {key}", xlabel=key, ylabel=f"final {metric}")
+    ax.set_ylim(bottom=-0.05)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return _save(fig, out_png)
+
+
+# --- precision-recall ------------------------------------------------------------------------
+
+
+def _pr(group: Group, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(recall [R], precision [N, R]) of one class over the group's finished runs."""
+    curves, recall = [], None
+    for run in group.finished():
+        pr = run.final.get("pr_iou50") or {}
+        values = (pr.get("precision") or {}).get(name)
+        if values is not None:
+            curves.append(values)
+            recall = pr["recall"]
+    return None if not curves else (np.asarray(recall), np.asarray(curves, dtype=float))
+
+
+def has_pr_data(study: Study) -> bool:
+    return any((r.final or {}).get("pr_iou50") for g in study.groups for r in g.finished())
+
+
+def plot_pr_curves(study: Study, out_png: str | os.PathLike) -> Path:
+    """Precision against recall at IoU 0.5 (COCOeval's interpolated curve), a panel per class,
+    one line per group (mean over its runs, +-std band)."""
+    fig, ncols = _figure(max(1, len(study.classes)), 4, (3.6, 3.2))
+    for i, name in enumerate(study.classes):
+        ax = fig.add_subplot(math.ceil(len(study.classes) / ncols), ncols, i + 1)
+        for g, group in enumerate(study.groups):
+            found = _pr(group, name)
+            if found is None:
+                continue
+            recall, curves = found
+            mean = curves.mean(axis=0)
+            ax.plot(recall, mean, color=f"C{g % 10}", label=f"{group.label} (n={len(curves)})")
+            if len(curves) > 1:
+                std = curves.std(axis=0, ddof=1)
+                ax.fill_between(recall, mean - std, mean + std, color=f"C{g % 10}", alpha=0.2,
+                                linewidth=0)
+        ax.set(title=f"{name} (IoU 0.5)", xlabel="recall", ylabel="precision", xlim=(0, 1),
+               ylim=(0, 1.02))
+        ax.grid(True, alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize="x-small", loc="lower left")
+        else:  # no ground truth of this class in the val set (COCOeval: undefined)
+            ax.text(0.5, 0.5, "no curve (no GT)", ha="center", va="center", color="0.4")
+    return _save(fig, out_png)

@@ -1,0 +1,49 @@
+"""Compare training runs side by side: python tools/compare.py RUN_OR_SWEEP [...] [--out DIR]
+
+Arguments are run folders, sweep folders (outputs/multirun/<date_time>) or globs
+('outputs/focal_end_to_end/*'). Writes summary.md, summary.csv, curves.png, pr_curves.png and,
+when the runs differ in one numeric key (e.g. optimizer.lr), lr_sweep.png into --out (default:
+<the one folder given>/compare, or outputs/compare/<date_time>); prints the summary and where the
+report is. Runs that differ only by seed are grouped (mean +- std); for two groups the
+difference comes with a 95 % t-interval, paired by seed when the seeds match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from detector.study import StudyError, compare  # noqa: E402
+
+
+def default_out(paths: list[str]) -> Path:
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        return Path(paths[0]) / "compare"
+    return Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
+    parser.add_argument("--out", type=Path, default=None, help="report folder")
+    args = parser.parse_args(argv)
+    out = args.out or default_out(args.runs)
+    try:
+        report = compare(args.runs, out)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.text)
+    print("report:", report.out_dir, "(" + ", ".join(p.name for p in report.files) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
