@@ -9,7 +9,7 @@ last two lines are ``train_speedup_vs_torchvision: X.XX`` and ``infer_speedup_vs
 
     python tools/bench_model.py                                   # CPU-friendly: batch 2, 320x480
     python tools/bench_model.py --device cuda --batch 8 --height 600 --width 1000 --precision bf16
-    python tools/bench_model.py --loader 20 dataset=coco dataset.root=../shared/data/coco_tiny
+    python tools/bench_model.py --loader 20 --batch 8 dataset=coco dataset.root=../shared/data/coco_tiny
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device bf16 peak (default: looked up by CUDA device name)")
     parser.add_argument("--loader", type=int, default=0, metavar="BATCHES",
-                        help="also time the training data loader alone over this many batches")
+                        help="only time the training data loader over this many batches")
     parser.add_argument("--verbose", action="store_true", help="print every timed step")
     parser.add_argument("overrides", nargs="*", help="config overrides for --loader's dataset")
     return parser.parse_args()
@@ -96,8 +96,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
-    if args.loader:
+    if args.loader:  # the loader alone: no models
         print(loader_figure(args))
+        return
     torch.manual_seed(args.seed)
     compact = {"auto": None, "on": True, "off": False}[args.compact]
     settings = BenchSettings(height=args.height, width=args.width, num_classes=args.num_classes,

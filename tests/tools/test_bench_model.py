@@ -1,5 +1,5 @@
 """tools/bench_model.py at tiny sizes: it runs end to end and its last two lines are the
-machine-readable speedups; the loader figure comes from a tiny generated shapes set."""
+machine-readable speedups; its loader mode times a tiny generated shapes set."""
 
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ def _run(args: list[str], workdir: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_bench_model_prints_a_table_and_two_speedup_lines(tmp_path):
-    lines = _run([*TINY, "--device", "cpu", "--loader", "2", "dataset.num_train=4",
-                  "dataset.num_val=2", "dataset.image_size=64", "num_workers=0",
-                  f"dataset.root={tmp_path / 'shapes'}"], tmp_path)
+    lines = _run([*TINY, "--device", "cpu"], tmp_path)
     assert re.fullmatch(r"train_speedup_vs_torchvision: \d+\.\d\d", lines[-2])
     assert re.fullmatch(r"infer_speedup_vs_torchvision: \d+\.\d\d", lines[-1])
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("train", "infer"))}
@@ -38,4 +36,12 @@ def test_bench_model_prints_a_table_and_two_speedup_lines(tmp_path):
         ours, theirs, speedup = (float(v.rstrip("x")) for v in rows[kind][1:4])
         assert ours > 0 and theirs > 0
         assert speedup == pytest.approx(theirs / ours, rel=0.01, abs=0.01)
-    assert re.match(r"loader: \d+\.\d images/s \(dataset shapes, batch 1, 0 workers", lines[0])
+
+
+@pytest.mark.slow
+def test_bench_model_loader_mode_reports_images_per_second(tmp_path):
+    lines = _run(["--loader", "2", "--batch", "2", "dataset.num_train=4", "dataset.num_val=2",
+                  "dataset.image_size=64", "num_workers=0", f"dataset.root={tmp_path / 'shapes'}"],
+                 tmp_path)
+    assert len(lines) == 1
+    assert re.match(r"loader: \d+\.\d images/s \(dataset shapes, batch 2, 0 workers", lines[0])
