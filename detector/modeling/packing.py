@@ -46,8 +46,9 @@ def use_compaction(compact: bool | None, device: torch.device) -> bool:
 
     ``compact=None`` (automatic) compacts on the CPU only, where reading a count back is free and
     padding rows cost real time; CUDA keeps the padded, sync-free path. Never while exporting
-    (ONNX, TorchScript tracing) or under ``torch.compile``, which need static shapes whatever
-    ``compact`` says.
+    (TorchScript-based ONNX export, tracing, ``torch.export`` and so the dynamo ONNX exporter,
+    which ``torch.compiler.is_compiling`` reports) or under ``torch.compile``: those need static
+    shapes whatever ``compact`` says.
     """
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False

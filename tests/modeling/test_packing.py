@@ -80,3 +80,8 @@ def test_compaction_is_never_used_while_exporting(monkeypatch):
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     assert not use_compaction(None, torch.device("cpu"))
     assert not use_compaction(True, torch.device("cpu"))
+
+
+def test_compaction_is_never_used_under_compile_or_torch_export(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # also true in torch.export
+    assert not use_compaction(True, torch.device("cpu"))
