@@ -1,7 +1,7 @@
 """Benchmark the whole model against torchvision's FasterRCNN on the same VGG16-BN trunk.
 
-Both models are built with the settings of issue #12 (detector/benchmark/reference.py) and run on
-identical random images with 8 ground-truth boxes each: a training step (forward, losses, backward,
+Both models are built with the settings of issue #12 (detector/benchmark/reference.py), hold the
+same weights, and run on identical random images with 8 ground-truth boxes each: a training step (forward, losses, backward,
 SGD step) and inference to final detections, interleaved so that load on a shared machine hits
 both sides alike; median of --steps after --warmup. Prints times, images/s, peak memory per step on
 CUDA and, on CUDA, the achieved TFLOP/s of our training step against the device's bf16 peak. The
@@ -27,6 +27,7 @@ from detector.benchmark import (  # noqa: E402
     bf16_peak_tflops,
     build_ours,
     build_torchvision,
+    copy_weights,
     count_flops,
     interleaved_times,
     loader_images_per_second,
@@ -106,6 +107,7 @@ def main() -> None:
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     ours, criterion = build_ours(settings)
     tv_model = build_torchvision(settings)
+    copy_weights(ours, tv_model)  # the same features and proposals: the same work
     ours, tv_model = ours.to(device, memory_format=fmt), tv_model.to(device, memory_format=fmt)
     data = synthetic_batch(batch=args.batch, height=args.height, width=args.width,
                            num_classes=args.num_classes, device=device, seed=args.seed,

@@ -1,6 +1,11 @@
 """Whole-model benchmark against torchvision's FasterRCNN (``tools/bench_model.py``)."""
 
-from detector.benchmark.reference import BenchSettings, build_ours, build_torchvision
+from detector.benchmark.reference import (
+    BenchSettings,
+    build_ours,
+    build_torchvision,
+    copy_weights,
+)
 from detector.benchmark.steps import SyntheticBatch, make_optimizer, make_steps, synthetic_batch
 from detector.benchmark.timing import (
     StepTimes,
@@ -18,6 +23,7 @@ __all__ = [
     "bf16_peak_tflops",
     "build_ours",
     "build_torchvision",
+    "copy_weights",
     "count_flops",
     "interleaved_times",
     "loader_images_per_second",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
@@ -31,7 +32,7 @@ from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
 from detector.modeling.faster_rcnn import FasterRCNN, FasterRCNNCriterion
 
-__all__ = ["BenchSettings", "build_ours", "build_torchvision"]
+__all__ = ["BenchSettings", "build_ours", "build_torchvision", "copy_weights"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,23 @@ def build_torchvision(settings: BenchSettings) -> TorchvisionFasterRCNN:
         box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5,
         box_batch_size_per_image=settings.roi_samples, box_positive_fraction=0.25,
     )
+
+
+@torch.no_grad()
+def copy_weights(ours: FasterRCNN, torchvision_model: TorchvisionFasterRCNN) -> None:
+    """Give torchvision's model our weights, so that both compute the same features, objectness
+    and proposals (both order anchors ratio-major per cell, deltas anchor-major) and the timings
+    compare the same work. torchvision's box regressor also has rows for the background class:
+    they get zeros."""
+    tv = torchvision_model
+    tv.backbone.load_state_dict(ours.backbone.features.state_dict())
+    rpn = ours.rpn_head
+    for mine, theirs in ((rpn.conv, tv.rpn.head.conv[0][0]), (rpn.objectness, tv.rpn.head.cls_logits),
+                         (rpn.deltas, tv.rpn.head.bbox_pred)):
+        theirs.load_state_dict(mine.state_dict())
+    tv.roi_heads.box_head.load_state_dict(ours.roi_head.box_head.state_dict())
+    predictor = tv.roi_heads.box_predictor
+    predictor.cls_score.load_state_dict(ours.roi_head.cls_score.state_dict())
+    for name in ("weight", "bias"):
+        theirs = getattr(predictor.bbox_pred, name)
+        theirs.zero_()[4:] = getattr(ours.roi_head.bbox_pred, name)

@@ -67,7 +67,8 @@ def interleaved_times(
     fns: dict[str, Callable], *, steps: int, warmup: int, device: torch.device,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, StepTimes]:
-    """Run each callable ``warmup`` times, then ``steps`` rounds of one call each, in turn."""
+    """Run each callable ``warmup`` times, then ``steps`` rounds of one call each, in turn; every
+    other round runs them in reverse order, so that no callable always follows the same one."""
     for round_ in range(warmup):
         for name, fn in fns.items():
             fn()
@@ -75,7 +76,7 @@ def interleaved_times(
                 progress(f"warm-up {round_ + 1}/{warmup}: {name}")
     out = {name: StepTimes(seconds=[]) for name in fns}
     for round_ in range(steps):
-        for name, fn in fns.items():
+        for name, fn in list(fns.items())[:: -1 if round_ % 2 else 1]:
             seconds, extra = _timed(fn, device)
             out[name].seconds.append(seconds)
             out[name].peak_extra_bytes = max(out[name].peak_extra_bytes, extra)
