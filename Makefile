@@ -32,8 +32,10 @@ train: install  ## focal-loss Faster R-CNN on the generated shapes set (CPU: und
 eval: install  ## COCO mAP of the newest training run
 	$(BIN)/python tools/eval.py $(ARGS)
 
-bench: install  ## batched target assignment vs torchvision's per-image path
+BENCH_MODEL_ARGS ?=
+bench: install  ## target assignment, then the whole model (CPU: a few minutes), vs torchvision
 	$(BIN)/python tools/bench_ops.py $(ARGS)
+	$(BIN)/python tools/bench_model.py $(BENCH_MODEL_ARGS)
 
 STUDY_ITERATIONS ?= 300
 STUDY_EVAL_PERIOD ?= 100

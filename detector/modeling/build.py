@@ -54,6 +54,8 @@ def build_model(
     score_threshold: float = 0.05,
     nms_threshold: float = 0.5,
     max_detections: int = 100,
+    compact_rois: bool | None = None,
+    compile: bool = False,
 ) -> FasterRCNN:
     """Faster R-CNN with the paper's defaults; see each part's class for the meaning of a value.
 
@@ -61,6 +63,12 @@ def build_model(
     ``torchvision.ops.RoIPool``/``RoIAlign`` whose ``spatial_scale`` is ``1 / backbone.stride``;
     ``box_head`` maps pooled features to ``box_head.out_features``. ``roi_num_samples=None`` keeps
     every proposal (sampling-free focal loss).
+
+    ``compact_rois``: the ROI head and post-processing skip padding RoI slots (None: on the CPU
+    only, never while exporting; False: always the fixed-size padded path, sync-free on CUDA).
+    ``compile``: ``torch.compile`` the backbone, the RPN head and the box head in place
+    (``nn.Module.compile``: parameter names and checkpoints are unchanged); compilation happens on
+    the first forward pass.
     """
     scale = getattr(pooler, "spatial_scale", None)
     if scale is not None and abs(scale * backbone.stride - 1.0) > 1e-6:
@@ -72,7 +80,7 @@ def build_model(
         sizes=anchor_sizes, ratios=anchor_ratios, stride=backbone.stride, offset=anchor_offset
     )
     roi_coder = BoxCoder(weights=ROI_BOX_WEIGHTS)
-    return FasterRCNN(
+    model = FasterRCNN(
         backbone=backbone,
         anchor_generator=anchors,
         rpn_head=RPNHead(
@@ -89,12 +97,18 @@ def build_model(
             box_coder=roi_coder, num_samples=roi_num_samples,
             positive_fraction=roi_positive_fraction,
         ),
-        roi_head=ROIHead(pooler=pooler, box_head=box_head, num_classes=num_classes),
+        roi_head=ROIHead(
+            pooler=pooler, box_head=box_head, num_classes=num_classes, compact=compact_rois
+        ),
         postprocessor=DetectionPostprocessor(
             box_coder=roi_coder, score_threshold=score_threshold, nms_threshold=nms_threshold,
-            max_detections=max_detections,
+            max_detections=max_detections, compact=compact_rois,
         ),
     )
+    if compile:
+        for part in (model.backbone, model.rpn_head, model.roi_head.box_head):
+            part.compile()
+    return model
 
 
 def build_criterion(

@@ -110,9 +110,11 @@ class FasterRCNN(nn.Module):
         if targets is not None:
             sampled = self.roi_sampler(boxes, valid, targets)
             out.update(sampled)
-            out["roi_logits"], out["roi_deltas"] = self.roi_head(features, sampled["rois"])
+            out["roi_logits"], out["roi_deltas"] = self.roi_head(
+                features, sampled["rois"], sampled["roi_valid"]
+            )
         if detect if detect is not None else not self.training:
-            out["det_logits"], out["det_deltas"] = self.roi_head(features, boxes)
+            out["det_logits"], out["det_deltas"] = self.roi_head(features, boxes, valid)
         return out
 
     def detect(self, outputs: dict, scales: Tensor | None = None) -> list[dict[str, Tensor]]:

@@ -1,4 +1,5 @@
-"""Packing: turn a per-row selection mask into a fixed-size, padded index without host syncs.
+"""Packing: turn a per-row selection mask into a fixed-size, padded index without host syncs,
+and the switch that decides when dropping the padding (one host sync) is worth it instead.
 
 Shorthand: B images, N candidate rows per image, K packed slots per image.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gather_rows", "pack_rows"]
+__all__ = ["gather_rows", "pack_rows", "use_compaction"]
 
 
 def pack_rows(mask: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
@@ -37,3 +38,18 @@ def gather_rows(values: Tensor, index: Tensor) -> Tensor:
     shape = (*index.shape, *values.shape[2:])
     expanded = index.view(*index.shape, *([1] * (values.dim() - 2))).expand(shape)
     return values.gather(1, expanded)
+
+
+def use_compaction(compact: bool | None, device: torch.device) -> bool:
+    """Whether to drop padding rows (data-dependent sizes, one host sync) rather than compute on
+    the fixed-size padded tensors.
+
+    ``compact=None`` (automatic) compacts on the CPU only, where reading a count back is free and
+    padding rows cost real time; CUDA keeps the padded, sync-free path. Never while exporting
+    (TorchScript-based ONNX export, tracing, ``torch.export`` and so the dynamo ONNX exporter,
+    which ``torch.compiler.is_compiling`` reports) or under ``torch.compile``: those need static
+    shapes whatever ``compact`` says.
+    """
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return device.type == "cpu" if compact is None else bool(compact)

@@ -11,7 +11,7 @@ import torchvision
 from torch import Tensor, nn
 
 from detector.boxes import BoxCoder, clip_boxes
-from detector.modeling.packing import gather_rows, pack_rows
+from detector.modeling.packing import gather_rows, pack_rows, use_compaction
 
 __all__ = ["DetectionPostprocessor", "boxes_to_original"]
 
@@ -37,6 +37,9 @@ class DetectionPostprocessor(nn.Module):
         nms_threshold (float): class-wise NMS IoU (0.5).
         max_detections (int): detections kept per image (100).
         min_size (float): drop boxes narrower/shorter than this many pixels.
+        compact (bool, optional): score only the valid RoIs (packed to the largest valid count
+            of the batch, one host sync) instead of every padded slot. None (default) compacts on
+            the CPU only and never while exporting; the detections are the same either way.
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class DetectionPostprocessor(nn.Module):
         nms_threshold: float = 0.5,
         max_detections: int = 100,
         min_size: float = 1e-2,
+        compact: bool | None = None,
     ) -> None:
         super().__init__()
+        self.compact = compact
         self.box_coder = box_coder
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -78,6 +83,8 @@ class DetectionPostprocessor(nn.Module):
         Returns:
             list of B dicts: ``boxes [D, 4]`` xyxy, ``scores [D]``, ``labels [D]`` (1..K), best first.
         """
+        if use_compaction(self.compact, logits.device):
+            rois, roi_valid, logits, deltas = self._compact(rois, roi_valid, logits, deltas)
         batch, num, k1 = logits.shape
         scores = torch.softmax(logits.float(), dim=-1)[..., 1:]  # [B, R, K]
         boxes = self.box_coder.decode(rois[:, :, None, :], deltas.float().unflatten(-1, (-1, 4)))
@@ -92,7 +99,7 @@ class DetectionPostprocessor(nn.Module):
         )
         keep = keep & self._nms_mask(boxes, scores, labels + image_offset(batch, k1, labels), keep)
         # order by score within each image, then pack the best ``max_detections``
-        order = scores.masked_fill(~keep, -1.0).argsort(dim=1, descending=True)
+        order = scores.masked_fill(~keep, -1.0).argsort(dim=1, descending=True, stable=True)
         keep, boxes = keep.gather(1, order), gather_rows(boxes, order)
         scores, labels = scores.gather(1, order), labels.gather(1, order)
         index, valid = pack_rows(keep, min(self.max_detections, keep.shape[1]))
@@ -105,6 +112,16 @@ class DetectionPostprocessor(nn.Module):
             {"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
             for i, n in enumerate(counts)
         ]
+
+    @staticmethod
+    def _compact(
+        rois: Tensor, roi_valid: Tensor, logits: Tensor, deltas: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Move each image's valid rows to the front, in order, and drop the slots no image uses:
+        ``R`` becomes the largest valid count of the batch (one host sync)."""
+        index, valid = pack_rows(roi_valid, int(roi_valid.sum(dim=1).max()))
+        return (gather_rows(rois, index), valid, gather_rows(logits, index),
+                gather_rows(deltas, index))
 
     def _nms_mask(self, boxes: Tensor, scores: Tensor, groups: Tensor, keep: Tensor) -> Tensor:
         """NMS of every image and class in one ``batched_nms`` call over the ``keep`` candidates.

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from detector.boxes import BoxCoder
 from detector.matcher import Matcher
-from detector.modeling.packing import gather_rows, pack_rows
+from detector.modeling.packing import gather_rows, pack_rows, use_compaction
 from detector.targets import assign_targets
 
 __all__ = ["ROICriterion", "ROIHead", "ROISampler"]
@@ -94,13 +94,21 @@ class ROIHead(nn.Module):
             ``spatial_scale`` set to 1 / stride.
         box_head (nn.Module): pooled ``[M, C, P, P]`` -> ``[M, box_head.out_features]``.
         num_classes (int): K, foreground classes.
+        compact (bool, optional): pool and score only the valid RoIs when ``forward`` is given a
+            validity mask (one host sync; padding rows of the outputs are then zero). None
+            (default) compacts on the CPU only and never while exporting; False keeps the
+            fixed-size padded path (no host sync, what CUDA and export use).
 
     Pooling runs in float32 so that RoI coordinates are never rounded to half precision (bf16
     holds integers exactly only up to 256); the pooled features come back in the features' dtype.
     """
 
-    def __init__(self, *, pooler: nn.Module, box_head: nn.Module, num_classes: int) -> None:
+    def __init__(
+        self, *, pooler: nn.Module, box_head: nn.Module, num_classes: int,
+        compact: bool | None = None,
+    ) -> None:
         super().__init__()
+        self.compact = compact
         self.pooler = pooler
         self.box_head = box_head
         self.num_classes = int(num_classes)
@@ -111,18 +119,40 @@ class ROIHead(nn.Module):
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 
-    def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """features (Tensor[B, C, Hf, Wf]), rois (Tensor[B, S, 4]) xyxy image pixels ->
-        logits (Tensor[B, S, K + 1]), deltas (Tensor[B, S, 4K])."""
+    def forward(
+        self, features: Tensor, rois: Tensor, valid: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Score RoIs.
+
+        Args:
+            features (Tensor[B, C, Hf, Wf]): backbone features.
+            rois (Tensor[B, S, 4]): xyxy RoIs, image pixels.
+            valid (BoolTensor[B, S], optional): False for padding rows; lets ``compact`` skip them.
+
+        Returns:
+            logits (Tensor[B, S, K + 1]), deltas (Tensor[B, S, 4K]); rows where ``valid`` is False
+            hold zeros when compacted, unspecified values otherwise.
+        """
         batch, num = rois.shape[:2]
         rois = rois.float()  # never round box coordinates to the features' (half) precision
         image_idx = torch.arange(batch, device=rois.device, dtype=rois.dtype)
         flat = torch.cat((image_idx[:, None, None].expand(batch, num, 1), rois), dim=2)
-        pooled = self.pooler(features.float(), flat.reshape(-1, 5)).to(features.dtype)
+        flat = flat.reshape(-1, 5)
+        if valid is None or not use_compaction(self.compact, rois.device):
+            logits, deltas = self._predict(features, flat)
+        else:
+            rows = valid.reshape(-1).nonzero().squeeze(1)  # the one host sync
+            logits, deltas = self._predict(features, flat.index_select(0, rows))
+            logits = logits.new_zeros(batch * num, logits.shape[1]).index_copy(0, rows, logits)
+            deltas = deltas.new_zeros(batch * num, deltas.shape[1]).index_copy(0, rows, deltas)
+        return logits.view(batch, num, logits.shape[-1]), deltas.view(batch, num, deltas.shape[-1])
+
+    def _predict(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """features (Tensor[B, C, Hf, Wf]), rois (Tensor[M, 5]) rows ``(image, x1, y1, x2, y2)`` ->
+        logits (Tensor[M, K + 1]), deltas (Tensor[M, 4K])."""
+        pooled = self.pooler(features.float(), rois).to(features.dtype)
         x = self.box_head(pooled)
-        logits = self.cls_score(x).view(batch, num, self.num_classes + 1)
-        deltas = self.bbox_pred(x).view(batch, num, 4 * self.num_classes)
-        return logits, deltas
+        return self.cls_score(x), self.bbox_pred(x)
 
 
 class ROICriterion(nn.Module):

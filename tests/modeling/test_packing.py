@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from detector.modeling.packing import gather_rows, pack_rows
+from detector.modeling.packing import gather_rows, pack_rows, use_compaction
 
 
 def _mask(rows: list[list[int]]) -> torch.Tensor:
@@ -65,3 +65,23 @@ def test_gather_rows_takes_rows_per_image():
     assert torch.equal(out[1], values[1, [1, 1]])
     # 2-D values (one scalar per row) work as well
     assert gather_rows(values[..., 0], index).tolist() == [[9.0, 0.0], [15.0, 15.0]]
+
+
+# ----------------------------------------------------------------------------- use_compaction
+
+
+def test_compaction_is_automatic_on_the_cpu_only_and_explicit_otherwise():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_compaction(None, cpu) and not use_compaction(None, cuda)
+    assert use_compaction(True, cuda) and not use_compaction(False, cpu)
+
+
+def test_compaction_is_never_used_while_exporting(monkeypatch):
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert not use_compaction(None, torch.device("cpu"))
+    assert not use_compaction(True, torch.device("cpu"))
+
+
+def test_compaction_is_never_used_under_compile_or_torch_export(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # also true in torch.export
+    assert not use_compaction(True, torch.device("cpu"))

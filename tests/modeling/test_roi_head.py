@@ -185,6 +185,56 @@ def test_roi_head_pools_each_roi_from_its_own_image():
         torch.testing.assert_close(deltas[b : b + 1], one_deltas)
 
 
+def _rois_with_padding(batch: int, num: int, counts: list[int]) -> tuple[torch.Tensor, ...]:
+    """Random RoIs inside a 48 x 48 image; image i has ``counts[i]`` valid rows, scattered."""
+    generator = torch.Generator().manual_seed(0)
+    xy = torch.rand(batch, num, 2, generator=generator) * 30
+    rois = torch.cat((xy, xy + 4 + torch.rand(batch, num, 2, generator=generator) * 14), dim=-1)
+    valid = torch.zeros(batch, num, dtype=torch.bool)
+    for i, n in enumerate(counts):
+        valid[i, torch.randperm(num, generator=generator)[:n]] = True
+    return rois, valid
+
+
+@pytest.mark.parametrize("counts", [[3, 0], [7, 2], [0, 0], [7, 7]])
+def test_compacted_roi_head_equals_the_padded_one_on_valid_rows(counts):
+    head = _head(num_classes=3)
+    features = torch.randn(2, 4, 6, 6)
+    rois, valid = _rois_with_padding(2, 7, counts)
+    head.compact = False
+    padded = head(features, rois, valid)
+    head.compact = True
+    compact = head(features, rois, valid)
+    for full, small in zip(padded, compact, strict=True):
+        assert small.shape == full.shape
+        torch.testing.assert_close(small[valid], full[valid], rtol=1e-6, atol=1e-7)
+        assert (small[~valid] == 0).all()
+
+
+def test_compacted_roi_head_gives_the_padded_gradients_on_valid_rows():
+    grads = {}
+    features = torch.randn(2, 4, 6, 6)
+    rois, valid = _rois_with_padding(2, 7, [5, 2])
+    for compact in (False, True):
+        torch.manual_seed(0)
+        head = _head(num_classes=3)
+        head.compact = compact
+        logits, deltas = head(features, rois, valid)
+        (logits[valid].square().sum() + deltas[valid].sum()).backward()
+        grads[compact] = [p.grad for p in head.parameters()]
+    for padded, compact in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(compact, padded, rtol=1e-5, atol=1e-6)
+
+
+def test_roi_head_keeps_the_padded_path_while_exporting(monkeypatch):
+    head = _head(num_classes=3)
+    head.compact = True
+    rois, valid = _rois_with_padding(2, 7, [3, 1])
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    logits, _ = head(torch.randn(2, 4, 6, 6), rois, valid)
+    assert (logits[~valid] != 0).any()  # padding rows were scored: no compaction
+
+
 class _Capture(nn.Module):
     """A box head that records the pooled features and passes them on flattened."""
 

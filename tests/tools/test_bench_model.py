@@ -1,0 +1,47 @@
+"""tools/bench_model.py at tiny sizes: it runs end to end and its last two lines are the
+machine-readable speedups; its loader mode times a tiny generated shapes set."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--height", "64", "--width", "96", "--batch", "1", "--steps", "1", "--warmup", "0",
+        "--num-classes", "2", "--threads", "1"]
+
+
+def _run(args: list[str], workdir: Path) -> list[str]:
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "tools" / "bench_model.py"), *args], cwd=workdir,
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()
+
+
+@pytest.mark.slow
+def test_bench_model_prints_a_table_and_two_speedup_lines(tmp_path):
+    lines = _run([*TINY, "--device", "cpu"], tmp_path)
+    assert re.fullmatch(r"train_speedup_vs_torchvision: \d+\.\d\d", lines[-2])
+    assert re.fullmatch(r"infer_speedup_vs_torchvision: \d+\.\d\d", lines[-1])
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("train", "infer"))}
+    for kind in ("train", "infer"):  # the speedup column is torchvision's time over ours
+        ours, theirs, speedup = (float(v.rstrip("x")) for v in rows[kind][1:4])
+        assert ours > 0 and theirs > 0
+        assert speedup == pytest.approx(theirs / ours, rel=0.01, abs=0.01)
+
+
+@pytest.mark.slow
+def test_bench_model_loader_mode_reports_images_per_second(tmp_path):
+    lines = _run(["--loader", "2", "--batch", "2", "dataset.num_train=4", "dataset.num_val=2",
+                  "dataset.image_size=64", "num_workers=0", f"dataset.root={tmp_path / 'shapes'}"],
+                 tmp_path)
+    assert len(lines) == 1
+    assert re.match(r"loader: \d+\.\d images/s \(dataset shapes, batch 2, 0 workers", lines[0])

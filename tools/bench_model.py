@@ -1,0 +1,147 @@
+"""Benchmark the whole model against torchvision's FasterRCNN on the same VGG16-BN trunk.
+
+Both models are built with the settings of issue #12 (detector/benchmark/reference.py), hold the
+same weights, and run on identical random images with 8 ground-truth boxes each: a training step (forward, losses, backward,
+SGD step) and inference to final detections, interleaved so that load on a shared machine hits
+both sides alike; median of --steps after --warmup. Prints times, images/s, peak memory per step on
+CUDA and, on CUDA, the achieved TFLOP/s of our training step against the device's bf16 peak. The
+last two lines are ``train_speedup_vs_torchvision: X.XX`` and ``infer_speedup_vs_torchvision: Y.YY``.
+
+    python tools/bench_model.py                                   # CPU-friendly: batch 2, 320x480
+    python tools/bench_model.py --device cuda --batch 8 --height 600 --width 1000 --precision bf16
+    python tools/bench_model.py --loader 20 --batch 8 dataset=coco dataset.root=../shared/data/coco_tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+from detector.benchmark import (  # noqa: E402
+    BenchSettings,
+    bf16_peak_tflops,
+    build_ours,
+    build_torchvision,
+    copy_weights,
+    count_flops,
+    interleaved_times,
+    loader_images_per_second,
+    make_steps,
+    resident_bytes,
+    synthetic_batch,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--width", type=int, default=480)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
+    parser.add_argument("--channels-last", action="store_true", help="both models and images")
+    parser.add_argument("--compile", action="store_true", help="ours with model.compile=true")
+    parser.add_argument("--compact", choices=("auto", "on", "off"), default="auto",
+                        help="our ROI compaction (auto: on the CPU only)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device bf16 peak (default: looked up by CUDA device name)")
+    parser.add_argument("--loader", type=int, default=0, metavar="BATCHES",
+                        help="only time the training data loader over this many batches")
+    parser.add_argument("--verbose", action="store_true", help="print every timed step")
+    parser.add_argument("overrides", nargs="*", help="config overrides for --loader's dataset")
+    return parser.parse_args()
+
+
+def loader_figure(args: argparse.Namespace) -> str:
+    """Images/s of the training loader that configs/train.yaml (+ overrides) builds."""
+    import hydra
+    from hydra import compose, initialize_config_dir
+
+    from detector.data import build_dataloader
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=list(args.overrides))
+    dataset = hydra.utils.instantiate(cfg.dataset.train)
+    loader = build_dataloader(dataset=dataset, batch_size=args.batch, train=True,
+                              num_workers=cfg.num_workers, seed=cfg.seed)
+    rate = loader_images_per_second(loader, batches=args.loader)
+    return (f"loader: {rate:.1f} images/s (dataset {cfg.dataset.name}, batch {args.batch}, "
+            f"{cfg.num_workers} workers, pin_memory {loader.pin_memory})")
+
+
+def flops_line(fn, seconds: float, device: torch.device, peak: float | None) -> str:
+    flops = count_flops(fn)
+    achieved = flops / seconds / 1e12
+    name = torch.cuda.get_device_name(device)
+    peak = peak or bf16_peak_tflops(name)
+    share = f"{100 * achieved / peak:.1f}% of {name}'s {peak:.0f} TFLOP/s bf16 peak" if peak else (
+        f"bf16 peak of {name} unknown: pass --peak-tflops")
+    return f"ours train: {flops / 1e9:.1f} GFLOP/step, {achieved:.1f} TFLOP/s achieved, {share}"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    if args.loader:  # the loader alone: no models
+        print(loader_figure(args))
+        return
+    torch.manual_seed(args.seed)
+    compact = {"auto": None, "on": True, "off": False}[args.compact]
+    settings = BenchSettings(height=args.height, width=args.width, num_classes=args.num_classes,
+                             compact_rois=compact, compile=args.compile)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    ours, criterion = build_ours(settings)
+    tv_model = build_torchvision(settings)
+    copy_weights(ours, tv_model)  # the same features and proposals: the same work
+    ours, tv_model = ours.to(device, memory_format=fmt), tv_model.to(device, memory_format=fmt)
+    data = synthetic_batch(batch=args.batch, height=args.height, width=args.width,
+                           num_classes=args.num_classes, device=device, seed=args.seed,
+                           memory_format=fmt)
+    steps, optimizers = make_steps(ours=ours, criterion=criterion, torchvision_model=tv_model,
+                                   data=data, precision=args.precision)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{torch.get_num_threads()} threads")
+    print(f"{device.type} ({where}), {args.precision}, batch {args.batch}, "
+          f"{args.height}x{args.width}, {args.num_classes} classes; median of {args.steps} steps "
+          f"after {args.warmup} warm-up, interleaved; channels_last={args.channels_last} "
+          f"compile={args.compile} compact={args.compact}")
+    times = interleaved_times(steps, steps=args.steps, warmup=args.warmup, device=device,
+                              progress=print if args.verbose else None)
+    cuda = device.type == "cuda"
+    print(f"{'step':<8}{'ours s':>10}{'torchvision s':>15}{'speedup':>9}{'ours img/s':>12}"
+          f"{'tv img/s':>10}" + (f"{'ours GB':>9}{'tv GB':>8}" if cuda else ""))
+    speedups = {}
+    for kind in ("train", "infer"):
+        mine, theirs = times[f"ours_{kind}"], times[f"torchvision_{kind}"]
+        speedups[kind] = theirs.median / mine.median
+        line = (f"{kind:<8}{mine.median:>10.4f}{theirs.median:>15.4f}{speedups[kind]:>8.2f}x"
+                f"{args.batch / mine.median:>12.2f}{args.batch / theirs.median:>10.2f}")
+        if cuda:  # the step's own peak plus what the model keeps between steps
+            held = {m: resident_bytes(model, optimizers[m] if kind == "train" else None)
+                    for m, model in (("ours", ours), ("torchvision", tv_model))}
+            line += (f"{(mine.peak_extra_bytes + held['ours']) / 1e9:>9.2f}"
+                     f"{(theirs.peak_extra_bytes + held['torchvision']) / 1e9:>8.2f}")
+        print(line)
+    if cuda:
+        print(flops_line(steps["ours_train"], times["ours_train"].median, device, args.peak_tflops))
+    print(f"train_speedup_vs_torchvision: {speedups['train']:.2f}")
+    print(f"infer_speedup_vs_torchvision: {speedups['infer']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
