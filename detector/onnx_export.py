@@ -39,13 +39,18 @@ from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detector.engine.checkpoint import load_checkpoint
 from detector.modeling.spec import model_from_checkpoint
 
-__all__ = ["INPUT_NAMES", "METADATA_PREFIX", "OUTPUT_NAMES", "DetectionGraph", "ExportResult",
+__all__ = ["INPUT_NAMES", "METADATA_PREFIX", "OUTPUT_NAMES", "DetectionGraph", "ExportError",
+           "ExportResult",
            "default_input_size", "export_checkpoint", "export_onnx"]
 
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "valid")
 METADATA_PREFIX = "detector."
 OPSET = 17  # RoiAlign's half_pixel mode (aligned=True) needs >= 16
+
+
+class ExportError(ValueError):
+    """A bad export setting (input size)."""
 
 
 class DetectionGraph(nn.Module):
@@ -125,7 +130,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, height: int
     Raises:
         FileNotFoundError, CheckpointError, SpecError: as ``load_checkpoint`` and
             ``model_from_checkpoint``.
-        ValueError: a non-positive or non-multiple-of-16 input size.
+        ExportError: an input size below 32 or not a multiple of 16.
     """
     state = load_checkpoint(checkpoint)
     dataset = state.get("config", {}).get("dataset", {})
@@ -133,7 +138,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, height: int
     default = default_input_size(min_size, max_size)
     size = (int(height or default[0]), int(width or default[1]))
     if min(size) < 32 or size[0] % 16 or size[1] % 16:
-        raise ValueError(f"height and width must be multiples of 16 (the backbone's stride), at "
+        raise ExportError(f"height and width must be multiples of 16 (the backbone's stride), at "
                          f"least 32; got {size[0]} x {size[1]}")
     metadata = {
         "class_names": list(state["class_names"]),

@@ -4,7 +4,7 @@ PATH is an image, a folder (recursive), a glob ("photos/**/*.jpg", quoted) or a 
 mov, ...). Without checkpoint: the newest outputs/**/checkpoints/final.pth. Writes annotated
 images (and .mp4 videos) plus detections.json into output (default outputs/predict/<date_time>)
 and prints a summary; unreadable files are skipped and named. backend=onnxruntime runs the
-exported model (tools/export.py) instead of PyTorch: model=PATH.onnx, or the checkpoint's .onnx.
+exported model (tools/export.py) instead of PyTorch: onnx=PATH.onnx, or the checkpoint's .onnx.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def resolve_checkpoint(cfg: DictConfig) -> Path:
 
 def build_predictor(cfg: DictConfig):
     if cfg.backend == "onnxruntime":
-        model = Path(cfg.model) if cfg.model else resolve_checkpoint(cfg).with_suffix(".onnx")
+        model = Path(cfg.onnx) if cfg.onnx else resolve_checkpoint(cfg).with_suffix(".onnx")
         if not model.is_file():
             raise ConfigError(f"ONNX model {model} does not exist; write it with "
-                              f"python tools/export.py or pass model=PATH.onnx")
+                              f"python tools/export.py or pass onnx=PATH.onnx")
         return OnnxPredictor.from_file(model, score_threshold=cfg.score_threshold,
                                        batch_size=cfg.batch_size)
     if cfg.backend != "torch":
