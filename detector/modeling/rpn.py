@@ -143,6 +143,7 @@ class ProposalGenerator(nn.Module):
         logits, deltas = logits.detach().float(), deltas.detach().float()
         k = min(self.pre_nms_top_n[phase], logits.shape[1])
         top_logits, top_idx = logits.topk(k, dim=1)  # sorted, best first
+        # shape[0], not len(): the ONNX export traces it as the (dynamic) batch size
         boxes = self.box_coder.decode(gather_rows(anchors.expand(logits.shape[0], -1, -1), top_idx),
                                       gather_rows(deltas, top_idx))
         boxes = clip_boxes(boxes, image_sizes)
