@@ -31,6 +31,7 @@ DEFAULT_KEYS: tuple[str, ...] = (*LOSS_KEYS, "lr", "grad_norm", *EVAL_KEYS)
 GROUP_KEYS: tuple[str, ...] = ("step", "phase")
 
 GT_COLOR: tuple[int, int, int] = (0, 255, 0)
+HALO_COLOR: tuple[int, int, int] = (24, 24, 24)  # edges drawn around boxes and caption tags
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GOLDEN = 0.618033988749895
 _EVAL_TITLE = "COCO eval"
@@ -58,7 +59,8 @@ def draw_detections(
     gt_boxes: Any = None,
     thickness: int | None = None,
 ) -> np.ndarray:
-    """Draw detections (solid, class-coloured, captioned ``"name 0.93"``) and GT (dashed, green).
+    """Draw detections (solid, class-coloured with a dark halo, captioned ``"name 0.93"`` on an
+    opaque tag whose ink is black or white by the tag's luminance) and GT (dashed, green).
 
     Args:
         image_rgb (ndarray[H, W, 3] uint8): the image; it is not modified.
@@ -88,6 +90,8 @@ def draw_detections(
         order = order[scores_np[order] >= score_threshold]
     for i, corners in zip(order, _pixel_corners(boxes_np[order]), strict=True):
         color = class_color(labels_np[i])
+        # a dark 1 px halo on both sides keeps bright outlines visible on light backgrounds
+        cv2.rectangle(canvas, corners[0], corners[1], HALO_COLOR, t + 2)
         cv2.rectangle(canvas, corners[0], corners[1], color, t)
         text = _caption(labels_np[i], None if scores_np is None else scores_np[i], class_names)
         _draw_caption(canvas, text, corners[0], color, t)
@@ -128,7 +132,9 @@ def _draw_caption(
     x, y = top_left
     x = max(0, min(x, canvas.shape[1] - tw - 2))
     bottom = y if y - th - base - 2 >= 0 else y + th + base + 2
-    cv2.rectangle(canvas, (x, bottom - th - base - 2), (x + tw + 2, bottom), color, cv2.FILLED)
+    top = bottom - th - base - 2
+    cv2.rectangle(canvas, (x - 1, top - 1), (x + tw + 3, bottom + 1), HALO_COLOR, 1)
+    cv2.rectangle(canvas, (x, top), (x + tw + 2, bottom), color, cv2.FILLED)
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     ink = (0, 0, 0) if luminance > 128 else (255, 255, 255)
     cv2.putText(canvas, text, (x + 1, bottom - base - 1), _FONT, scale, ink, t, cv2.LINE_AA)

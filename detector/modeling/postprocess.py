@@ -85,6 +85,26 @@ class DetectionPostprocessor(nn.Module):
         """
         if use_compaction(self.compact, logits.device):
             rois, roi_valid, logits, deltas = self._compact(rois, roi_valid, logits, deltas)
+        boxes, scores, labels, valid = self.padded(rois, roi_valid, logits, deltas, image_sizes)
+        if scales is not None:
+            boxes = boxes_to_original(boxes, scales)
+        counts = valid.sum(dim=1).tolist()
+        return [
+            {"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
+            for i, n in enumerate(counts)
+        ]
+
+    @torch.no_grad()
+    def padded(
+        self, rois: Tensor, roi_valid: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Detections as fixed-size padded tensors (no host sync: the ONNX export's outputs).
+
+        Arguments as in ``forward``. Returns, with D = min(max_detections, R * K):
+        boxes (Tensor[B, D, 4]) xyxy resized pixels, scores (Tensor[B, D]), labels
+        (LongTensor[B, D]) 1..K, valid (BoolTensor[B, D]); the valid rows of each image come
+        first, best first, and padding rows hold whatever the packing left there.
+        """
         batch, num, k1 = logits.shape
         scores = torch.softmax(logits.float(), dim=-1)[..., 1:]  # [B, R, K]
         boxes = self.box_coder.decode(rois[:, :, None, :], deltas.float().unflatten(-1, (-1, 4)))
@@ -103,15 +123,8 @@ class DetectionPostprocessor(nn.Module):
         keep, boxes = keep.gather(1, order), gather_rows(boxes, order)
         scores, labels = scores.gather(1, order), labels.gather(1, order)
         index, valid = pack_rows(keep, min(self.max_detections, keep.shape[1]))
-        boxes = gather_rows(boxes, index)
-        if scales is not None:
-            boxes = boxes_to_original(boxes, scales)
-        scores, labels = scores.gather(1, index), labels.gather(1, index)
-        counts = valid.sum(dim=1).tolist()
-        return [
-            {"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
-            for i, n in enumerate(counts)
-        ]
+        return (gather_rows(boxes, index), scores.gather(1, index), labels.gather(1, index),
+                valid)
 
     @staticmethod
     def _compact(
@@ -136,4 +149,5 @@ class DetectionPostprocessor(nn.Module):
             boxes.reshape(-1, 4)[flat_idx], scores.reshape(-1)[flat_idx], groups, self.nms_threshold
         )
         mask = torch.zeros(batch * num, dtype=torch.bool, device=scores.device)
-        return mask.index_fill(0, flat_idx[kept], True).view(batch, num)
+        kept = flat_idx[kept]  # scatter, not index_fill(..., True): the latter cannot be traced to ONNX
+        return mask.scatter(0, kept, torch.ones_like(kept, dtype=torch.bool)).view(batch, num)

@@ -143,7 +143,8 @@ class ProposalGenerator(nn.Module):
         logits, deltas = logits.detach().float(), deltas.detach().float()
         k = min(self.pre_nms_top_n[phase], logits.shape[1])
         top_logits, top_idx = logits.topk(k, dim=1)  # sorted, best first
-        boxes = self.box_coder.decode(gather_rows(anchors.expand(len(logits), -1, -1), top_idx),
+        # shape[0], not len(): the ONNX export traces it as the (dynamic) batch size
+        boxes = self.box_coder.decode(gather_rows(anchors.expand(logits.shape[0], -1, -1), top_idx),
                                       gather_rows(deltas, top_idx))
         boxes = clip_boxes(boxes, image_sizes)
         keep = remove_small_boxes_mask(boxes, self.min_size) & torch.isfinite(top_logits)
@@ -166,7 +167,8 @@ class ProposalGenerator(nn.Module):
             boxes.reshape(-1, 4), scores.reshape(-1), groups.reshape(-1), self.nms_threshold
         )
         mask = torch.zeros(batch * num, dtype=torch.bool, device=scores.device)
-        return mask.index_fill(0, kept, True).view(batch, num)
+        # scatter, not index_fill(..., True): the latter cannot be traced for the ONNX export
+        return mask.scatter(0, kept, torch.ones_like(kept, dtype=torch.bool)).view(batch, num)
 
 
 class RPNCriterion(nn.Module):

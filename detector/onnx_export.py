@@ -1,0 +1,154 @@
+"""Export the whole inference path of a trained model to one self-contained ONNX file.
+
+    >>> from detector.onnx_export import export_checkpoint
+    >>> export_checkpoint("outputs/.../checkpoints/final.pth", "model.onnx")
+
+The graph (B images, a dynamic batch; H x W, the fixed padded input size; D detections)::
+
+    images [B,3,H,W] float32 (resized, ImageNet-normalised, zero-padded bottom/right)
+    image_sizes [B,2] int64 (h, w) of each image before padding
+      -> backbone -> anchors (constants of the H x W grid) -> RPN -> top-k, NMS -> proposals
+      -> RoIPool/RoIAlign -> box head -> softmax, per-class decode, clip, score > threshold,
+         class-wise NMS, top D
+      -> boxes [B,D,4] float32 xyxy pixels of the resized image, scores [B,D] float32,
+         labels [B,D] int64 (1..K), valid [B,D] bool (padding rows are all zero)
+
+Resizing, normalisation and mapping boxes back to original pixels stay outside the graph: they
+are ``detector.onnx_predictor.OnnxPredictor``'s job, with the same code ``Predictor`` uses.
+The file's ``metadata_props`` carry what that needs (``detector.*`` keys, JSON values): class
+names, category ids, input size, resize settings, normalisation, the source checkpoint.
+
+Export uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``):
+torchvision registers ONNX symbolics for ``nms`` (NonMaxSuppression), ``roi_pool``
+(MaxRoiPool) and ``roi_align`` (RoiAlign) there. The model's padded, static-shape design is what
+makes the graph exportable as it is: every tensor has a fixed size except the candidate lists
+that NMS takes, and those are produced with ``nonzero`` inside the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detector.engine.checkpoint import load_checkpoint
+from detector.modeling.spec import model_from_checkpoint
+
+__all__ = ["INPUT_NAMES", "METADATA_PREFIX", "OUTPUT_NAMES", "DetectionGraph", "ExportError",
+           "ExportResult",
+           "default_input_size", "export_checkpoint", "export_onnx"]
+
+INPUT_NAMES = ("images", "image_sizes")
+OUTPUT_NAMES = ("boxes", "scores", "labels", "valid")
+METADATA_PREFIX = "detector."
+OPSET = 17  # RoiAlign's half_pixel mode (aligned=True) needs >= 16
+
+
+class ExportError(ValueError):
+    """A bad export setting (input size)."""
+
+
+class DetectionGraph(nn.Module):
+    """A ``FasterRCNN`` as one function from a padded batch to padded detections (the ONNX graph).
+
+    Args:
+        model (FasterRCNN): in eval mode.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """images (Tensor[B, 3, H, W]), image_sizes (LongTensor[B, 2]) -> boxes (Tensor[B, D, 4])
+        xyxy resized pixels, scores (Tensor[B, D]), labels (LongTensor[B, D]), valid
+        (BoolTensor[B, D]); padding rows are zero."""
+        out = self.model(images, image_sizes, detect=True)
+        boxes, scores, labels, valid = self.model.postprocessor.padded(
+            out["proposals"], out["proposal_valid"], out["det_logits"], out["det_deltas"],
+            image_sizes)
+        return (boxes * valid[..., None], scores * valid, labels * valid, valid)
+
+
+def default_input_size(min_size: int, max_size: int, divisible: int = 32) -> tuple[int, int]:
+    """(H, W) that holds every image the eval resize can produce: the resized shorter side is at
+    most ``min_size`` and the longer at most ``max_size``, so a ``max_size`` square, rounded up
+    to ``divisible`` as the PyTorch collate pads, fits both orientations."""
+    del min_size  # the longer side bounds both
+    side = (int(max_size) + divisible - 1) // divisible * divisible
+    return side, side
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, height: int, width: int,
+                metadata: dict | None = None, opset: int = OPSET) -> Path:
+    """Trace ``DetectionGraph(model)`` at input size ``height`` x ``width`` into ``path``.
+
+    The batch dimension is dynamic. ``metadata`` values are stored JSON-encoded in the file's
+    ``metadata_props`` under ``detector.<key>``.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = DetectionGraph(model.eval().float().cpu()).eval()
+    images = torch.zeros(2, 3, int(height), int(width))
+    sizes = torch.tensor([[height, width], [height, width]], dtype=torch.long)
+    dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on Python ints: the sizes are fixed here
+        torch.onnx.export(graph, (images, sizes), str(path), dynamo=False, opset_version=opset,
+                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                          dynamic_axes=dynamic)
+    proto = onnx.load(str(path))
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """path of the written file, input (height, width), and the metadata stored in it."""
+
+    path: Path
+    input_size: tuple[int, int]
+    metadata: dict
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path, *, height: int | None = None,
+                      width: int | None = None) -> ExportResult:
+    """Export a ``tools/train_net.py`` checkpoint; ``height``/``width`` default to
+    ``default_input_size`` of the run's ``min_size``/``max_size``.
+
+    Raises:
+        FileNotFoundError, CheckpointError, SpecError: as ``load_checkpoint`` and
+            ``model_from_checkpoint``.
+        ExportError: an input size below 32 or not a multiple of 16.
+    """
+    state = load_checkpoint(checkpoint)
+    dataset = state.get("config", {}).get("dataset", {})
+    min_size, max_size = int(dataset.get("min_size", 600)), int(dataset.get("max_size", 1000))
+    default = default_input_size(min_size, max_size)
+    size = (int(height or default[0]), int(width or default[1]))
+    if min(size) < 32 or size[0] % 16 or size[1] % 16:
+        raise ExportError(f"height and width must be multiples of 16 (the backbone's stride), at "
+                         f"least 32; got {size[0]} x {size[1]}")
+    metadata = {
+        "class_names": list(state["class_names"]),
+        "label_to_cat_id": {str(k): int(v) for k, v in state.get("label_to_cat_id", {}).items()},
+        "input_size": list(size), "min_size": min_size, "max_size": max_size,
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "checkpoint": str(checkpoint), "iteration": state.get("iteration"),
+        "outputs": "boxes [B,D,4] xyxy resized pixels, scores [B,D], labels [B,D] 1..K, "
+                   "valid [B,D]",
+    }
+    path = export_onnx(model_from_checkpoint(state), output, height=size[0], width=size[1],
+                       metadata=metadata)
+    return ExportResult(path=path, input_size=size, metadata=metadata)

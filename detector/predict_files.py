@@ -1,0 +1,191 @@
+"""Predict on files and write what a person opens: annotated images, annotated videos and one
+``detections.json``; unreadable files are counted and named, never fatal.
+
+    >>> from detector.predict_inputs import collect_inputs
+    >>> report = predict_files(predictor, collect_inputs("photos/"), "predictions/")
+    >>> print(report.summary())
+
+``predictor`` is anything called as ``predictor(list_of_rgb_arrays, score_threshold=...)`` that
+returns one ``detector.predictor.Detections`` per image and has ``class_names``,
+``label_to_cat_id`` and ``batch_size`` (``Predictor`` and ``OnnxPredictor`` both are).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from detector.data.report import DatasetError
+from detector.predict_inputs import Inputs, read_video_batches, video_info
+from detector.predictor import Detections, load_image
+from detector.visualize import draw_detections, save_image
+
+__all__ = ["PredictionReport", "predict_files"]
+
+DETECTIONS_FILE = "detections.json"
+
+
+@dataclass
+class PredictionReport:
+    """What ``predict_files`` did.
+
+    Attributes:
+        output_dir (Path): where the annotated files and ``detections.json`` are.
+        images (int): images predicted on; frames (int): video frames predicted on.
+        videos (int): videos written.
+        detections (int): detections over all images and frames.
+        seconds (float): wall time of the whole loop (reading, predicting, drawing, writing).
+        skipped (list[tuple[str, str]]): (file, reason) of files that were left out.
+    """
+
+    output_dir: Path
+    images: int = 0
+    frames: int = 0
+    videos: int = 0
+    detections: int = 0
+    seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for the console: counts, speed, skipped files, where the outputs are."""
+        done = self.images + self.frames
+        speed = done / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"{self.images} images, {self.frames} video frames ({self.videos} videos), "
+                 f"{self.detections} detections, {speed:.2f} img/s"]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s):")
+            lines += [f"  {name}: {reason}" for name, reason in self.skipped]
+        lines.append(f"annotated files and {DETECTIONS_FILE} in {self.output_dir}")
+        return "\n".join(lines)
+
+
+def _records(det: Detections, label_to_cat_id: dict[int, int]) -> list[dict]:
+    """COCO-style records: ``bbox`` xywh, ``score``, ``category_id``, ``category``."""
+    return [{key: record[key] for key in ("bbox", "score", "category_id", "category")}
+            for record in det.to_list(label_to_cat_id=label_to_cat_id)]
+
+
+def _draw(image: np.ndarray, det: Detections, class_names: list[str]) -> np.ndarray:
+    return draw_detections(image, det.boxes, det.labels, det.scores, class_names=class_names)
+
+
+def _image_output(output_dir: Path, relative: Path) -> Path:
+    """Annotated image path: the input's relative path, PNG unless it was a JPEG."""
+    suffix = ".jpg" if relative.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    return output_dir / relative.with_suffix(suffix)
+
+
+def _read_batch(paths: list[Path], inputs: Inputs, report: PredictionReport):
+    """(RGB array, relative name) of each readable file; the others go to ``report.skipped``."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((load_image(path)[0], inputs.relative(path)))
+        except (DatasetError, ValueError, OSError) as error:
+            report.skipped.append((str(inputs.relative(path)), _reason(error, path)))
+    return loaded
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """The error message without the file name (the summary prints the name already)."""
+    return str(error).replace(f"image file {path} is ", "").replace(str(path), "").strip(" :") \
+        or type(error).__name__
+
+
+def _predict_images(predictor, inputs: Inputs, output_dir: Path, threshold: float,
+                    report: PredictionReport, bar) -> list[dict]:
+    entries = []
+    step = max(1, int(predictor.batch_size))
+    for start in range(0, len(inputs.images), step):
+        paths = inputs.images[start:start + step]
+        loaded = _read_batch(paths, inputs, report)
+        results = predictor([array for array, _ in loaded], score_threshold=threshold) \
+            if loaded else []
+        for (array, relative), det in zip(loaded, results, strict=True):
+            save_image(_image_output(output_dir, relative), _draw(array, det, predictor.class_names))
+            entries.append({"file": relative.as_posix(), "height": det.image_size[0],
+                            "width": det.image_size[1],
+                            "detections": _records(det, predictor.label_to_cat_id)})
+            report.images += 1
+            report.detections += len(det)
+        bar.update(len(paths))
+    return entries
+
+
+def _open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    """An MPEG-4 (``mp4v``) writer; opencv-python-headless's FFmpeg always has that codec."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write the video {path}")
+    return writer
+
+
+def _predict_video(predictor, path: Path, inputs: Inputs, output_dir: Path, threshold: float,
+                   report: PredictionReport, bar) -> dict | None:
+    relative = inputs.relative(path)
+    info = video_info(path)
+    if info is None or info.width == 0:
+        report.skipped.append((str(relative), "OpenCV cannot open it as a video"))
+        return None
+    out_path = output_dir / relative.with_suffix(".mp4")
+    writer = _open_writer(out_path, info.fps, (info.width, info.height))
+    frames: list[dict] = []
+    try:
+        for batch in read_video_batches(path, max(1, int(predictor.batch_size))):
+            for frame, det in zip(batch, predictor(batch, score_threshold=threshold), strict=True):
+                drawn = _draw(frame, det, predictor.class_names)
+                writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                frames.append({"frame": len(frames),
+                               "detections": _records(det, predictor.label_to_cat_id)})
+                report.detections += len(det)
+            report.frames += len(batch)
+            bar.update(len(batch))
+    finally:
+        writer.release()
+    report.videos += 1
+    return {"file": relative.as_posix(), "output": out_path.relative_to(output_dir).as_posix(),
+            "height": info.height, "width": info.width, "fps": info.fps, "frames": frames}
+
+
+def predict_files(predictor: Any, inputs: Inputs, output_dir: str | Path, *,
+                  score_threshold: float | None = None, progress: bool = True,
+                  metadata: dict | None = None) -> PredictionReport:
+    """Run ``predictor`` on every image and video frame of ``inputs``; write into ``output_dir``
+    the annotated images (same relative paths as the inputs), annotated videos (``.mp4``) and
+    ``detections.json``.
+
+    Args:
+        score_threshold: detections below it are neither drawn nor listed (default: the
+            predictor's own ``score_threshold``).
+        progress: show a tqdm bar (images and frames).
+        metadata: extra entries for the top of ``detections.json`` (e.g. the checkpoint).
+
+    ``detections.json``: ``{"images": [{"file", "height", "width", "detections": [{"bbox":
+    [x, y, w, h], "score", "category_id", "category"}]}], "videos": [{"file", "output", "height",
+    "width", "fps", "frames": [{"frame", "detections"}]}], "skipped": [{"file", "reason"}], ...}``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    threshold = predictor.score_threshold if score_threshold is None else float(score_threshold)
+    report = PredictionReport(output_dir=output_dir, skipped=list(inputs.skipped))
+    total = len(inputs.images) + sum(info.frames for v in inputs.videos if (info := video_info(v)))
+    start = time.perf_counter()
+    with tqdm(total=total or None, unit="img", desc="predict", disable=not progress) as bar:
+        images = _predict_images(predictor, inputs, output_dir, threshold, report, bar)
+        videos = [entry for path in inputs.videos if (entry := _predict_video(
+            predictor, path, inputs, output_dir, threshold, report, bar)) is not None]
+    report.seconds = time.perf_counter() - start
+    document = {**(metadata or {}), "score_threshold": threshold, "images": images,
+                "videos": videos,
+                "skipped": [{"file": name, "reason": reason} for name, reason in report.skipped]}
+    (output_dir / DETECTIONS_FILE).write_text(json.dumps(document, indent=1))
+    return report
+

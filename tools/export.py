@@ -1,0 +1,77 @@
+"""Export a trained model to ONNX: python tools/export.py [checkpoint=PATH] [output=model.onnx]
+[height=H width=W]
+
+Without checkpoint: the newest outputs/**/checkpoints/final.pth; without output: beside it
+(final.pth -> final.onnx), where tools/predict.py backend=onnxruntime looks by default. The graph
+holds the whole inference path for a fixed padded input size (default: the run's max_size rounded
+up to 32, square) and a dynamic batch: inputs images [B,3,H,W] (resized, normalised, zero-padded)
+and image_sizes [B,2]; outputs boxes [B,D,4], scores [B,D], labels [B,D], valid [B,D].
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from config_checks import ConfigError, check_overrides  # noqa: E402
+
+from detector.engine.checkpoint import CheckpointError, find_latest_checkpoint  # noqa: E402
+from detector.modeling.spec import SpecError  # noqa: E402
+from detector.onnx_export import ExportError, export_checkpoint  # noqa: E402
+from detector.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
+
+USER_ERRORS = (ConfigError, FileNotFoundError, CheckpointError, SpecError, ExportError,
+               OnnxModelError)
+
+
+def fail(error: Exception | str) -> NoReturn:
+    """A user error: one line on stderr, exit code 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def resolve_checkpoint(cfg: DictConfig) -> Path:
+    if cfg.checkpoint is not None:
+        return Path(cfg.checkpoint)
+    latest = find_latest_checkpoint(cfg.outputs_root)
+    if latest is None:
+        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
+                          f"(make train) or pass checkpoint=PATH")
+    return latest
+
+
+def run(cfg: DictConfig) -> Path:
+    checkpoint = resolve_checkpoint(cfg)
+    output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(".onnx")
+    start = time.perf_counter()
+    result = export_checkpoint(checkpoint, output, height=cfg.height, width=cfg.width)
+    seconds = time.perf_counter() - start
+    predictor = OnnxPredictor.from_file(result.path)  # loads in onnxruntime: the file is usable
+    height, width = result.input_size
+    print(f"exported {checkpoint} in {seconds:.1f} s: input {height} x {width} (any batch), "
+          f"{len(predictor.class_names)} classes, {result.path.stat().st_size / 2**20:.1f} MiB")
+    print(f"wrote {result.path}; run it with: python tools/predict.py input=PATH "
+          f"backend=onnxruntime onnx={result.path}")
+    return result.path
+
+
+@hydra.main(config_path="../configs", config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except USER_ERRORS as error:
+        fail(error)
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:], config_name="export")
+    except ConfigError as error:
+        fail(error)
+    main()

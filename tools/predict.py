@@ -1,0 +1,97 @@
+"""Detect objects in your own files: python tools/predict.py input=PATH [checkpoint=PATH] [output=DIR]
+
+PATH is an image, a folder (recursive), a glob ("photos/**/*.jpg", quoted) or a video (mp4, avi,
+mov, ...). Without checkpoint: the newest outputs/**/checkpoints/final.pth. Writes annotated
+images (and .mp4 videos) plus detections.json into output (default outputs/predict/<date_time>)
+and prints a summary; unreadable files are skipped and named. backend=onnxruntime runs the
+exported model (tools/export.py) instead of PyTorch: onnx=PATH.onnx, or the checkpoint's .onnx.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from config_checks import ConfigError, check_overrides  # noqa: E402
+
+from detector.data import DatasetError  # noqa: E402
+from detector.engine.checkpoint import CheckpointError, find_latest_checkpoint  # noqa: E402
+from detector.modeling.spec import SpecError  # noqa: E402
+from detector.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
+from detector.predict_files import predict_files  # noqa: E402
+from detector.predict_inputs import InputError, collect_inputs  # noqa: E402
+from detector.predictor import Predictor  # noqa: E402
+
+USER_ERRORS = (ConfigError, InputError, FileNotFoundError, CheckpointError, SpecError, DatasetError,
+               OnnxModelError)
+
+
+def fail(error: Exception | str) -> NoReturn:
+    """A user error: one line on stderr, exit code 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def resolve_checkpoint(cfg: DictConfig) -> Path:
+    if cfg.checkpoint is not None:
+        return Path(cfg.checkpoint)
+    latest = find_latest_checkpoint(cfg.outputs_root)
+    if latest is None:
+        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
+                          f"(make train) or pass checkpoint=PATH")
+    return latest
+
+
+def build_predictor(cfg: DictConfig):
+    if cfg.backend == "onnxruntime":
+        model = Path(cfg.onnx) if cfg.onnx else resolve_checkpoint(cfg).with_suffix(".onnx")
+        if not model.is_file():
+            raise ConfigError(f"ONNX model {model} does not exist; write it with "
+                              f"python tools/export.py or pass onnx=PATH.onnx")
+        return OnnxPredictor.from_file(model, score_threshold=cfg.score_threshold,
+                                       batch_size=cfg.batch_size)
+    if cfg.backend != "torch":
+        raise ConfigError(f"backend must be torch or onnxruntime, got {cfg.backend!r}")
+    return Predictor.from_checkpoint(resolve_checkpoint(cfg), device=cfg.device,
+                                     precision=cfg.precision, score_threshold=cfg.score_threshold,
+                                     batch_size=cfg.batch_size)
+
+
+def run(cfg: DictConfig) -> None:
+    if cfg.input is None:
+        raise ConfigError("input=PATH is required: an image, a folder, a glob or a video")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    inputs = collect_inputs(cfg.input)  # fails fast, before the model loads
+    predictor = build_predictor(cfg)
+    output = Path(cfg.output or Path(cfg.outputs_root) / "predict" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    source = predictor.info.get("model") or predictor.info.get("checkpoint")
+    print(f"{len(inputs.images)} images, {len(inputs.videos)} videos from {cfg.input}; "
+          f"model {source} ({cfg.backend})")
+    report = predict_files(predictor, inputs, output, score_threshold=cfg.score_threshold,
+                           progress=cfg.progress,
+                           metadata={"input": str(cfg.input), "model": str(source),
+                                     "backend": cfg.backend, "class_names": predictor.class_names})
+    print(report.summary())
+
+
+@hydra.main(config_path="../configs", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except USER_ERRORS as error:
+        fail(error)
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:], config_name="predict")
+    except ConfigError as error:
+        fail(error)
+    main()
