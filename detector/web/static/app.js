@@ -124,7 +124,7 @@ function fillTable() {
     const score = document.createElement("td");
     score.textContent = det.score.toFixed(3);
     const box = document.createElement("td");
-    box.textContent = det.box_xyxy.map((v) => Math.round(v)).join(", ");
+    box.textContent = det.box_xyxy.map((v) => Math.round(v)).join(" ");
     row.append(name, score, box);
     return row;
   }));
