@@ -42,7 +42,8 @@ def fail(error: BaseException) -> None:
 
 def check_serve_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
-        raise ConfigError(f"port must be an integer in 0..65535 (0 = any free port), got {cfg.port!r}")
+        raise ConfigError(f"port must be an integer in 0..65535 (0 = any free port), "
+                          f"got {cfg.port!r}")
     for key in ("threads", "max_upload_mb", "max_megapixels"):
         if not isinstance(cfg[key], int | float) or cfg[key] <= 0:
             raise ConfigError(f"{key} must be a positive number, got {cfg[key]!r}")

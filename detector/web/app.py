@@ -78,9 +78,10 @@ class DetectionService:
     def model_info(self) -> dict:
         """Classes (label, name, colour), checkpoint, iteration, dataset, metrics."""
         p = self.predictor
-        classes = [{"label": i + 1, "name": name, "category_id": p.label_to_cat_id.get(i + 1, i + 1),
-                    "color": "#{:02x}{:02x}{:02x}".format(*class_color(i + 1))}
-                   for i, name in enumerate(p.class_names)]
+        classes = [{"label": label, "name": name,
+                    "category_id": p.label_to_cat_id.get(label, label),
+                    "color": "#{:02x}{:02x}{:02x}".format(*class_color(label))}
+                   for label, name in enumerate(p.class_names, start=1)]
         return _json_safe({"classes": classes, "checkpoint": p.info.get("checkpoint"),
                            "iteration": p.info.get("iteration"), "dataset": p.info.get("dataset"),
                            "metrics": p.info.get("metrics"), "device": str(p.device),
@@ -138,7 +139,8 @@ def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
 
     @app.get("/api/model")
     def model():
-        samples_json = [{"name": p.name, "url": f"/samples/{i}"} for i, p in enumerate(sample_paths)]
+        samples_json = [{"name": path.name, "url": f"/samples/{i}"}
+                        for i, path in enumerate(sample_paths)]
         return jsonify({**service.model_info(), "samples": samples_json,
                         "display_threshold": display_threshold, "max_upload_mb": max_upload_mb,
                         "max_megapixels": max_pixels / 1e6})

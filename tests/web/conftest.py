@@ -20,7 +20,8 @@ def _noise_image(height: int, width: int, seed: int) -> np.ndarray:
     """RGB uint8 [H, W, 3] of values in 60..190: no pixel can equal a class colour (which has a
     255 channel), so colours found on the page's canvas come from drawn boxes."""
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(60, 191, size=(max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    size = (max(2, height // 16), max(2, width // 16), 3)
+    coarse = rng.integers(60, 191, size=size, dtype=np.uint8)
     return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
 
 

@@ -66,9 +66,10 @@ function fitCanvas(width, height) {
   const cssWidth = Math.max(1, Math.round(width * scale));
   const cssHeight = Math.max(1, Math.round(height * scale));
   const dpr = window.devicePixelRatio || 1;
-  if (canvas.width !== Math.round(cssWidth * dpr) || canvas.height !== Math.round(cssHeight * dpr)) {
-    canvas.width = Math.round(cssWidth * dpr);
-    canvas.height = Math.round(cssHeight * dpr);
+  const [pixelWidth, pixelHeight] = [Math.round(cssWidth * dpr), Math.round(cssHeight * dpr)];
+  if (canvas.width !== pixelWidth || canvas.height !== pixelHeight) {
+    canvas.width = pixelWidth;  // (resizing clears the canvas: only when the size changes)
+    canvas.height = pixelHeight;
   }
   canvas.style.width = `${cssWidth}px`;
   canvas.style.height = `${cssHeight}px`;
@@ -179,7 +180,7 @@ async function showSample(sample) {
 
 async function startCamera() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    showMessage("no camera access here: browsers allow it on https:// or http://localhost only", true);
+    showMessage("no camera here: browsers allow it on https:// or http://localhost only", true);
     return;
   }
   let stream;
