@@ -11,6 +11,7 @@ camera) sends frames and shows a frame rate. Screenshots go to the test's tmp di
 To make the README's screenshot from a trained model:
     DETECTOR_DEMO_CHECKPOINT=outputs/.../final.pth DETECTOR_DEMO_SCREENSHOT=docs/demo.png \
         python -m pytest tests/web/test_browser.py -m browser -k upload
+(``DETECTOR_DEMO_THRESHOLD`` moves the page's slider from its 0.5.)
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def demo(tiny_checkpoint, tmp_path_factory, noise_image, png_bytes):
     else:
         samples = [tmp_path_factory.mktemp("samples") / "noise.png"]
         samples[0].write_bytes(png_bytes(noise_image(120, 160, seed=7)))
-    threshold = 0.5 if trained else 0.1
+    threshold = float(os.environ.get("DETECTOR_DEMO_THRESHOLD", 0.5)) if trained else 0.1
     server = make_server(create_app(predictor=predictor, samples=samples,
                                     display_threshold=threshold), port=0)
     thread = threading.Thread(target=server.run, daemon=True)

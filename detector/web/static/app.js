@@ -93,10 +93,11 @@ function drawBoxes(detections, scale, dpr) {
     const textWidth = Math.ceil(ctx.measureText(text).width) + 6 * dpr;
     const textHeight = fontSize + 4 * dpr;
     const top = y1 >= textHeight ? y1 - textHeight : y1;  // above the box when there is room
+    const left = Math.max(0, Math.min(x1, canvas.width - textWidth));  // inside the canvas
     ctx.fillStyle = color;
-    ctx.fillRect(x1, top, textWidth, textHeight);
+    ctx.fillRect(left, top, textWidth, textHeight);
     ctx.fillStyle = "#111111";
-    ctx.fillText(text, x1 + 3 * dpr, top + 2 * dpr);
+    ctx.fillText(text, left + 3 * dpr, top + 2 * dpr);
   }
 }
 
