@@ -4,11 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export NO_ALBUMENTATIONS_UPDATE := 1
 # transparent huge pages for PyTorch's CPU allocator: fewer page faults on large temporaries
 export THP_MEM_ALLOC_ENABLE := 1
 
-.PHONY: install test test-fast lint train eval bench study clean
+.PHONY: install test test-fast test-browser lint train eval bench study demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ test: install  ## the whole suite (CPU; GPU tests skip without CUDA)
 test-fast: install  ## everything but the slow (real training run) tests
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
+test-browser: install  ## the page in headless chromium (installs Debian's chromium + chromedriver)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver)
+	$(BIN)/python -m pytest -m browser $(ARGS)
+
 lint: install
 	$(BIN)/ruff check detector tools tests datasets
 
@@ -31,6 +37,11 @@ train: install  ## focal-loss Faster R-CNN on the generated shapes set (CPU: und
 
 eval: install  ## COCO mAP of the newest training run
 	$(BIN)/python tools/eval.py $(ARGS)
+
+demo: install  ## web demo of the newest model (trains the shapes model first when there is none)
+	test -n "$$(find outputs -path '*/checkpoints/final.pth' 2>/dev/null | head -n 1)" || \
+		$(BIN)/python tools/train_net.py experiment=focal
+	$(BIN)/python tools/serve.py $(ARGS)
 
 BENCH_MODEL_ARGS ?=
 bench: install  ## target assignment, then the whole model (CPU: a few minutes), vs torchvision

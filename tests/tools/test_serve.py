@@ -1,0 +1,102 @@
+"""tools/serve.py: user errors are one line (exit 2); the real server answers over HTTP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_serve():
+    spec = importlib.util.spec_from_file_location("detector_tools_serve",
+                                                  PROJECT_ROOT / "tools" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+serve = _load_serve()
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
+        return compose("serve", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("port=70000", "port must be an integer in 0..65535"),
+    ("max_upload_mb=0", "max_upload_mb must be a positive number"),
+    ("score_threshold=1.5", "score_threshold must lie in [0, 1]"),
+    ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
+])
+def test_bad_values_are_one_line_config_errors(override, message):
+    with pytest.raises(serve.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        serve.check_serve_config(_cfg(override))
+
+
+def test_an_unknown_option_is_one_line():
+    with pytest.raises(serve.ConfigError, match="Could not override 'prot'") as info:
+        serve.check_overrides(["prot=80"], config_name="serve")
+    assert "\n" not in str(info.value)
+
+
+def test_no_checkpoint_names_the_fix(tmp_path):
+    with pytest.raises(serve.ConfigError, match="make demo"):
+        serve.resolve_checkpoint(_cfg(f"outputs_root={tmp_path}"))
+
+
+def test_a_port_in_use_is_a_config_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(serve.ConfigError, match=f"127.0.0.1:{port}: the port is in use"):
+            serve.bind(object(), _cfg(f"port={port}"))
+
+
+def test_serves_the_checkpoint_over_http(tiny_checkpoint, monkeypatch):
+    """run() end to end on a free port, stopped through the server it built."""
+    built = {}
+    real_bind = serve.bind
+
+    def bind_and_keep(app, cfg):
+        built["server"] = real_bind(app, cfg)
+        built["ready"].set()
+        return built["server"]
+
+    built["ready"] = threading.Event()
+    monkeypatch.setattr(serve, "bind", bind_and_keep)
+    cfg = _cfg(f"checkpoint={tiny_checkpoint}", "port=0", "device=cpu", "precision=fp32")
+    thread = threading.Thread(target=serve.run, args=(cfg,), daemon=True)
+    thread.start()
+    assert built["ready"].wait(120)
+    url = serve.server_url(built["server"])
+    try:
+        with urllib.request.urlopen(url + "api/health", timeout=60) as response:
+            assert json.load(response) == {"status": "ok"}
+        with urllib.request.urlopen(url + "api/model", timeout=60) as response:
+            assert json.load(response)["checkpoint"] == str(tiny_checkpoint)
+    finally:
+        built["server"].close()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.slow
+def test_missing_checkpoint_exits_2_with_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "tools" / "serve.py"),
+                           f"checkpoint={tmp_path / 'nope.pth'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == f"error: checkpoint {tmp_path / 'nope.pth'} does not exist\n"

@@ -1,0 +1,112 @@
+"""Web demo of a trained model: python tools/serve.py [checkpoint=PATH] [host=...] [port=...]
+
+With no arguments: the newest outputs/**/checkpoints/final.pth, served by waitress on
+http://127.0.0.1:8000/ (the page, and the JSON API: POST /api/detect, GET /api/model,
+GET /api/health). See configs/serve.yaml for every key. Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read when torch loads (see tools/eval.py)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from config_checks import ConfigError, check_device, check_overrides  # noqa: E402
+
+from detector.engine.checkpoint import (  # noqa: E402
+    CheckpointError,
+    find_latest_checkpoint,
+    load_checkpoint,
+)
+from detector.modeling.spec import SpecError  # noqa: E402
+from detector.predictor import Predictor  # noqa: E402
+from detector.web import create_app, make_server, sample_images, server_url  # noqa: E402
+
+log = logging.getLogger("serve")
+USER_ERRORS = (ConfigError, CheckpointError, SpecError, FileNotFoundError)
+
+
+def fail(error: BaseException) -> None:
+    """A user error: one line on stderr, exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_serve_config(cfg: DictConfig) -> None:
+    if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port must be an integer in 0..65535 (0 = any free port), "
+                          f"got {cfg.port!r}")
+    for key in ("threads", "max_upload_mb", "max_megapixels"):
+        if not isinstance(cfg[key], int | float) or cfg[key] <= 0:
+            raise ConfigError(f"{key} must be a positive number, got {cfg[key]!r}")
+    for key in ("score_threshold", "display_threshold"):
+        if not isinstance(cfg[key], int | float) or not 0 <= cfg[key] <= 1:
+            raise ConfigError(f"{key} must lie in [0, 1], got {cfg[key]!r}")
+    check_device(cfg.device)
+
+
+def resolve_checkpoint(cfg: DictConfig) -> Path:
+    if cfg.checkpoint is not None:
+        return Path(cfg.checkpoint)
+    latest = find_latest_checkpoint(cfg.outputs_root)
+    if latest is None:
+        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
+                          f"(make train, or make demo which trains when needed) or pass "
+                          f"checkpoint=PATH")
+    return latest
+
+
+def bind(app, cfg: DictConfig):
+    try:
+        return make_server(app, host=cfg.host, port=cfg.port, threads=int(cfg.threads))
+    except OSError as error:
+        reason = ("the port is in use (pick another with port=...)"
+                  if error.errno == errno.EADDRINUSE else error.strerror or str(error))
+        raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {reason}") from None
+
+
+def run(cfg: DictConfig) -> None:
+    check_serve_config(cfg)
+    path = resolve_checkpoint(cfg)
+    predictor = Predictor.from_checkpoint(path, device=cfg.device, precision=cfg.precision,
+                                          score_threshold=cfg.score_threshold, batch_size=1)
+    run_dataset = load_checkpoint(path).get("config", {}).get("dataset")  # its val split
+    samples = sample_images(run_dataset, count=cfg.num_samples)
+    app = create_app(predictor=predictor, max_upload_mb=cfg.max_upload_mb, samples=samples,
+                     max_pixels=int(cfg.max_megapixels * 1e6),
+                     display_threshold=cfg.display_threshold)
+    server = bind(app, cfg)
+    log.info("model %s (iteration %s, %d classes) on %s, %d sample images", path,
+             predictor.info.get("iteration"), len(predictor.class_names), predictor.device,
+             len(samples))
+    print(f"serving the detector demo on {server_url(server)}  (Ctrl-C stops it)", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.close()
+
+
+@hydra.main(config_path="../configs", config_name="serve", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except USER_ERRORS as error:
+        fail(error)
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:], config_name="serve")
+    except ConfigError as error:
+        fail(error)
+    main()
