@@ -16,9 +16,13 @@ The API (import it as the tools do: ``sys.path.insert(0, <tools dir>)``, then ``
         with cli.exit_on_user_error():   # inside the task function, so Hydra never sees it
             run(cfg)
 
-``user_error(error)`` finds the user's error inside another (``hydra.utils.instantiate`` wraps
-what a constructor raised in an ``InstantiationException``); ``report_user_error(error)`` prints
-it and returns 2, for code that catches the errors itself. ``USER_ERRORS`` are the types.
+A tool whose library raises errors of its own kind passes them along:
+``cli.exit_on_user_error(InputError, SpecError)``. ``user_error(error)`` finds the user's error
+inside another (``hydra.utils.instantiate`` wraps what a constructor raised in an
+``InstantiationException``); ``report_user_error(error)`` prints it and returns 2, for code that
+catches the errors itself. ``USER_ERRORS`` are the types every tool treats so.
+``resolve_checkpoint(cfg)`` is the tools' shared ``checkpoint=`` rule: the given path, or the
+newest ``outputs/**/checkpoints/final.pth``.
 """
 
 from __future__ import annotations
@@ -28,17 +32,19 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from config_checks import ConfigError, check_overrides
 
 from detector.data import DatasetError
-from detector.engine.checkpoint import CheckpointError
+from detector.engine.checkpoint import CheckpointError, find_latest_checkpoint
+from detector.modeling.spec import SpecError
 
 __all__ = ["USER_ERRORS", "check_command_line", "exit_on_user_error", "report_user_error",
-           "user_error"]
+           "resolve_checkpoint", "user_error"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, CheckpointError,
-                                                FileNotFoundError)
+                                                SpecError, FileNotFoundError)
 EXIT_USER_ERROR = 2
 
 
@@ -47,12 +53,14 @@ def full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def user_error(error: BaseException) -> BaseException | None:
+def user_error(error: BaseException, extra: tuple[type[BaseException], ...] = ()
+               ) -> BaseException | None:
     """``error`` or the first exception it was raised from (``__cause__``, then
-    ``__context__``, recursively) that is one of ``USER_ERRORS``; None if there is none."""
+    ``__context__``, recursively) that is one of ``USER_ERRORS`` or ``extra``; None if none."""
+    kinds = USER_ERRORS + tuple(extra)
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, USER_ERRORS):
+        if isinstance(error, kinds):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -79,13 +87,14 @@ def report_user_error(error: BaseException) -> int:
 
 
 @contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """Turn a user error raised inside the block (even wrapped, see ``user_error``) into one
-    line on stderr and ``SystemExit(2)``; every other exception passes unchanged."""
+def exit_on_user_error(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn a user error raised inside the block (even wrapped, see ``user_error``; ``extra``
+    adds the tool's own error types) into one line on stderr and ``SystemExit(2)``; every other
+    exception passes unchanged."""
     try:
         yield
     except Exception as error:
-        found = user_error(error)
+        found = user_error(error, extra)
         if found is None or full_error():
             raise
         sys.exit(report_user_error(found))
@@ -98,3 +107,18 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
         check_overrides(sys.argv[1:] if argv is None else argv, config_name=config_name)
     except ConfigError as error:
         sys.exit(report_user_error(error))
+
+
+def resolve_checkpoint(cfg, *, hint: str = "train one first (make train)") -> Path:
+    """``cfg.checkpoint`` if set, else the newest ``final.pth`` under ``cfg.outputs_root``.
+
+    Raises:
+        ConfigError: none given and none found (the message says what to do: ``hint``).
+    """
+    if cfg.checkpoint is not None:
+        return Path(cfg.checkpoint)
+    latest = find_latest_checkpoint(cfg.outputs_root)
+    if latest is None:
+        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; {hint} or pass "
+                          f"checkpoint=PATH")
+    return latest

@@ -23,11 +23,11 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli import check_command_line, exit_on_user_error  # noqa: E402
+from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
 from config_checks import ConfigError, check_dataset, check_eval_config  # noqa: E402
 
 from detector.data import build_dataloader, read_image_rgb  # noqa: E402
-from detector.engine.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
+from detector.engine.checkpoint import load_checkpoint  # noqa: E402
 from detector.engine.inference import evaluate  # noqa: E402
 from detector.engine.setup import resolve_device, resolve_precision  # noqa: E402
 from detector.evaluation import (  # noqa: E402
@@ -40,16 +40,6 @@ from detector.evaluation import (  # noqa: E402
 from detector.visualize import draw_detections, save_image  # noqa: E402
 
 log = logging.getLogger("eval")
-
-
-def resolve_checkpoint(cfg: DictConfig) -> Path:
-    if cfg.checkpoint is not None:
-        return Path(cfg.checkpoint)
-    latest = find_latest_checkpoint(cfg.outputs_root)
-    if latest is None:
-        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
-                          f"(make train) or pass checkpoint=PATH")
-    return latest
 
 
 def build_model(run_cfg: DictConfig, state: dict, device: torch.device):

@@ -13,37 +13,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from config_checks import ConfigError, check_overrides  # noqa: E402
+from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
 
-from detector.engine.checkpoint import CheckpointError, find_latest_checkpoint  # noqa: E402
-from detector.modeling.spec import SpecError  # noqa: E402
 from detector.onnx_export import ExportError, export_checkpoint  # noqa: E402
 from detector.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
-
-USER_ERRORS = (ConfigError, FileNotFoundError, CheckpointError, SpecError, ExportError,
-               OnnxModelError)
-
-
-def fail(error: Exception | str) -> NoReturn:
-    """A user error: one line on stderr, exit code 2."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-
-
-def resolve_checkpoint(cfg: DictConfig) -> Path:
-    if cfg.checkpoint is not None:
-        return Path(cfg.checkpoint)
-    latest = find_latest_checkpoint(cfg.outputs_root)
-    if latest is None:
-        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
-                          f"(make train) or pass checkpoint=PATH")
-    return latest
 
 
 def run(cfg: DictConfig) -> Path:
@@ -63,15 +41,10 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path="../configs", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error(ExportError, OnnxModelError):
         run(cfg)
-    except USER_ERRORS as error:
-        fail(error)
 
 
 if __name__ == "__main__":
-    try:
-        check_overrides(sys.argv[1:], config_name="export")
-    except ConfigError as error:
-        fail(error)
+    check_command_line("export")  # a typo'd key: one line, exit code 2
     main()

@@ -19,10 +19,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
 from config_checks import ConfigError, check_dataset, check_device  # noqa: E402
-from eval import build_model, resolve_checkpoint  # noqa: E402
+from eval import build_model  # noqa: E402
 
-from detector.data import DatasetError, build_dataloader  # noqa: E402
+from detector.data import build_dataloader  # noqa: E402
 from detector.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from detector.engine.setup import resolve_device  # noqa: E402
 from detector.inspection import activation_stats  # noqa: E402
@@ -110,12 +111,10 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path="../configs", config_name="inspect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         run(cfg)
-    except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as error:
-        log.error("%s", error)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
+    check_command_line("inspect")  # a typo'd key: one line, exit code 2
     main()

@@ -12,40 +12,18 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from config_checks import ConfigError, check_overrides  # noqa: E402
+from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
+from config_checks import ConfigError  # noqa: E402
 
-from detector.data import DatasetError  # noqa: E402
-from detector.engine.checkpoint import CheckpointError, find_latest_checkpoint  # noqa: E402
-from detector.modeling.spec import SpecError  # noqa: E402
 from detector.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
 from detector.predict_files import predict_files  # noqa: E402
 from detector.predict_inputs import InputError, collect_inputs  # noqa: E402
 from detector.predictor import Predictor  # noqa: E402
-
-USER_ERRORS = (ConfigError, InputError, FileNotFoundError, CheckpointError, SpecError, DatasetError,
-               OnnxModelError)
-
-
-def fail(error: Exception | str) -> NoReturn:
-    """A user error: one line on stderr, exit code 2."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-
-
-def resolve_checkpoint(cfg: DictConfig) -> Path:
-    if cfg.checkpoint is not None:
-        return Path(cfg.checkpoint)
-    latest = find_latest_checkpoint(cfg.outputs_root)
-    if latest is None:
-        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
-                          f"(make train) or pass checkpoint=PATH")
-    return latest
 
 
 def build_predictor(cfg: DictConfig):
@@ -83,15 +61,10 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(config_path="../configs", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error(InputError, OnnxModelError):
         run(cfg)
-    except USER_ERRORS as error:
-        fail(error)
 
 
 if __name__ == "__main__":
-    try:
-        check_overrides(sys.argv[1:], config_name="predict")
-    except ConfigError as error:
-        fail(error)
+    check_command_line("predict")  # a typo'd key: one line, exit code 2
     main()

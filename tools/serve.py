@@ -19,27 +19,15 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from config_checks import ConfigError, check_device, check_overrides  # noqa: E402
+from cli import check_command_line, exit_on_user_error  # noqa: E402
+from cli import resolve_checkpoint as cli_resolve_checkpoint  # noqa: E402
+from config_checks import ConfigError, check_device, check_overrides  # noqa: E402, F401
 
-from detector.engine.checkpoint import (  # noqa: E402
-    CheckpointError,
-    find_latest_checkpoint,
-    load_checkpoint,
-)
-from detector.modeling.spec import SpecError  # noqa: E402
+from detector.engine.checkpoint import load_checkpoint  # noqa: E402
 from detector.predictor import Predictor  # noqa: E402
 from detector.web import create_app, make_server, sample_images, server_url  # noqa: E402
 
 log = logging.getLogger("serve")
-USER_ERRORS = (ConfigError, CheckpointError, SpecError, FileNotFoundError)
-
-
-def fail(error: BaseException) -> None:
-    """A user error: one line on stderr, exit status 2."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-
-
 def check_serve_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer in 0..65535 (0 = any free port), "
@@ -54,14 +42,8 @@ def check_serve_config(cfg: DictConfig) -> None:
 
 
 def resolve_checkpoint(cfg: DictConfig) -> Path:
-    if cfg.checkpoint is not None:
-        return Path(cfg.checkpoint)
-    latest = find_latest_checkpoint(cfg.outputs_root)
-    if latest is None:
-        raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; train one first "
-                          f"(make train, or make demo which trains when needed) or pass "
-                          f"checkpoint=PATH")
-    return latest
+    return cli_resolve_checkpoint(cfg, hint="train one first (make train, or make demo which "
+                                            "trains when needed)")
 
 
 def bind(app, cfg: DictConfig):
@@ -98,15 +80,10 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(config_path="../configs", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         run(cfg)
-    except USER_ERRORS as error:
-        fail(error)
 
 
 if __name__ == "__main__":
-    try:
-        check_overrides(sys.argv[1:], config_name="serve")
-    except ConfigError as error:
-        fail(error)
+    check_command_line("serve")  # a typo'd key: one line, exit code 2
     main()
