@@ -23,6 +23,15 @@ def boxes_to_original(boxes: Tensor, scales: Tensor) -> Tensor:
     return boxes / torch.stack((sx, sy, sx, sy), dim=-1)[:, None, :]
 
 
+def _by_score(scores: Tensor) -> Tensor:
+    """(LongTensor[B, N]): each row's indices by descending score. Stable (ties keep their
+    order, so the compact and padded paths pick the same detections), except while exporting
+    to ONNX, whose exporter has no stable sort (ONNX TopK)."""
+    if torch.onnx.is_in_onnx_export():
+        return scores.argsort(dim=1, descending=True)
+    return scores.argsort(dim=1, descending=True, stable=True)
+
+
 def image_offset(batch: int, stride: int, like: Tensor) -> Tensor:
     """(LongTensor[B, 1]): image index * stride, to make per-image group ids unique."""
     return torch.arange(batch, device=like.device)[:, None] * stride
@@ -119,7 +128,7 @@ class DetectionPostprocessor(nn.Module):
         )
         keep = keep & self._nms_mask(boxes, scores, labels + image_offset(batch, k1, labels), keep)
         # order by score within each image, then pack the best ``max_detections``
-        order = scores.masked_fill(~keep, -1.0).argsort(dim=1, descending=True, stable=True)
+        order = _by_score(scores.masked_fill(~keep, -1.0))
         keep, boxes = keep.gather(1, order), gather_rows(boxes, order)
         scores, labels = scores.gather(1, order), labels.gather(1, order)
         index, valid = pack_rows(keep, min(self.max_detections, keep.shape[1]))
