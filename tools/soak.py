@@ -30,10 +30,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 OWN_KEYS = {"iterations": 2000, "mark": 200, "eval_period": 200}
 
 
-def rss_mib() -> float:
-    """Resident memory of this process in MiB (Linux /proc; NaN elsewhere)."""
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process (default: this one) in MiB (Linux /proc; NaN elsewhere)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -41,16 +41,31 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def record_rss(csv: Path, samples: dict[int, float]) -> None:
-    """Wrap ``TrainLogger.train_point``: note the RSS at every log point (stdout and ``csv``)."""
+def children_rss_mib() -> float:
+    """Summed resident memory of this process's children (the DataLoader workers) in MiB; pages
+    a worker shares with the main process count in both. 0 without children or /proc."""
+    pids: list[str] = []
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            pids += (task / "children").read_text().split()
+        except OSError:
+            continue
+    sizes = [rss_mib(pid) for pid in pids]
+    return sum(size for size in sizes if size == size)  # a child that just exited reads NaN
+
+
+def record_rss(csv: Path, samples: dict[int, float], workers: dict[int, float]) -> None:
+    """Wrap ``TrainLogger.train_point``: note the RSS of this process and of its data workers at
+    every log point (stdout and ``csv``)."""
     original = TrainLogger.train_point
 
     def train_point(self, *, iteration: int, **kwargs) -> None:
         original(self, iteration=iteration, **kwargs)
-        samples[iteration] = rss_mib()
+        samples[iteration], workers[iteration] = rss_mib(), children_rss_mib()
         with csv.open("a") as f:
-            f.write(f"{iteration},{samples[iteration]:.1f}\n")
-        print(f"soak: iter {iteration} rss {samples[iteration]:.1f} MiB", flush=True)
+            f.write(f"{iteration},{samples[iteration]:.1f},{workers[iteration]:.1f}\n")
+        print(f"soak: iter {iteration} rss {samples[iteration]:.1f} MiB, data workers "
+              f"{workers[iteration]:.1f} MiB", flush=True)
 
     TrainLogger.train_point = train_point
 
@@ -77,27 +92,38 @@ def main(argv: list[str]) -> None:
                         handlers=[logging.StreamHandler(sys.stdout),
                                   logging.FileHandler(out / "soak.log")])
     samples: dict[int, float] = {}
-    (out / "soak_rss.csv").write_text("iteration,rss_mib\n")
-    record_rss(out / "soak_rss.csv", samples)
+    workers: dict[int, float] = {}
+    (out / "soak_rss.csv").write_text("iteration,rss_mib,workers_rss_mib\n")
+    record_rss(out / "soak_rss.csv", samples, workers)
     start, stop = time.perf_counter(), StopSignal()
     with stop.installed():  # SIGTERM/Ctrl-C: stop early and report what was measured so far
         summary = train_net.train(cfg, stop)
-    report(samples, rss_mib(), mark=own["mark"], iterations=summary["iterations"],
-           minutes=(time.perf_counter() - start) / 60, out=out)
+    lines = report(samples, rss_mib(), workers, mark=own["mark"],
+                   iterations=summary["iterations"], minutes=(time.perf_counter() - start) / 60,
+                   out=out)
+    print("\n".join(lines))
 
 
-def report(samples: dict[int, float], end: float, *, mark: int, iterations: int,
-           minutes: float, out: Path) -> None:
-    print(f"soak: {iterations} iterations in {minutes:.1f} min, {len(samples)} log points, "
-          f"output {out}")
+def report(samples: dict[int, float], end: float, workers: dict[int, float], *, mark: int,
+           iterations: int, minutes: float, out: Path) -> list[str]:
+    """The summary lines: the main process's RSS at the first log point at or after ``mark``
+    and at the end (``end``), its growth in percent, and the data workers' RSS at the same
+    two log points (the last log point standing in for the end: the workers are gone by then)."""
+    lines = [f"soak: {iterations} iterations in {minutes:.1f} min, {len(samples)} log points, "
+             f"output {out}"]
     marked = min((i for i in samples if i >= mark), default=None)
     if marked is None:
-        print(f"soak: the run never reached iteration {mark}")
-        return
+        return [*lines, f"soak: the run never reached iteration {mark}"]
     growth = 100 * (end - samples[marked]) / samples[marked]
-    print(f"rss_after_iter_{marked}_mib: {samples[marked]:.1f}")
-    print(f"rss_end_mib: {end:.1f} (after iteration {iterations})")
-    print(f"rss_growth_pct: {growth:+.2f}")
+    last = max(workers)
+    lines += [f"rss_after_iter_{marked}_mib: {samples[marked]:.1f}",
+              f"rss_end_mib: {end:.1f} (after iteration {iterations})",
+              f"rss_growth_pct: {growth:+.2f}"]
+    if workers.get(marked, 0) > 0:
+        grown = 100 * (workers[last] - workers[marked]) / workers[marked]
+        lines.append(f"workers_rss_mib: {workers[marked]:.1f} at iteration {marked}, "
+                     f"{workers[last]:.1f} at iteration {last} ({grown:+.2f} %)")
+    return lines
 
 
 if __name__ == "__main__":
