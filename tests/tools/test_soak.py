@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,18 +28,20 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(),
 
 
 @linux_only
-def test_rss_of_this_process_and_of_a_child():
+def test_rss_of_this_process_and_private_memory_of_a_child():
     assert 10 < soak.rss_mib() < 1e6  # a Python with torch loaded holds tens of MiB at least
-    before = soak.children_rss_mib()
+    assert 0 < soak.private_mib() <= soak.rss_mib()
+    before = soak.workers_private_mib()
     holder = "x = bytearray(64 * 2**20); x[::4096] = b'1' * len(x[::4096]); input()"
     child = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE)
     try:
-        for _ in range(200):  # wait until the child has touched its 64 MiB
-            grown = soak.children_rss_mib() - before
+        for _ in range(200):  # wait until the child has written its 64 MiB
+            grown = soak.workers_private_mib() - before
             if grown >= 64:
                 break
-            subprocess.run(["sleep", "0.05"], check=True)
+            time.sleep(0.05)
         assert 64 <= grown < 64 + 200  # its buffer plus one small interpreter
+        assert soak.rss_mib(child.pid) >= 64
     finally:
         child.communicate(b"\n", timeout=30)
     assert soak.rss_mib(child.pid) != soak.rss_mib(child.pid)  # gone: NaN, not an error
@@ -52,7 +55,7 @@ def test_report_measures_from_the_first_log_point_at_the_mark():
     assert lines[1:] == ["rss_after_iter_200_mib: 1000.0",
                          "rss_end_mib: 1030.0 (after iteration 2000)",
                          "rss_growth_pct: +3.00",
-                         "workers_rss_mib: 600.0 at iteration 200, 630.0 at iteration 2000 "
+                         "workers_private_mib: 600.0 at iteration 200, 630.0 at iteration 2000 "
                          "(+5.00 %)"]
 
 
