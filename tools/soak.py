@@ -118,8 +118,8 @@ def main(argv: list[str]) -> None:
 def report(samples: dict[int, float], end: float, workers: dict[int, float], *, mark: int,
            iterations: int, minutes: float, out: Path) -> list[str]:
     """The summary lines: the main process's RSS at the first log point at or after ``mark``
-    and at the end (``end``), its growth in percent, and the data workers' RSS at the same
-    two log points (the last log point standing in for the end: the workers are gone by then;
+    and at the end (``end``), its growth in percent, and the data workers' private memory at
+    the same two log points (the last log point standing in for the end: the workers are gone by then;
     they are re-forked every epoch, so their private memory restarts from near 0 each time)."""
     lines = [f"soak: {iterations} iterations in {minutes:.1f} min, {len(samples)} log points, "
              f"output {out}"]
