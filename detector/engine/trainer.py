@@ -5,8 +5,7 @@ stop on SIGINT/SIGTERM, mixed precision and DistributedDataParallel.
 Where a run is, is ``(phase_index, phase_iter)`` plus whether the phase's start action ran; a
 checkpoint (``state_dict``) holds that, the main model and the 4-step "rpn" model, the optimiser,
 LR scheduler and grad scaler of the current phase, the random generators of every rank and the
-batch stream's (epoch, position). ``resume`` puts all of it back, so on the CPU a resumed run ends
-with the weights of an uninterrupted one.
+batch stream's (epoch, position); ``resume`` puts all of it back (exactly, on the CPU).
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ def _mean_max(values: list[torch.Tensor]) -> tuple[float, float] | None:
     finite = stacked[stacked.isfinite()]
     if finite.numel() == 0:
         return None
-    mean, top = torch.stack((finite.mean(), finite.max())).tolist()
-    return mean, top
+    return tuple(torch.stack((finite.mean(), finite.max())).tolist())
 
 
 def infinite_batches(loader: DataLoader) -> Iterator[dict]:
