@@ -65,6 +65,7 @@ def _register(name: str) -> None:
         spec.loader.exec_module(module)
 
 
+_register("load_file")
 _register("tiny_checkpoint")
 
 

@@ -139,19 +139,24 @@ def _layer_table(runs: list[Inspection]) -> str:
     names = list(dict.fromkeys(s.name for run in runs for s in run.layers))
     cols = ["mean abs w", "std", "near 0 (abs)", "near 0 (rel)"]
     header = ["layer", "block", "kind", "count"] + _headers(cols, runs)
+    rows = _side_by_side(
+        by_run, names, width=len(cols),
+        fixed=lambda s: [s.label, s.block, s.kind, f"{s.count:,}"],
+        values=lambda s: [f"{s.mean_abs:.4g}", f"{s.std:.4g}", _pct(s.near_zero_abs),
+                          _pct(s.near_zero_rel)])
+    return _table(header, rows)
+
+
+def _side_by_side(by_run: list[dict], names: list[str], *, width: int, fixed, values) -> list:
+    """One row per name: ``fixed(stats)`` of the first run that has it, then ``width`` columns
+    of ``values(stats)``, each with one cell per run ("-" where a run lacks the name)."""
     rows = []
     for name in names:
-        first = next(stats[name] for stats in by_run if name in stats)
-        cells = {c: [] for c in cols}
-        for stats in by_run:
-            s = stats.get(name)
-            values = ([f"{s.mean_abs:.4g}", f"{s.std:.4g}", _pct(s.near_zero_abs),
-                       _pct(s.near_zero_rel)] if s else ["-"] * 4)
-            for c, v in zip(cols, values, strict=True):
-                cells[c].append(v)
-        rows.append([first.label, first.block, first.kind, f"{first.count:,}"]
-                    + [v for c in cols for v in cells[c]])
-    return _table(header, rows)
+        present = [stats.get(name) for stats in by_run]
+        first = next(s for s in present if s is not None)
+        cells = [values(s) if s is not None else ["-"] * width for s in present]
+        rows.append(fixed(first) + [run[c] for c in range(width) for run in cells])
+    return rows
 
 
 def _gamma_table(runs: list[Inspection], threshold: float) -> str:
@@ -186,18 +191,11 @@ def _activation_table(runs: list[Inspection]) -> str:
     names = list(dict.fromkeys(s.name for r in measured for s in r.activations))
     cols = ["mean", "std", "zeros", "dead channels"]
     header = ["layer", "block", "channels"] + _headers(cols, measured)
-    rows = []
-    for name in names:
-        first = next(stats[name] for stats in by_run if name in stats)
-        cells = {c: [] for c in cols}
-        for stats in by_run:
-            s = stats.get(name)
-            values = ([f"{s.mean:.4g}", f"{s.std:.4g}", _pct(s.zero_fraction),
-                       _channel_list(s.dead_channels)] if s else ["-"] * 4)
-            for c, v in zip(cols, values, strict=True):
-                cells[c].append(v)
-        rows.append([first.label, first.block, str(first.channels)]
-                    + [v for c in cols for v in cells[c]])
+    rows = _side_by_side(
+        by_run, names, width=len(cols),
+        fixed=lambda s: [s.label, s.block, str(s.channels)],
+        values=lambda s: [f"{s.mean:.4g}", f"{s.std:.4g}", _pct(s.zero_fraction),
+                          _channel_list(s.dead_channels)])
     return _table(header, rows)
 
 

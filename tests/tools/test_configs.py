@@ -3,7 +3,6 @@ bad values with one clear line."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from load_file import load_tool
 from omegaconf import OmegaConf
 
 from detector.data import DetectionDataset
@@ -28,15 +28,7 @@ GROUP_OPTIONS = [(group, p.stem) for group in GROUPS
 NUM_CLASSES = 3
 
 
-def _load_config_checks():
-    spec = importlib.util.spec_from_file_location(
-        "detector_tools_config_checks", PROJECT_ROOT / "tools" / "config_checks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-config_checks = _load_config_checks()
+config_checks = load_tool("config_checks.py")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ and writes one histogram grid per block plus the gamma and activation figures.""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT / "tests" / "engine"))
 import tiny_training  # noqa: E402
+from load_file import load_tool  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the whole tool: two models, a dataset, ~70 matplotlib axes
 
@@ -24,11 +24,7 @@ DEAD = 3  # channel of the tiny backbone's first BN switched off: gamma 0, beta 
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("inspect_model",
-                                                  PROJECT_ROOT / "tools" / "inspect_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("inspect_model.py")
 
 
 def _compose(name: str, overrides: list[str]):

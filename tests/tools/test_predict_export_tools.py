@@ -4,7 +4,6 @@ prediction round trip as subprocesses is marked slow."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,20 +14,14 @@ import cv2
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from load_file import load_tool
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"
 
 
 def _tool_module(script: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{Path(script).stem}", TOOLS / script)
-    module = importlib.util.module_from_spec(spec)
-    saved = sys.path[:]
-    try:
-        spec.loader.exec_module(module)  # the tool puts tools/ on sys.path
-    finally:
-        sys.path[:] = saved
-    return module
+    return load_tool(script, restore_sys_path=True)
 
 
 def _tool(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

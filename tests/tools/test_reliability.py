@@ -8,7 +8,6 @@ The subprocess tests (marked slow) mostly wait for torch to import; the rest run
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from load_file import load_file, load_tool
 
 from detector.data import SHAPES_CLASS_NAMES
 from detector.engine.checkpoint import find_resume_checkpoint, load_checkpoint
@@ -33,17 +33,10 @@ TOOLS = PROJECT_ROOT / "tools"
 ENGINE_TESTS = PROJECT_ROOT / "tests" / "engine"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load("tiny_training", ENGINE_TESTS / "tiny_training.py")  # model.backbone._target_
-train_net = _load("detector_tools_train_net", TOOLS / "train_net.py")
-eval_tool = _load("detector_tools_eval", TOOLS / "eval.py")
+tiny = load_file(ENGINE_TESTS / "tiny_training.py", "tiny_training",  # model.backbone._target_
+                 register=True)
+train_net = load_tool("train_net.py", register=True)
+eval_tool = load_tool("eval.py", register=True)
 config_checks = sys.modules["config_checks"]  # what train_net imported
 
 

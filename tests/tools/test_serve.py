@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -13,19 +12,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from load_file import load_tool
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_serve():
-    spec = importlib.util.spec_from_file_location("detector_tools_serve",
-                                                  PROJECT_ROOT / "tools" / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serve = _load_serve()
+serve = load_tool("serve.py")
 
 
 def _cfg(*overrides: str):

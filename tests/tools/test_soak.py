@@ -3,26 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_soak():
-    spec = importlib.util.spec_from_file_location("detector_tools_soak",
-                                                  PROJECT_ROOT / "tools" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from load_file import load_tool
 
 
-soak = _load_soak()
+
+soak = load_tool("soak.py")
 linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads /proc (Linux only)")
 

@@ -9,7 +9,7 @@ The process-group tests start training in its own session (``start_new_session=T
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import logging
 import os
@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 from hydra.errors import InstantiationException
+from load_file import load_file
 
 from detector.data import DatasetError
 from detector.engine.checkpoint import find_resume_checkpoint, load_checkpoint
@@ -30,15 +31,8 @@ from detector.engine.checkpoint import find_resume_checkpoint, load_checkpoint
 HERE = Path(__file__).resolve().parent
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rel = _load("reliability_helpers", HERE / "test_reliability.py")  # its helpers and tools
+# its helpers and tools
+rel = load_file(HERE / "test_reliability.py", "reliability_helpers", register=True)
 train_net, eval_tool, tiny = rel.train_net, rel.eval_tool, rel.tiny
 cli = importlib.import_module("cli")  # tools/ is on sys.path: train_net put it there
 

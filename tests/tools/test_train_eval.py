@@ -8,7 +8,6 @@ module stays within seconds per process; most of that is importing torch.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from load_file import load_tool
 
 from detector.data import generate_shapes_dataset
 from detector.engine.checkpoint import load_checkpoint
@@ -232,14 +232,7 @@ def test_unknown_key_fails_with_hydras_message(workdir):
 def _tool_main(script: str):
     """The tool's ``@hydra.main`` function; called with a composed config it runs without Hydra
     (no logging setup, no run directory)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{Path(script).stem}", TOOLS / script)
-    module = importlib.util.module_from_spec(spec)
-    saved = sys.path[:]
-    try:
-        spec.loader.exec_module(module)  # the tool puts tools/ on sys.path
-    finally:
-        sys.path[:] = saved
-    return module.main
+    return load_tool(script, restore_sys_path=True).main
 
 
 @pytest.fixture(scope="module")
