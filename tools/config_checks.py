@@ -70,6 +70,9 @@ def check_train_config(cfg: DictConfig) -> None:
     step2 = cfg.schedule.get("step2_backbone", "initial")
     if step2 not in ("initial", "rpn"):
         raise ConfigError(f"schedule.step2_backbone must be initial or rpn, got {step2!r}")
+    losses = cfg.schedule.get("step2_losses", "roi")
+    if losses not in ("roi", "all"):
+        raise ConfigError(f"schedule.step2_losses must be roi or all, got {losses!r}")
     _common(cfg)
     if not cfg.optimizer.lr > 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")

@@ -8,9 +8,14 @@ four losses. The paper's 4-step alternating training is four phases:
    ROI head on the ROI losses, fed the proposals of the step-1 model. With
    ``step2_backbone="rpn"`` it first takes the step-1 model's backbone instead (start action
    ``take_rpn_backbone``): what a run from random initialisation needs, where re-initialising
-   would leave step 2 training a fresh backbone in a fraction of the budget.
-3. ``rpn_finetune``: the main model takes the step-1 RPN head; its shared conv layers are frozen
-   and only the RPN head trains.
+   would leave step 2 training a fresh backbone in a fraction of the budget. With
+   ``step2_losses="all"`` (not the paper's) step 2 also trains the main model's RPN head on the RPN
+   losses, still fed the step-1 proposals: from random weights the backbone learns mostly from the
+   RPN's dense loss, which the paper's step 2 lacks. With ``step2_backbone="rpn"`` it then takes
+   the step-1 RPN head as well (start action ``take_rpn_model``).
+3. ``rpn_finetune``: the main model takes the step-1 RPN head (with ``step2_losses="all"`` it keeps
+   its own, trained on its backbone in step 2: start action ``release_rpn``); its shared conv
+   layers are frozen and only the RPN head trains.
 4. ``fast_rcnn_finetune``: shared conv and RPN frozen; the ROI head trains on the proposals of
    the step-3 RPN (the main model's own).
 
@@ -42,7 +47,8 @@ class Phase:
         model (str): which model trains: "main", or "rpn" (the step-1 copy).
         proposals_from (str | None): model whose RPN supplies the proposals; None = own RPN.
         start (str | None): action when the phase begins: "copy_initial_to_rpn" (step 1),
-            "take_rpn_backbone" (step 2, optional), "take_rpn_head" (step 3), None.
+            "take_rpn_backbone" or "take_rpn_model" (step 2, optional), "take_rpn_head" or
+            "release_rpn" (step 3), None.
     """
 
     name: str
@@ -67,24 +73,34 @@ def end_to_end(*, iterations: int) -> list[Phase]:
 def four_step(
     *, rpn_iterations: int, fast_rcnn_iterations: int, rpn_finetune_iterations: int,
     fast_rcnn_finetune_iterations: int, step2_backbone: str = "initial",
+    step2_losses: str = "roi",
 ) -> list[Phase]:
     """The paper's 4-step alternating training (see the module docstring).
 
     Args:
         step2_backbone (str): where step 2's backbone starts: "initial" (the paper: the initial,
             e.g. ImageNet, weights) or "rpn" (the backbone step 1 trained).
+        step2_losses (str): what step 2 trains on: "roi" (the paper: backbone + ROI head on the
+            ROI losses) or "all" (backbone + RPN head + ROI head on all four losses, proposals
+            still from the step-1 model).
     """
     if step2_backbone not in ("initial", "rpn"):
         raise ValueError(f"step2_backbone must be 'initial' or 'rpn', got {step2_backbone!r}")
-    step2_start = "take_rpn_backbone" if step2_backbone == "rpn" else None
+    if step2_losses not in ("roi", "all"):
+        raise ValueError(f"step2_losses must be 'roi' or 'all', got {step2_losses!r}")
+    joint = step2_losses == "all"
+    step2_modules = ("backbone", "rpn_head", "roi_head") if joint else ("backbone", "roi_head")
+    step2_start = {"initial": None, "rpn": "take_rpn_model" if joint else "take_rpn_backbone"}
     return [
         Phase(name="rpn", iterations=int(rpn_iterations), train_modules=("backbone", "rpn_head"),
               losses=RPN_LOSSES, model="rpn", start="copy_initial_to_rpn"),
         Phase(name="fast_rcnn", iterations=int(fast_rcnn_iterations),
-              train_modules=("backbone", "roi_head"), losses=ROI_LOSSES, proposals_from="rpn",
-              start=step2_start),
+              train_modules=step2_modules,
+              losses=RPN_LOSSES + ROI_LOSSES if joint else ROI_LOSSES, proposals_from="rpn",
+              start=step2_start[step2_backbone]),
         Phase(name="rpn_finetune", iterations=int(rpn_finetune_iterations),
-              train_modules=("rpn_head",), losses=RPN_LOSSES, start="take_rpn_head"),
+              train_modules=("rpn_head",), losses=RPN_LOSSES,
+              start="release_rpn" if joint else "take_rpn_head"),
         Phase(name="fast_rcnn_finetune", iterations=int(fast_rcnn_finetune_iterations),
               train_modules=("roi_head",), losses=ROI_LOSSES),
     ]

@@ -196,10 +196,15 @@ class Trainer(CheckpointingMixin):
     def _begin(self, phase: Phase) -> None:
         if phase.start == "copy_initial_to_rpn":
             self.models["rpn"] = copy.deepcopy(self.models["main"])
-        elif phase.start == "take_rpn_backbone":
+        elif phase.start in ("take_rpn_backbone", "take_rpn_model"):
             self.models["main"].backbone.load_state_dict(self.models["rpn"].backbone.state_dict())
-        elif phase.start == "take_rpn_head":
-            self.models["main"].rpn_head.load_state_dict(self.models["rpn"].rpn_head.state_dict())
+            if phase.start == "take_rpn_model":
+                self.models["main"].rpn_head.load_state_dict(
+                    self.models["rpn"].rpn_head.state_dict())
+        elif phase.start in ("take_rpn_head", "release_rpn"):
+            if phase.start == "take_rpn_head":
+                self.models["main"].rpn_head.load_state_dict(
+                    self.models["rpn"].rpn_head.state_dict())
             self.models["rpn"] = None
         elif phase.start is not None:
             raise ValueError(f"unknown phase start action {phase.start!r}")

@@ -35,6 +35,19 @@ def test_four_step_phases_follow_the_paper():
     ]
 
 
+def test_joint_step2_trains_the_rpn_on_step1_proposals_and_step3_keeps_its_head():
+    phases = four_step(rpn_iterations=1, fast_rcnn_iterations=2, rpn_finetune_iterations=3,
+                       fast_rcnn_finetune_iterations=4, step2_backbone="rpn", step2_losses="all")
+    step2, step3 = phases[1], phases[2]
+    assert step2.train_modules == ("backbone", "rpn_head", "roi_head")
+    assert step2.losses == RPN + ROI
+    assert (step2.proposals_from, step2.start) == ("rpn", "take_rpn_model")
+    assert (step3.train_modules, step3.start) == (("rpn_head",), "release_rpn")
+    # from the initial backbone, step 2 keeps the main model's own (initial) RPN head
+    assert four_step(rpn_iterations=1, fast_rcnn_iterations=1, rpn_finetune_iterations=1,
+                     fast_rcnn_finetune_iterations=1, step2_losses="all")[1].start is None
+
+
 def test_every_phase_names_losses_the_criterion_returns():
     phases = end_to_end(iterations=1) + four_step(
         rpn_iterations=1, fast_rcnn_iterations=1, rpn_finetune_iterations=1,

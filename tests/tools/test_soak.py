@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from load_file import load_tool
 
-
-
 soak = load_tool("soak.py")
 linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads /proc (Linux only)")
