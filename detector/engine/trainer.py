@@ -376,7 +376,10 @@ class Trainer(CheckpointingMixin):
 
     # ------------------------------------------------------------------ evaluation
     def _can_evaluate(self, phase: Phase) -> bool:
-        return phase.model == "main" and phase.proposals_from is None
+        """Whether the main model is a whole detector in this phase: it trains and its own RPN
+        makes its proposals, or trains with it (the joint step 2 of 4-step training)."""
+        return phase.model == "main" and (phase.proposals_from is None
+                                           or "rpn_head" in phase.train_modules)
 
     def _should_evaluate(self, phase: Phase, phase_iter: int) -> bool:
         return (self.val_loader is not None and self.eval_period > 0

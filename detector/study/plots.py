@@ -65,14 +65,16 @@ def _grid(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _phase_starts(runs: Sequence[Run]) -> dict[float, str]:
-    """Iteration where each schedule phase after the first begins -> its name."""
+    """Iteration after which each schedule phase but the first begins -> its name (from the
+    phase's first log point: its iteration less its ``phase_iter``, where logged)."""
     starts: dict[float, str] = {}
     for run in runs:
         previous = None
         for r in run.records:
             if "loss" in r and r.get("phase") != previous:
                 if previous is not None:
-                    starts.setdefault(float(r["iter"]), str(r["phase"]))
+                    start = r["iter"] - r["phase_iter"] if "phase_iter" in r else r["iter"]
+                    starts.setdefault(float(start), str(r["phase"]))
                 previous = r.get("phase")
     return starts
 

@@ -226,6 +226,17 @@ def test_metrics_jsonl_has_a_line_per_log_point_and_the_evaluations(shapes, tmp_
     assert summary["iterations"] == 6
 
 
+def test_joint_step2_is_evaluated_as_a_whole_detector(shapes, tmp_path):
+    # with step2_losses="all" the main model trains its own RPN in step 2: a complete detector
+    phases = four_step(rpn_iterations=1, fast_rcnn_iterations=1, rpn_finetune_iterations=1,
+                       fast_rcnn_finetune_iterations=1, step2_backbone="rpn", step2_losses="all")
+    trainer, _ = _trainer(_model(), phases, shapes, tmp_path, val=True, eval_period=1)
+    trainer.train()
+    evals = [r for r in _records(tmp_path) if "AP" in r]
+    assert [(r["iter"], r["phase"]) for r in evals] == [
+        (2, "fast_rcnn"), (3, "rpn_finetune"), (4, "fast_rcnn_finetune")]
+
+
 def test_logged_gradient_norm_is_the_mean_and_max_of_the_finite_pre_clipping_norms():
     norms = [torch.tensor(1.0), torch.tensor(float("inf")), torch.tensor(3.0)]
     assert _mean_max(norms) == (2.0, 3.0)

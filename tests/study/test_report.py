@@ -191,7 +191,11 @@ def test_four_step_phases_are_marked_and_lines_break_where_a_term_is_not_logged(
     run = make_run(tmp_path / "two_stage", overrides=["experiment=two_stage"],
                           config=config("ce", 0), final=None, records=records)
     load = find_runs([run])
-    assert _phase_starts(load) == {30.0: "fast_rcnn"}
+    assert _phase_starts(load) == {30.0: "fast_rcnn"}  # without phase_iter: the first log point
+    records[2]["phase_iter"] = 15  # logged every 15 iterations: step 2 began after iteration 15
+    run = make_run(tmp_path / "two_stage_b", overrides=["experiment=two_stage"],
+                   config=config("ce", 0), final=None, records=records)
+    assert _phase_starts(find_runs([run])) == {15.0: "fast_rcnn"}
     iters, values = _grid(load, "loss_cls")
     assert iters.tolist() == [10, 20, 30, 40]
     assert math.isnan(values[0, 0]) and math.isnan(values[0, 1]) and values[0, 2] == pytest.approx(1 / 30)
