@@ -261,10 +261,16 @@ def test_bad_training_values_are_one_line_config_errors(override, message, hydra
     assert "\n" not in str(info.value)
 
 
-def test_two_stage_step_lengths_are_checked(hydra_compose, shapes_overrides, tmp_path):
-    cfg = _train_cfg(hydra_compose, [*shapes_overrides, "experiment=two_stage",
-                                     "schedule.rpn_finetune_iterations=0"], tmp_path)
-    with pytest.raises(config_checks.ConfigError, match="schedule.rpn_finetune_iterations"):
+@pytest.mark.parametrize(("override", "message"), [
+    ("schedule.rpn_finetune_iterations=0", "schedule.rpn_finetune_iterations"),
+    ("schedule.step2_backbone=imagenet", "schedule.step2_backbone must be initial or rpn"),
+    ("schedule.step2_losses=rpn", "schedule.step2_losses must be roi or all"),
+])
+def test_two_stage_values_are_checked(override, message, hydra_compose, shapes_overrides,
+                                      tmp_path):
+    cfg = _train_cfg(hydra_compose, [*shapes_overrides, "experiment=two_stage", override],
+                     tmp_path)
+    with pytest.raises(config_checks.ConfigError, match=message):
         config_checks.check_train_config(cfg)
 
 
@@ -283,7 +289,8 @@ def test_missing_dataset_root_is_a_config_error(hydra_compose, tmp_path):
 
 
 def test_good_training_config_passes(hydra_compose, shapes_overrides, tmp_path):
-    for overrides in ([], ["experiment=two_stage"], ["experiment=focal", "device=cpu"]):
+    for overrides in ([], ["experiment=two_stage"], ["experiment=two_stage_scratch"],
+                      ["experiment=focal", "device=cpu"]):
         config_checks.check_train_config(
             _train_cfg(hydra_compose, [*shapes_overrides, *overrides], tmp_path))
 
