@@ -27,10 +27,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Phase", "end_to_end", "four_step"]
+__all__ = ["TAKE_FROM_RPN", "Phase", "end_to_end", "four_step"]
 
 RPN_LOSSES = ("loss_rpn_cls", "loss_rpn_box")
 ROI_LOSSES = ("loss_cls", "loss_box")
+
+# start actions that take parts of the step-1 ("rpn") model into the main one:
+# action -> (parts copied, whether the step-1 model is released afterwards)
+TAKE_FROM_RPN: dict[str, tuple[tuple[str, ...], bool]] = {
+    "take_rpn_backbone": (("backbone",), False),
+    "take_rpn_model": (("backbone", "rpn_head"), False),
+    "take_rpn_head": (("rpn_head",), True),
+    "release_rpn": ((), True),
+}
 
 
 @dataclass(frozen=True)
@@ -46,9 +55,8 @@ class Phase:
         losses (tuple[str, ...]): loss names summed for the gradient.
         model (str): which model trains: "main", or "rpn" (the step-1 copy).
         proposals_from (str | None): model whose RPN supplies the proposals; None = own RPN.
-        start (str | None): action when the phase begins: "copy_initial_to_rpn" (step 1),
-            "take_rpn_backbone" or "take_rpn_model" (step 2, optional), "take_rpn_head" or
-            "release_rpn" (step 3), None.
+        start (str | None): action when the phase begins: "copy_initial_to_rpn" (step 1), one
+            of ``TAKE_FROM_RPN`` (steps 2 and 3), None.
     """
 
     name: str
@@ -58,6 +66,13 @@ class Phase:
     model: str = "main"
     proposals_from: str | None = None
     start: str | None = None
+
+    @property
+    def evaluable(self) -> bool:
+        """Whether the main model is a whole detector here: it trains, and its own RPN makes
+        its proposals or trains with it (the joint step 2 of 4-step training)."""
+        return self.model == "main" and (self.proposals_from is None
+                                         or "rpn_head" in self.train_modules)
 
 
 def end_to_end(*, iterations: int) -> list[Phase]:
@@ -90,14 +105,15 @@ def four_step(
         raise ValueError(f"step2_losses must be 'roi' or 'all', got {step2_losses!r}")
     joint = step2_losses == "all"
     step2_modules = ("backbone", "rpn_head", "roi_head") if joint else ("backbone", "roi_head")
-    step2_start = {"initial": None, "rpn": "take_rpn_model" if joint else "take_rpn_backbone"}
+    step2_start = None if step2_backbone == "initial" else (
+        "take_rpn_model" if joint else "take_rpn_backbone")
     return [
         Phase(name="rpn", iterations=int(rpn_iterations), train_modules=("backbone", "rpn_head"),
               losses=RPN_LOSSES, model="rpn", start="copy_initial_to_rpn"),
         Phase(name="fast_rcnn", iterations=int(fast_rcnn_iterations),
               train_modules=step2_modules,
               losses=RPN_LOSSES + ROI_LOSSES if joint else ROI_LOSSES, proposals_from="rpn",
-              start=step2_start[step2_backbone]),
+              start=step2_start),
         Phase(name="rpn_finetune", iterations=int(rpn_finetune_iterations),
               train_modules=("rpn_head",), losses=RPN_LOSSES,
               start="release_rpn" if joint else "take_rpn_head"),

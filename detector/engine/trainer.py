@@ -37,7 +37,7 @@ from detector.engine.inference import TARGET_KEYS, EvaluationStopped, autocast, 
 from detector.engine.logger import TrainLogger, format_duration, memory_mb
 from detector.engine.monitor import grad_weight_ratios
 from detector.engine.optim import param_groups
-from detector.engine.schedules import Phase
+from detector.engine.schedules import TAKE_FROM_RPN, Phase
 from detector.engine.state import BatchStream, capture_rng_state
 
 __all__ = ["Trainer", "infinite_batches"]
@@ -183,8 +183,8 @@ class Trainer(CheckpointingMixin):
                 self._saved_iteration != self.iteration):
             self.save_checkpoint()
         metrics = self.last_metrics
-        if interrupted is None and self.val_loader is not None and self._can_evaluate(
-                self.phases[-1]) and self._last_eval_iteration != self.iteration:
+        if (interrupted is None and self.val_loader is not None and self.phases[-1].evaluable
+                and self._last_eval_iteration != self.iteration):
             metrics = self._evaluate(self.phases[-1])
             if metrics is None:  # stopped during the final evaluation
                 interrupted = self._stopped_in_final_evaluation()
@@ -196,16 +196,13 @@ class Trainer(CheckpointingMixin):
     def _begin(self, phase: Phase) -> None:
         if phase.start == "copy_initial_to_rpn":
             self.models["rpn"] = copy.deepcopy(self.models["main"])
-        elif phase.start in ("take_rpn_backbone", "take_rpn_model"):
-            self.models["main"].backbone.load_state_dict(self.models["rpn"].backbone.state_dict())
-            if phase.start == "take_rpn_model":
-                self.models["main"].rpn_head.load_state_dict(
-                    self.models["rpn"].rpn_head.state_dict())
-        elif phase.start in ("take_rpn_head", "release_rpn"):
-            if phase.start == "take_rpn_head":
-                self.models["main"].rpn_head.load_state_dict(
-                    self.models["rpn"].rpn_head.state_dict())
-            self.models["rpn"] = None
+        elif phase.start in TAKE_FROM_RPN:
+            parts, release = TAKE_FROM_RPN[phase.start]
+            for part in parts:
+                getattr(self.models["main"], part).load_state_dict(
+                    getattr(self.models["rpn"], part).state_dict())
+            if release:
+                self.models["rpn"] = None
         elif phase.start is not None:
             raise ValueError(f"unknown phase start action {phase.start!r}")
 
@@ -375,15 +372,9 @@ class Trainer(CheckpointingMixin):
                              iteration=self.iteration + 1, lr=lr, checkpoint=path)
 
     # ------------------------------------------------------------------ evaluation
-    def _can_evaluate(self, phase: Phase) -> bool:
-        """Whether the main model is a whole detector in this phase: it trains and its own RPN
-        makes its proposals, or trains with it (the joint step 2 of 4-step training)."""
-        return phase.model == "main" and (phase.proposals_from is None
-                                           or "rpn_head" in phase.train_modules)
-
     def _should_evaluate(self, phase: Phase, phase_iter: int) -> bool:
         return (self.val_loader is not None and self.eval_period > 0
-                and phase_iter % self.eval_period == 0 and self._can_evaluate(phase))
+                and phase_iter % self.eval_period == 0 and phase.evaluable)
 
     def _evaluate(self, phase: Phase) -> dict | None:
         """COCO metrics on the val set, or None when a stop request abandoned the evaluation

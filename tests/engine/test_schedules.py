@@ -48,6 +48,18 @@ def test_joint_step2_trains_the_rpn_on_step1_proposals_and_step3_keeps_its_head(
                      fast_rcnn_finetune_iterations=1, step2_losses="all")[1].start is None
 
 
+def test_a_phase_is_evaluable_where_the_main_model_is_a_whole_detector():
+    def evaluable(**options):
+        return [p.evaluable for p in four_step(rpn_iterations=1, fast_rcnn_iterations=1,
+                                               rpn_finetune_iterations=1,
+                                               fast_rcnn_finetune_iterations=1, **options)]
+
+    assert end_to_end(iterations=1)[0].evaluable
+    # step 1 trains the copy; the paper's step 2 has no RPN of its own that it trains
+    assert evaluable() == [False, False, True, True]
+    assert evaluable(step2_backbone="rpn", step2_losses="all") == [False, True, True, True]
+
+
 def test_every_phase_names_losses_the_criterion_returns():
     phases = end_to_end(iterations=1) + four_step(
         rpn_iterations=1, fast_rcnn_iterations=1, rpn_finetune_iterations=1,
