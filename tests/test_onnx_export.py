@@ -127,9 +127,10 @@ def test_bad_sizes_and_files_are_clear_errors(tiny_checkpoint, onnx_predictor, t
 
 @pytest.mark.slow
 def test_roi_align_model_exports_too(tmp_path, val_images):
-    """The RoIAlign pooler (aligned, sampling ratio 2) has its own ONNX symbolic."""
+    """The RoIAlign pooler (aligned, sampling ratio 2) exports through torchvision's kernel and
+    its RoiAlign symbolic; eager inference on the CPU took the sparse product: same detections."""
     spec = tiny_model_spec(len(TINY_CLASSES))
-    spec["pooler"] = {"_target_": "torchvision.ops.RoIAlign", "output_size": 7,
+    spec["pooler"] = {"_target_": "detector.modeling.pooler.RoIAlign", "output_size": 7,
                       "spatial_scale": 0.0625, "sampling_ratio": 2, "aligned": True}
     torch.manual_seed(0)
     model = build_from_spec(spec).eval()

@@ -31,6 +31,7 @@ from detector.modeling.backbone import VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
 from detector.modeling.faster_rcnn import FasterRCNN, FasterRCNNCriterion
+from detector.modeling.pooler import RoIAlign
 
 __all__ = ["BenchSettings", "build_ours", "build_torchvision", "copy_weights"]
 
@@ -48,6 +49,8 @@ class BenchSettings:
         pre_nms_top_n, post_nms_top_n (tuple[int, int]): proposals (train, test).
         compact_rois (bool | None): our ROI head's ``compact`` switch (None: automatic).
         compile (bool): our ``build_model(compile=...)`` (torch.compile of backbone and heads).
+        roi_align_backend (str): our RoIAlign's ``backend`` ("auto": the sparse product on the
+            CPU, torchvision's kernel elsewhere; see ``detector.modeling.pooler``).
     """
 
     height: int = 600
@@ -60,6 +63,7 @@ class BenchSettings:
     post_nms_top_n: tuple[int, int] = (2000, 1000)
     compact_rois: bool | None = None
     compile: bool = False
+    roi_align_backend: str = "auto"
 
 
 def build_ours(settings: BenchSettings) -> tuple[FasterRCNN, FasterRCNNCriterion]:
@@ -67,7 +71,8 @@ def build_ours(settings: BenchSettings) -> tuple[FasterRCNN, FasterRCNNCriterion
     model = build_model(
         backbone=VGG16BNBackbone(weights=None, frozen_blocks=0, norm="train"),
         box_head=MLPBoxHead(in_channels=512, resolution=7, hidden_dim=settings.hidden_dim),
-        pooler=torchvision.ops.RoIAlign(7, 1.0 / 16, 2, False),
+        pooler=RoIAlign(output_size=7, spatial_scale=1.0 / 16, sampling_ratio=2, aligned=False,
+                        backend=settings.roi_align_backend),
         num_classes=settings.num_classes,
         anchor_sizes=(128, 256, 512), anchor_ratios=(0.5, 1.0, 2.0), anchor_offset=0.0,
         rpn_pre_nms_top_n=settings.pre_nms_top_n, rpn_post_nms_top_n=settings.post_nms_top_n,

@@ -1,6 +1,6 @@
 """Tests for detector/benchmark: the torchvision reference model given our weights computes the
-same features and RPN outputs as ours (so the benchmark times the same work), and the synthetic
-batch holds the same pixels and boxes in both formats."""
+same features, RPN outputs and pooled cells as ours (so the benchmark times the same work), and
+the synthetic batch holds the same pixels and boxes in both formats."""
 
 from __future__ import annotations
 
@@ -35,6 +35,25 @@ def test_torchvision_model_with_our_weights_computes_our_features_and_rpn_output
     torch.testing.assert_close(tv_deltas, out["rpn_deltas"])
     bbox = tv.roi_heads.box_predictor.bbox_pred.weight
     assert (bbox[:4] == 0).all() and torch.equal(bbox[4:], ours.roi_head.bbox_pred.weight)
+
+
+def test_both_poolers_compute_the_same_cells():
+    """Ours pools with the sparse-product RoIAlign on the CPU, torchvision with its kernel: the
+    same 7 x 7 cells for the same boxes (sampling ratio 2, not aligned)."""
+    ours, _ = build_ours(BenchSettings(height=64, width=96, num_classes=3, hidden_dim=32))
+    tv = build_torchvision(BenchSettings(height=64, width=96, num_classes=3, hidden_dim=32))
+    assert ours.roi_head.pooler.backend == "auto"
+    assert ours.roi_head.pooler.uses_sparse(torch.device("cpu"))
+    features = torch.randn(2, 512, 4, 6, generator=torch.Generator().manual_seed(0))
+    boxes = [torch.tensor([[3.0, 5.0, 60.0, 40.0], [0.0, 0.0, 96.0, 64.0]]),
+             torch.tensor([[10.0, 20.0, 30.0, 25.0]])]
+    rois = torch.cat([torch.cat((torch.full((len(b), 1), float(i)), b), dim=1)
+                      for i, b in enumerate(boxes)])
+    theirs = tv.roi_heads.box_roi_pool({"0": features}, boxes, [(64, 96), (64, 96)])
+    torch.testing.assert_close(ours.roi_head.pooler(features, rois), theirs)
+    other = build_ours(BenchSettings(height=64, width=96, num_classes=3, hidden_dim=32,
+                                     roi_align_backend="torchvision"))[0]
+    assert not other.roi_head.pooler.uses_sparse(torch.device("cpu"))
 
 
 def test_synthetic_batch_formats_agree():

@@ -22,6 +22,7 @@ from detector.modeling.backbone import VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
 from detector.modeling.faster_rcnn import LOSS_NAMES, FasterRCNN, FasterRCNNCriterion
+from detector.modeling.pooler import RoIAlign
 
 NUM_CLASSES = 2
 NUM_ANCHORS = 9  # 3 sizes x 3 ratios
@@ -350,6 +351,35 @@ def test_compile_switch_compiles_backbone_and_heads_in_place(monkeypatch):
     compiled.clear()
     tiny_model()
     assert compiled == []
+
+
+def test_sparse_roi_align_trains_like_torchvision_kernel():
+    """A whole step with the sparse-product RoIAlign gives torchvision's losses and gradients."""
+    steps = []
+    for backend in ("sparse", "torchvision"):
+        torch.manual_seed(0)
+        backbone = TinyBackbone()
+        model = build_model(
+            backbone=backbone,
+            box_head=MLPBoxHead(in_channels=backbone.out_channels, resolution=4, hidden_dim=64),
+            pooler=RoIAlign(output_size=4, spatial_scale=1.0 / 16, sampling_ratio=2,
+                            aligned=True, backend=backend),
+            num_classes=NUM_CLASSES, anchor_sizes=(16, 32, 64), rpn_post_nms_top_n=POST_NMS,
+            roi_num_samples=ROI_SAMPLES,
+        )
+        data = random_batch([(64, 96), (96, 64)], [3, 1])
+        torch.manual_seed(1)  # the same RoI sample
+        losses = ce_criterion()(model(data["images"], data["image_sizes"], data["targets"]),
+                                data["targets"])
+        sum(losses.values()).backward()
+        steps.append((losses, {n: p.grad for n, p in model.named_parameters()}))
+    (losses, grads), (ref_losses, ref_grads) = steps
+    for name, value in ref_losses.items():
+        assert torch.allclose(losses[name], value, rtol=1e-5, atol=1e-6), name
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in ref_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+    assert ref_losses["loss_cls"] > 0
 
 
 def test_gradients_reach_unfrozen_backbone_layers_only():

@@ -18,6 +18,7 @@ from detector.engine.optim import param_groups
 from detector.engine.schedules import Phase
 from detector.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
 from detector.modeling import FasterRCNN, FasterRCNNCriterion
+from detector.modeling.pooler import RoIAlign
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -113,6 +114,17 @@ def test_group_option_composes_and_instantiates(group, option, hydra_compose, tm
             out = model(torch.zeros(1, 3, 32, 32), torch.tensor([[32, 32]]), detect=True)
             (det,) = model.detect(out)
         assert det["boxes"].shape[1:] == (4,)
+
+
+@pytest.mark.parametrize("model_option", ["vgg16_bn", "vgg16_bn_fc"])
+def test_the_documented_roi_align_switch(model_option, hydra_compose, tmp_path):
+    """The model configs' comment: RoIAlign by overriding the pooler's target."""
+    cfg = _train_cfg(hydra_compose, [
+        f"model={model_option}", "model.pooler._target_=detector.modeling.pooler.RoIAlign",
+        "+model.pooler.aligned=true"], tmp_path)
+    pooler = _check_parts(cfg).roi_head.pooler
+    assert isinstance(pooler, RoIAlign)
+    assert (pooler.output_size, pooler.sampling_ratio, pooler.aligned) == ((7, 7), 2, True)
 
 
 # ---------------------------------------------------------------------------- what they switch
