@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
                         help="our ROI compaction (auto: on the CPU only)")
     parser.add_argument("--roi-align", choices=("auto", "sparse", "torchvision"), default="auto",
                         help="our RoIAlign backend (auto: sparse product on the CPU only)")
+    parser.add_argument("--no-fold-bn", action="store_true",
+                        help="ours without BN folded into the convs at inference")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device bf16 peak (default: looked up by CUDA device name)")
     parser.add_argument("--loader", type=int, default=0, metavar="BATCHES",
@@ -106,7 +108,7 @@ def main() -> None:
     compact = {"auto": None, "on": True, "off": False}[args.compact]
     settings = BenchSettings(height=args.height, width=args.width, num_classes=args.num_classes,
                              compact_rois=compact, compile=args.compile,
-                             roi_align_backend=args.roi_align)
+                             roi_align_backend=args.roi_align, fold_bn=not args.no_fold_bn)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     ours, criterion = build_ours(settings)
     tv_model = build_torchvision(settings)
@@ -122,7 +124,8 @@ def main() -> None:
     print(f"{device.type} ({where}), {args.precision}, batch {args.batch}, "
           f"{args.height}x{args.width}, {args.num_classes} classes; median of {args.steps} steps "
           f"after {args.warmup} warm-up, interleaved; channels_last={args.channels_last} "
-          f"compile={args.compile} compact={args.compact} roi_align={args.roi_align}")
+          f"compile={args.compile} compact={args.compact} roi_align={args.roi_align} "
+          f"fold_bn={not args.no_fold_bn}")
     times = interleaved_times(steps, steps=args.steps, warmup=args.warmup, device=device,
                               progress=print if args.verbose else None)
     cuda = device.type == "cuda"

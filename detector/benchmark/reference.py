@@ -49,6 +49,7 @@ class BenchSettings:
         pre_nms_top_n, post_nms_top_n (tuple[int, int]): proposals (train, test).
         compact_rois (bool | None): our ROI head's ``compact`` switch (None: automatic).
         compile (bool): our ``build_model(compile=...)`` (torch.compile of backbone and heads).
+        fold_bn (bool): our backbone's ``fold_bn`` (BN folded into the convs at inference).
         roi_align_backend (str): our RoIAlign's ``backend`` ("auto": the sparse product on the
             CPU, torchvision's kernel elsewhere; see ``detector.modeling.pooler``).
     """
@@ -64,12 +65,14 @@ class BenchSettings:
     compact_rois: bool | None = None
     compile: bool = False
     roi_align_backend: str = "auto"
+    fold_bn: bool = True
 
 
 def build_ours(settings: BenchSettings) -> tuple[FasterRCNN, FasterRCNNCriterion]:
     """Our model and its cross-entropy criterion with ``settings``."""
     model = build_model(
-        backbone=VGG16BNBackbone(weights=None, frozen_blocks=0, norm="train"),
+        backbone=VGG16BNBackbone(weights=None, frozen_blocks=0, norm="train",
+                                 fold_bn=settings.fold_bn),
         box_head=MLPBoxHead(in_channels=512, resolution=7, hidden_dim=settings.hidden_dim),
         pooler=RoIAlign(output_size=7, spatial_scale=1.0 / 16, sampling_ratio=2, aligned=False,
                         backend=settings.roi_align_backend),

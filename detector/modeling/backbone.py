@@ -26,6 +26,8 @@ from torchvision import models
 from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
 
+from detector.modeling.folding import FoldedConvBN
+
 __all__ = [
     "ResNet50C4Backbone",
     "VGG16BNBackbone",
@@ -173,6 +175,10 @@ def _check_options(frozen_blocks: int, num_blocks: int, norm: str) -> None:
         raise ValueError(f"norm must be one of {_NORM_MODES}, got {norm!r}")
 
 
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _vgg16_bn_features() -> nn.Sequential:
     """torchvision's vgg16_bn ``features`` up to conv5_3 + BN + ReLU (no pool5), same indices."""
     layers: list[nn.Module] = []
@@ -217,6 +223,9 @@ class VGG16BNBackbone(nn.Module):
         output_stride (int): 16 (the paper's) or 8. Stride 8 drops pool4 and dilates conv5_1-5_3
             by 2 (the DeepLab recipe: same layers and weights, a receptive field of 188 instead of
             196 px, a 4x larger map) for ~20% more compute at 128 px.
+        fold_bn (bool): at inference (eval mode, no gradients recorded, not exporting), run each
+            conv + BN as one convolution with folded, cached weights (see
+            ``detector.modeling.folding``); the same features to float rounding.
     """
 
     def __init__(
@@ -226,6 +235,7 @@ class VGG16BNBackbone(nn.Module):
         frozen_blocks: int = 2,
         norm: str = "frozen",
         output_stride: int = 16,
+        fold_bn: bool = True,
     ) -> None:
         super().__init__()
         _check_options(frozen_blocks, len(_VGG16_BLOCK_ENDS), norm)
@@ -245,6 +255,12 @@ class VGG16BNBackbone(nn.Module):
             _freeze_children(self.features, [str(index) for index in frozen_layers])
         if norm == "frozen":
             freeze_batch_norm(self.features)
+        self.fold_bn = fold_bn
+        self.folded = FoldedConvBN(self.features)
+
+    def train(self, mode: bool = True) -> VGG16BNBackbone:
+        self.folded.clear()  # training changes the weights: free the folded copy
+        return super().train(mode)
 
     def forward(self, images: Tensor) -> Tensor:
         """Compute the feature map (stride s = ``self.stride``).
@@ -257,6 +273,8 @@ class VGG16BNBackbone(nn.Module):
             floors, so odd sizes lose their last row/column; with H, W multiples of 32 (the data
             pipeline pads to that) the division is exact.
         """
+        if self.fold_bn and not _exporting() and self.folded.applies():
+            return self.folded(images)
         return self.features(images)
 
 
