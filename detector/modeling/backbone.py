@@ -259,7 +259,8 @@ class VGG16BNBackbone(nn.Module):
         self.folded = FoldedConvBN(self.features)
 
     def train(self, mode: bool = True) -> VGG16BNBackbone:
-        self.folded.clear()  # training changes the weights: free the folded copy
+        if mode:  # training changes the weights: free the folded copy (eval() keeps it)
+            self.folded.clear()
         return super().train(mode)
 
     def forward(self, images: Tensor) -> Tensor:

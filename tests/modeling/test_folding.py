@@ -133,7 +133,12 @@ def test_train_mode_never_folds_and_drops_the_cache(norm):
     backbone = VGG16BNBackbone(weights=None, frozen_blocks=0, norm=norm).eval()
     with torch.no_grad():
         backbone(torch.randn(1, 3, 32, 32))
-    assert backbone.folded._folded  # cached
+    cached = backbone.folded._folded
+    assert cached
+    backbone.eval()  # evaluation loops call eval() every time: the cache stays
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 32, 32))
+    assert backbone.folded._folded is cached
     backbone.train()
     assert not backbone.folded._folded
     calls = _bn_calls(backbone)
