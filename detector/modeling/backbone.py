@@ -27,6 +27,7 @@ from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
 
 from detector.modeling.folding import FoldedConvBN
+from detector.modeling.packing import is_exporting
 
 __all__ = [
     "ResNet50C4Backbone",
@@ -175,10 +176,6 @@ def _check_options(frozen_blocks: int, num_blocks: int, norm: str) -> None:
         raise ValueError(f"norm must be one of {_NORM_MODES}, got {norm!r}")
 
 
-def _exporting() -> bool:
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 def _vgg16_bn_features() -> nn.Sequential:
     """torchvision's vgg16_bn ``features`` up to conv5_3 + BN + ReLU (no pool5), same indices."""
     layers: list[nn.Module] = []
@@ -274,7 +271,7 @@ class VGG16BNBackbone(nn.Module):
             floors, so odd sizes lose their last row/column; with H, W multiples of 32 (the data
             pipeline pads to that) the division is exact.
         """
-        if self.fold_bn and not _exporting() and self.folded.applies():
+        if self.fold_bn and not is_exporting() and self.folded.applies():
             return self.folded(images)
         return self.features(images)
 

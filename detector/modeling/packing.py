@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gather_rows", "pack_rows", "use_compaction"]
+__all__ = ["gather_rows", "is_exporting", "pack_rows", "use_compaction"]
 
 
 def pack_rows(mask: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
@@ -40,16 +40,22 @@ def gather_rows(values: Tensor, index: Tensor) -> Tensor:
     return values.gather(1, expanded)
 
 
+def is_exporting() -> bool:
+    """Whether a static graph is being captured: TorchScript-based ONNX export, tracing,
+    ``torch.export`` and so the dynamo ONNX exporter, or ``torch.compile`` (all of which
+    ``torch.compiler.is_compiling`` or the first two checks report). Data-dependent shapes and
+    CPU-only shortcuts stay out of such graphs."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def use_compaction(compact: bool | None, device: torch.device) -> bool:
     """Whether to drop padding rows (data-dependent sizes, one host sync) rather than compute on
     the fixed-size padded tensors.
 
     ``compact=None`` (automatic) compacts on the CPU only, where reading a count back is free and
-    padding rows cost real time; CUDA keeps the padded, sync-free path. Never while exporting
-    (TorchScript-based ONNX export, tracing, ``torch.export`` and so the dynamo ONNX exporter,
-    which ``torch.compiler.is_compiling`` reports) or under ``torch.compile``: those need static
-    shapes whatever ``compact`` says.
+    padding rows cost real time; CUDA keeps the padded, sync-free path. Never while exporting or
+    compiling (`is_exporting`): those need static shapes whatever ``compact`` says.
     """
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if is_exporting():
         return False
     return device.type == "cpu" if compact is None else bool(compact)

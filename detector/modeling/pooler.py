@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from detector.modeling.packing import is_exporting
+
 __all__ = ["RoIAlign", "roi_align_matrix", "sparse_roi_align"]
 
 BACKENDS = ("auto", "sparse", "torchvision")
@@ -124,10 +126,6 @@ def sparse_roi_align(
     return pooled.view(rois.shape[0], *output_size, channels).permute(0, 3, 1, 2).contiguous()
 
 
-def _exporting() -> bool:
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 class RoIAlign(nn.Module):
     """RoIAlign (Mask R-CNN) with the same arguments and results as ``torchvision.ops.RoIAlign``,
     computed by `sparse_roi_align` where that is faster.
@@ -163,7 +161,7 @@ class RoIAlign(nn.Module):
 
     def uses_sparse(self, device: torch.device) -> bool:
         """Whether ``forward`` on ``device`` takes the sparse product."""
-        if self.backend == "torchvision" or self.sampling_ratio <= 0 or _exporting():
+        if self.backend == "torchvision" or self.sampling_ratio <= 0 or is_exporting():
             return False
         return self.backend == "sparse" or device.type == "cpu"
 

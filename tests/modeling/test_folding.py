@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from detector.modeling import backbone as backbone_module
 from detector.modeling.backbone import VGG16BNBackbone
 from detector.modeling.folding import FoldedConvBN, fold_conv_bn
 
@@ -121,7 +120,7 @@ def test_backbone_folds_at_inference_only(monkeypatch):
     out = backbone(images)  # eval mode but gradients recorded: the layers as they are
     out.sum().backward()
     assert len(calls) == 13 and backbone.features[40].weight.grad is not None
-    monkeypatch.setattr(backbone_module, "_exporting", lambda: True)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     calls[:] = []
     with torch.no_grad():
         backbone(images)

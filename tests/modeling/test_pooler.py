@@ -5,7 +5,6 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from detector.modeling import pooler as pooler_module
 from detector.modeling.pooler import RoIAlign, roi_align_matrix, sparse_roi_align
 
 
@@ -120,7 +119,7 @@ def test_module_paths(monkeypatch):
         torch.device("cuda"))
     assert not RoIAlign(output_size=7, spatial_scale=1, backend="torchvision").uses_sparse(cpu)
     assert not RoIAlign(output_size=7, spatial_scale=1, sampling_ratio=-1).uses_sparse(cpu)
-    monkeypatch.setattr(pooler_module, "_exporting", lambda: True)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     assert not RoIAlign(output_size=7, spatial_scale=1, backend="sparse").uses_sparse(cpu)
     with pytest.raises(ValueError, match="backend must be one of"):
         RoIAlign(output_size=7, spatial_scale=1, backend="cuda")
