@@ -39,20 +39,24 @@ def _axis_taps(
         size (int): feature-map extent on this axis.
 
     Returns:
-        index (LongTensor[M, P, s, 2]): low and high cell of each sample.
+        index (LongTensor[M, P, s, 2]): low and high cell of each sample, always in [0, size).
         weight (Tensor[M, P, s, 2]): their weights; 0 for samples outside [-1, size]
-            (torchvision's rule: such samples contribute nothing, others clamp to the border).
+            (torchvision's rule: such samples contribute nothing, others clamp to the border);
+            NaN for a non-finite coordinate (a diverging model's RoI), so that the cell and the
+            loss show it instead of reading memory at a garbage index.
     """
     steps = (torch.arange(cells * sampling_ratio, dtype=start.dtype, device=start.device)
              + 0.5) / sampling_ratio
     coord = start[:, None] + steps[None, :] * (length / cells)[:, None]
+    finite = torch.isfinite(coord)
+    coord = torch.where(finite, coord, torch.full_like(coord, -2.0))
     inside = (coord >= -1.0) & (coord <= size)
-    coord = coord.clamp(min=0.0)
-    low = coord.floor().long().clamp(max=size - 1)
+    coord = coord.clamp(min=0.0, max=size - 1)  # clamped as floats: huge values convert safely
+    low = coord.floor().long()
     high = (low + 1).clamp(max=size - 1)
-    coord = torch.where(low >= size - 1, low.to(coord.dtype), coord)
     frac = coord - low
     weight = torch.stack((1.0 - frac, frac), dim=-1) * inside[..., None]
+    weight = torch.where(finite[..., None], weight, torch.full_like(weight, float("nan")))
     shape = (start.shape[0], cells, sampling_ratio, 2)
     return torch.stack((low, high), dim=-1).view(shape), weight.view(shape)
 

@@ -71,6 +71,22 @@ def test_matches_torchvision_values_and_gradients(aligned, output_size, sampling
     assert ref.abs().sum() > 0  # the case is not all-outside
 
 
+def test_non_finite_and_huge_rois_give_nan_or_zero_cells_never_a_bad_read():
+    """A diverging model's proposals: NaN or infinite RoIs yield NaN cells (the loss guard sees
+    them), astronomically large finite ones lie outside (zeros); the other RoIs are untouched."""
+    features = torch.randn(2, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    good = torch.tensor([[1.0, 8.0, 4.0, 60.0, 50.0]])
+    bad = torch.tensor([[0.0, float("nan"), 0.0, 30.0, 30.0],
+                        [1.0, 0.0, 0.0, float("inf"), 30.0],
+                        [0.0, 1e30, 1e30, 3e30, 3e30]])
+    out = sparse_roi_align(features, torch.cat((good, bad)), output_size=(2, 2),
+                           spatial_scale=1 / 16, sampling_ratio=2)
+    assert torch.isnan(out[1]).all() and torch.isnan(out[2]).any()
+    assert torch.equal(out[3], torch.zeros_like(out[3]))
+    ref = roi_align(features, good, (2, 2), 1 / 16, 2, False)
+    assert torch.allclose(out[:1], ref, atol=1e-6)
+
+
 def test_every_row_holds_four_taps_per_sample_and_rows_sum_to_at_most_one():
     rois = torch.tensor([[0.0, 8.0, 8.0, 40.0, 56.0], [1.0, -100.0, -100.0, -60.0, -60.0]])
     matrix = roi_align_matrix(rois, feature_shape=(2, 5, 6), output_size=(2, 3),
