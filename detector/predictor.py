@@ -146,7 +146,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
-                        score_threshold: float = 0.5, batch_size: int = 8) -> Predictor:
+                        score_threshold: float = 0.5, batch_size: int = 8,
+                        channels_last: bool = True) -> Predictor:
         """Load ``path`` (a ``final.pth`` or ``iter_*.pth`` from ``tools/train_net.py``).
 
         Args:
@@ -154,13 +155,17 @@ class Predictor:
             precision: "auto" (bf16 where the device computes it natively), "fp32", "bf16", "fp16".
             score_threshold: detections below it are dropped (the model itself keeps >= 0.05).
             batch_size: images per forward pass.
+            channels_last: the model's weights in channels-last layout, as training keeps them
+                by default (``train.channels_last``): the convolutions then run NHWC kernels,
+                ~30% faster on a 2-core CPU at 600x1000 (README, Speed).
         """
         state = load_checkpoint(path)
         dataset = state.get("config", {}).get("dataset", {})
         transforms = build_transforms(train=False, min_size=dataset.get("min_size", 600),
                                       max_size=dataset.get("max_size", 1000))
         dev = resolve_device(device)
-        model = model_from_checkpoint(state).to(dev)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        model = model_from_checkpoint(state).to(dev, memory_format=layout)
         info = {"checkpoint": str(path), "iteration": state.get("iteration"),
                 "dataset": dataset.get("name"), "metrics": checkpoint_metrics(path)}
         return cls(model=model, transforms=transforms, class_names=list(state["class_names"]),

@@ -48,6 +48,19 @@ def test_matches_the_evaluation_pipeline(predictor, val_set):
         assert got.class_names == [TINY_CLASSES[i - 1] for i in ref["labels"].tolist()]
 
 
+def test_channels_last_weights_by_default_and_the_same_detections(predictor, tiny_checkpoint,
+                                                                   val_set):
+    """Inference runs NHWC convolutions (the layout training keeps); the plain layout gives the
+    same detections to float rounding."""
+    conv = predictor.model.backbone.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32",
+                                      score_threshold=0.0, channels_last=False)
+    assert plain.model.backbone.features[0].weight.is_contiguous()
+    path = val_set.records[0].path
+    _same(predictor(path), plain(path))
+
+
 def test_every_input_kind_gives_the_same_result(predictor, val_set, tmp_path):
     from PIL import Image
 

@@ -49,7 +49,8 @@ def build_model(run_cfg: DictConfig, state: dict, device: torch.device):
             model_cfg[part].weights = None
     model = hydra.utils.instantiate(model_cfg, num_classes=len(state["class_names"]))
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    # channels-last weights, as in training (train.channels_last, the default): NHWC convolutions
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def visualize(dataset, detections: list[dict], out_dir: Path, count: int, threshold: float):
