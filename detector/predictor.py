@@ -157,7 +157,7 @@ class Predictor:
             batch_size: images per forward pass.
             channels_last: the model's weights in channels-last layout, as training keeps them
                 by default (``train.channels_last``): the convolutions then run NHWC kernels,
-                ~30% faster on a 2-core CPU at 600x1000 (README, Speed).
+                ~20% faster on a 2-core CPU at 600x1000 (README, Speed).
         """
         state = load_checkpoint(path)
         dataset = state.get("config", {}).get("dataset", {})
