@@ -9,7 +9,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # transparent huge pages for PyTorch's CPU allocator: fewer page faults on large temporaries
 export THP_MEM_ALLOC_ENABLE := 1
 
-.PHONY: install test test-fast test-browser lint train eval bench study demo clean
+.PHONY: install test test-fast test-browser lint train eval bench gpu-checks study demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ BENCH_MODEL_ARGS ?=
 bench: install  ## target assignment, then the whole model (CPU: a few minutes), vs torchvision
 	$(BIN)/python tools/bench_ops.py $(ARGS)
 	$(BIN)/python tools/bench_model.py $(BENCH_MODEL_ARGS)
+
+gpu-checks: install  ## on a GPU machine: GPU tests + every GPU benchmark, one log (tools/gpu_checks.sh)
+	bash tools/gpu_checks.sh
 
 STUDY_ITERATIONS ?= 120
 STUDY_EVAL_PERIOD ?= 60

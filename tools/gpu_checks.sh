@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark of the project in one run, for a short loan of a GPU machine:
+# the GPU-marked tests, target assignment, the whole-model benchmark (issue #12's settings, fp32
+# and bf16, and the levers: channels-last, the sparse RoIAlign on CUDA, torch.compile) and the
+# loader alone. Each step has its own time limit, so one hang cannot eat the loan; a failed step
+# is reported and the next one runs. Output: the console and $LOG (default
+# ${OUT:-outputs}/gpu_checks.log), then a summary of the two speedup lines of every benchmark.
+#
+#   make gpu-checks                      # on the GPU machine (the venv is made by make install)
+#   SMOKE=1 bash tools/gpu_checks.sh     # tiny sizes on the CPU: checks the script itself (under a minute)
+#
+# Budget on an H100/H200: about 9 minutes without --compile steps, 12 with them (COMPILE=1).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT_DIR=${OUT:-outputs}
+mkdir -p "$OUT_DIR"
+LOG=${LOG:-$OUT_DIR/gpu_checks.log}
+: >"$LOG"
+export NO_ALBUMENTATIONS_UPDATE=1
+
+if [ "${SMOKE:-0}" = 1 ]; then  # the same steps, CPU-sized
+    DEVICE=cpu; BIG="--batch 1 --height 64 --width 96 --steps 1"; SMALL="$BIG"
+    OPS="--batch 1 --height 128 --width 160 --runs 1 --warmup 0 --cpu-only"; LOADER=2; LIMIT=300
+else
+    DEVICE=cuda; BIG="--batch 8 --height 600 --width 1000 --steps 20 --warmup 3"
+    SMALL="--batch 2 --height 600 --width 1000 --steps 20 --warmup 3"
+    OPS="--runs 20"; LOADER=20; LIMIT=240
+fi
+
+failures=0
+step() {  # step NAME LIMIT_SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    echo "### $name" | tee -a "$LOG"
+    echo "=== $*" | tee -a "$LOG"
+    local start=$SECONDS
+    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$LOG"
+    [ "$rc" = 0 ] || failures=$((failures + 1))
+}
+
+bench() {  # bench NAME ARGS...
+    local name=$1; shift
+    step "$name" "$LIMIT" "$PY" tools/bench_model.py --device "$DEVICE" "$@"
+}
+
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$LOG"
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
+    step "gpu tests" 300 "$PY" -m pytest -m gpu -q -p no:cacheprovider
+fi
+step "target assignment" 120 "$PY" tools/bench_ops.py $OPS
+bench "bf16 b8" $BIG --precision bf16
+bench "bf16 b8 channels-last" $BIG --precision bf16 --channels-last
+bench "bf16 b8 sparse roi_align" $BIG --precision bf16 --roi-align sparse
+bench "bf16 b2" $SMALL --precision bf16
+bench "fp32 b2" $SMALL --precision fp32
+if [ "${COMPILE:-0}" = 1 ]; then
+    bench "bf16 b8 compile" $BIG --precision bf16 --compile --warmup 5
+fi
+step "loader" 120 "$PY" tools/bench_model.py --loader "$LOADER" --batch 8
+
+echo "=== summary (ours vs torchvision)" | tee -a "$LOG"
+awk '/^### / {name = substr($0, 5)} /_speedup_vs_torchvision/ {print name ": " $0}' "$LOG" \
+    | tee -a "$LOG.summary"
+cat "$LOG.summary" >>"$LOG" && rm -f "$LOG.summary"
+echo "=== $failures step(s) failed; log: $LOG"
+exit $((failures > 0))
