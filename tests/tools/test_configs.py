@@ -53,7 +53,8 @@ def _train_cfg(hydra_compose, overrides, tmp_path):
 def test_the_documented_options_exist():
     found = set(GROUP_OPTIONS)
     for option in (("dataset", "shapes"), ("dataset", "coco"), ("dataset", "voc"),
-                   ("model", "vgg16_bn"), ("model", "resnet50_c4"), ("loss", "ce"),
+                   ("model", "vgg16_bn"), ("model", "vgg16_bn_align"), ("model", "resnet50_c4"),
+                   ("loss", "ce"),
                    ("loss", "focal"), ("optimizer", "sgd"), ("optimizer", "adam"),
                    ("schedule", "end_to_end"), ("schedule", "two_stage")):
         assert option in found
@@ -125,6 +126,8 @@ def test_the_documented_roi_align_switch(model_option, hydra_compose, tmp_path):
     pooler = _check_parts(cfg).roi_head.pooler
     assert isinstance(pooler, RoIAlign)
     assert (pooler.output_size, pooler.sampling_ratio, pooler.aligned) == ((7, 7), 2, True)
+    shortcut = _check_parts(_train_cfg(hydra_compose, ["model=vgg16_bn_align"], tmp_path))
+    assert repr(shortcut.roi_head.pooler) == repr(pooler)  # the option is that same override
 
 
 # ---------------------------------------------------------------------------- what they switch
