@@ -153,3 +153,20 @@ def test_module_equals_torchvision_module(backend):
     ref = TorchvisionRoIAlign((2, 3), 1 / 8, 2, True)(features, rois)
     assert torch.allclose(ours(features, rois), ref, atol=1e-5, rtol=1e-5)
     assert "backend=" in repr(ours)
+
+
+def test_repeated_runs_are_bitwise_equal():
+    """Exact resume relies on it: the same values and gradients, bit for bit, every time."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 64, 12, 15, generator=gen)
+    rois = _random_rois(200, 2, 12, 15, 16, gen)
+    upstream = torch.randn(200, 64, 7, 7, generator=gen)
+    runs = []
+    for _ in range(3):
+        leaf = features.clone().requires_grad_()
+        out = sparse_roi_align(leaf, rois, output_size=(7, 7), spatial_scale=1 / 16,
+                               sampling_ratio=2)
+        (out * upstream).sum().backward()
+        runs.append((out.detach(), leaf.grad))
+    for out, grad in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(grad, runs[0][1])
