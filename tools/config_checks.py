@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from detector.engine.checkpoint import find_resume_checkpoint
+from detector.engine.schedules import STEP2_BACKBONES, STEP2_LOSSES
 from detector.engine.setup import resolve_device
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -67,12 +68,10 @@ def check_train_config(cfg: DictConfig) -> None:
     for key in cfg.schedule:
         if str(key).endswith("iterations"):
             _positive_int(cfg, f"schedule.{key}")
-    step2 = cfg.schedule.get("step2_backbone", "initial")
-    if step2 not in ("initial", "rpn"):
-        raise ConfigError(f"schedule.step2_backbone must be initial or rpn, got {step2!r}")
-    losses = cfg.schedule.get("step2_losses", "roi")
-    if losses not in ("roi", "all"):
-        raise ConfigError(f"schedule.step2_losses must be roi or all, got {losses!r}")
+    for key, allowed in (("step2_backbone", STEP2_BACKBONES), ("step2_losses", STEP2_LOSSES)):
+        value = cfg.schedule.get(key, allowed[0])
+        if value not in allowed:
+            raise ConfigError(f"schedule.{key} must be {' or '.join(allowed)}, got {value!r}")
     _common(cfg)
     if not cfg.optimizer.lr > 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")

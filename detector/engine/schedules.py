@@ -27,10 +27,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TAKE_FROM_RPN", "Phase", "end_to_end", "four_step"]
+__all__ = ["STEP2_BACKBONES", "STEP2_LOSSES", "TAKE_FROM_RPN", "Phase", "end_to_end", "four_step"]
 
 RPN_LOSSES = ("loss_rpn_cls", "loss_rpn_box")
 ROI_LOSSES = ("loss_cls", "loss_box")
+STEP2_BACKBONES = ("initial", "rpn")  # four_step's step2_backbone values (the paper's first)
+STEP2_LOSSES = ("roi", "all")  # four_step's step2_losses values (the paper's first)
 
 # start actions that take parts of the step-1 ("rpn") model into the main one:
 # action -> (parts copied, whether the step-1 model is released afterwards)
@@ -99,10 +101,10 @@ def four_step(
             ROI losses) or "all" (backbone + RPN head + ROI head on all four losses, proposals
             still from the step-1 model).
     """
-    if step2_backbone not in ("initial", "rpn"):
-        raise ValueError(f"step2_backbone must be 'initial' or 'rpn', got {step2_backbone!r}")
-    if step2_losses not in ("roi", "all"):
-        raise ValueError(f"step2_losses must be 'roi' or 'all', got {step2_losses!r}")
+    for name, value, allowed in (("step2_backbone", step2_backbone, STEP2_BACKBONES),
+                                 ("step2_losses", step2_losses, STEP2_LOSSES)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     joint = step2_losses == "all"
     step2_modules = ("backbone", "rpn_head", "roi_head") if joint else ("backbone", "roi_head")
     step2_start = None if step2_backbone == "initial" else (

@@ -81,3 +81,10 @@ def test_phase_is_immutable():
     assert isinstance(phase, Phase)
     with pytest.raises(dataclasses.FrozenInstanceError):
         phase.iterations = 2
+
+
+@pytest.mark.parametrize(("key", "value"), [("step2_backbone", "imagenet"), ("step2_losses", "rpn")])
+def test_four_step_rejects_unknown_step2_options(key, value):
+    with pytest.raises(ValueError, match=f"{key} must be one of .* got '{value}'"):
+        four_step(rpn_iterations=1, fast_rcnn_iterations=1, rpn_finetune_iterations=1,
+                  fast_rcnn_finetune_iterations=1, **{key: value})
