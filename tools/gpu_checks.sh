@@ -25,6 +25,10 @@ if [ "${SMOKE:-0}" = 1 ]; then  # the same steps, CPU-sized
     DEVICE=cpu; BIG="--batch 1 --height 64 --width 96 --steps 1"; SMALL="$BIG"
     OPS="--batch 1 --height 128 --width 160 --runs 1 --warmup 0 --cpu-only"; LOADER=2; LIMIT=300
 else
+    if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        echo "gpu_checks: no CUDA device here (SMOKE=1 bash tools/gpu_checks.sh tries the steps on the CPU)" >&2
+        exit 2
+    fi
     DEVICE=cuda; BIG="--batch 8 --height 600 --width 1000 --steps 20 --warmup 3"
     SMALL="--batch 2 --height 600 --width 1000 --steps 20 --warmup 3"
     OPS="--runs 20"; LOADER=20; LIMIT=150
