@@ -1,42 +1,25 @@
-"""Pictures of a run: detections drawn on images (OpenCV) and training curves (matplotlib).
+"""Pictures of detections: boxes, captions and ground truth drawn on images (OpenCV).
 
 Images are ``np.ndarray[H, W, 3]`` uint8 RGB; boxes are ``(N, 4)`` xyxy pixels of that image
 (numpy arrays or tensors, any device). Labels are contiguous ``1..K`` and ``class_names[label - 1]``
 names label ``label``.
-
-Curves come from a ``metrics.jsonl`` file: one JSON object per line, each with ``"iter"`` and any
-of the loss keys, ``"lr"`` and evaluation keys (``"AP"``, ``"AP50"``, ...). Lines that carry
-``"step"`` and/or ``"phase"`` values (multi-step schedules) are drawn as separate, labelled
-series. Figures are drawn on their own Agg canvas: pyplot and its global state are never used.
 """
 from __future__ import annotations
 
 import colorsys
-import json
-import math
 import os
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-LOSS_KEYS: tuple[str, ...] = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box")
-EVAL_KEYS: tuple[str, ...] = ("AP", "AP50")
-DEFAULT_KEYS: tuple[str, ...] = (*LOSS_KEYS, "lr", "grad_norm", *EVAL_KEYS)
-GROUP_KEYS: tuple[str, ...] = ("step", "phase")
 
 GT_COLOR: tuple[int, int, int] = (0, 255, 0)
 HALO_COLOR: tuple[int, int, int] = (24, 24, 24)  # edges drawn around boxes and caption tags
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GOLDEN = 0.618033988749895
-_EVAL_TITLE = "COCO eval"
 
-Series = dict[str, tuple[list[float], list[float]]]  # group label -> (iters, values)
 
 
 # --- drawing ---------------------------------------------------------------------------------
@@ -166,159 +149,4 @@ def save_image(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"OpenCV could not write {path}")
-    return path
-
-
-# --- curves ----------------------------------------------------------------------------------
-
-
-def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a ``metrics.jsonl``; unparsable lines (a half-written tail) are
-    skipped with a warning."""
-    records = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{n}: not JSON, skipped", stacklevel=2)
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def metric_series(records: Iterable[Mapping[str, Any]], key: str, *, positive: bool = False) -> Series:
-    """``key`` against ``iter``, one series per group such as ``"step 2, phase val"`` (``""`` if
-    the lines carry no ``step``/``phase``).
-
-    Lines without ``iter`` or with a missing, non-numeric or non-finite value are left out;
-    ``positive=True`` also drops values <= 0 (for log axes).
-    """
-    series: Series = {}
-    for r in records:
-        value, it = r.get(key), r.get("iter")
-        if not (_is_number(value) and _is_number(it)) or (positive and value <= 0):
-            continue
-        group = ", ".join(f"{g} {r[g]}" for g in GROUP_KEYS if g in r)
-        xs, ys = series.setdefault(group, ([], []))
-        xs.append(float(it))
-        ys.append(float(value))
-    return series
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _smoothed(xs: list[float], ys: list[float], window: int) -> tuple[list[float], list[float]]:
-    """Trailing moving average over ``window`` points (unchanged if the series is shorter)."""
-    if window <= 1 or len(ys) < window:
-        return xs, ys
-    kernel = np.full(window, 1.0 / window)
-    return xs[window - 1:], np.convolve(ys, kernel, mode="valid").tolist()
-
-
-def _panels(records: list[dict], keys: Sequence[str]) -> list[tuple[str, dict[str, Series], bool]]:
-    """(title, {key: series}, log_y) per subplot: a panel per loss or other key, one shared
-    panel for AP/AR keys; keys without data get no panel."""
-    panels: list[tuple[str, dict[str, Series], bool]] = []
-    eval_panel: dict[str, Series] = {}
-    for key in keys:
-        is_loss = key.startswith("loss")
-        series = metric_series(records, key, positive=is_loss)
-        if not series:
-            continue
-        if key.startswith(("AP", "AR")):
-            eval_panel[key] = series
-        else:
-            panels.append((key, {key: series}, is_loss))
-    if eval_panel:
-        panels.append((_EVAL_TITLE, eval_panel, False))
-    return panels
-
-
-def plot_metrics(
-    metrics_jsonl_path: str | os.PathLike,
-    out_png: str | os.PathLike,
-    *,
-    keys: Sequence[str] | None = None,
-    smooth: int = 1,
-) -> Path:
-    """A PNG grid of training curves: losses (log y), lr, and AP/AR keys vs iteration.
-
-    Args:
-        metrics_jsonl_path: the run's ``metrics.jsonl``.
-        out_png: where to write the figure (parent dirs are created).
-        keys: keys to plot, in panel order; default :data:`DEFAULT_KEYS`. Keys absent from the
-            file are skipped; with nothing at all to plot a placeholder figure is written and a
-            warning raised.
-        smooth: moving-average window applied to loss curves (1 = raw).
-    """
-    records = read_metrics_jsonl(metrics_jsonl_path)
-    panels = _panels(records, DEFAULT_KEYS if keys is None else keys)
-    ncols = min(3, max(1, len(panels)))
-    nrows = max(1, math.ceil(len(panels) / ncols))
-    fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    if not panels:
-        warnings.warn(f"nothing to plot in {metrics_jsonl_path}", stacklevel=2)
-        fig.text(0.5, 0.5, "no metrics to plot", ha="center", va="center")
-    for i, (title, by_key, log_y) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        for key, series in by_key.items():
-            for group, (xs, ys) in series.items():
-                label = " ".join(s for s in (key if len(by_key) > 1 else "", group) if s)
-                if log_y:
-                    xs, ys = _smoothed(xs, ys, smooth)
-                ax.plot(xs, ys, label=label or None, marker="o" if title == _EVAL_TITLE else None)
-        _style_axes(ax, title, log_y)
-    return _save_figure(fig, out_png)
-
-
-def plot_loss_comparison(
-    runs: Mapping[str, str | os.PathLike],
-    out_png: str | os.PathLike,
-    key: str = "loss",
-    *,
-    smooth: int = 1,
-) -> Path:
-    """Overlay one metric (default the total loss, log y) from several runs, e.g. CE vs focal.
-
-    Args:
-        runs: run name -> its ``metrics.jsonl``.
-        out_png: where to write the figure.
-        key: the metric to compare.
-        smooth: moving-average window (1 = raw).
-    """
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    log_y = key.startswith("loss")
-    drawn = 0
-    for name, path in runs.items():
-        for group, (xs, ys) in metric_series(read_metrics_jsonl(path), key, positive=log_y).items():
-            ax.plot(*_smoothed(xs, ys, smooth), label=f"{name} [{group}]" if group else name)
-            drawn += 1
-    if not drawn:
-        warnings.warn(f"no run has values for {key!r}", stacklevel=2)
-    _style_axes(ax, key, log_y)
-    return _save_figure(fig, out_png)
-
-
-def _style_axes(ax: Any, title: str, log_y: bool) -> None:
-    ax.set_title(title)
-    ax.set_xlabel("iteration")
-    if log_y:
-        ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    if any(not line.get_label().startswith("_") for line in ax.get_lines()):
-        ax.legend(fontsize="small")
-
-
-def _save_figure(fig: Figure, out_png: str | os.PathLike) -> Path:
-    path = Path(out_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
     return path

@@ -38,7 +38,7 @@ def write_tiny_checkpoint(path: Path, *, seed: int = 0) -> Path:
     ``final_metrics.json`` in its run folder. Untrained, its scores sit near 1 / (K + 1)."""
     import json
 
-    from detector.engine.checkpoint import save_checkpoint
+    from detector.checkpoint import save_checkpoint
     from detector.modeling.spec import build_from_spec
 
     torch.manual_seed(seed)

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from detector.checkpoint import find_latest_checkpoint
 from detector.data import DatasetError
-from detector.engine.checkpoint import find_latest_checkpoint
-from detector.onnx_export import DetectionGraph, export_checkpoint
-from detector.onnx_predictor import OnnxPredictor
-from detector.predict_inputs import collect_inputs
-from detector.predictor import Predictor, load_image
+from detector.predict.inputs import collect_inputs
+from detector.predict.onnx_export import DetectionGraph, export_checkpoint
+from detector.predict.onnx_predictor import OnnxPredictor
+from detector.predict.predictor import Predictor, load_image
 
 
 def timed(tasks: dict, runs: int) -> dict:
@@ -56,7 +56,7 @@ def backends(checkpoint: Path, onnx: Path, threads: int) -> dict:
         graph = DetectionGraph(predictor.model).eval()
 
         def network(feeds, graph=graph, predictor=predictor):
-            from detector.engine.inference import autocast
+            from detector.runtime import autocast
 
             with torch.no_grad(), autocast(predictor.device, predictor.precision):
                 return graph(*(torch.from_numpy(v) for v in feeds.values()))[0]

@@ -4,7 +4,7 @@ Identical inputs; both sides compute the IoU of every anchor with every ground t
 with thresholds (0.3, 0.7) plus low-quality matches, and sample 256 anchors per image at half
 foreground. They differ in what they encode: torchvision's RPN finds the matched box of every
 anchor and encodes all of them (37,800 per 800x1333 image), (1, 1, 1, 1) weights, while ours
-(detector/targets.py) finds the matched box and encodes only the sampled foreground rows (at most
+(detector/ops/targets.py) finds the matched box and encodes only the sampled foreground rows (at most
 128 per image) -- the only deltas the loss uses. That skipped work is part of ``ours`` speedup.
 ``torchvision_fg_only`` is torchvision's path encoding only its sampled foreground anchors too
 (still matching every anchor, as its Matcher does): the speedup over it is the like-for-like
@@ -25,10 +25,10 @@ import torch
 from torchvision.models.detection import _utils as tv_utils
 from torchvision.ops import box_iou as tv_box_iou
 
-from detector.anchors import AnchorGenerator
-from detector.boxes import BoxCoder
-from detector.matcher import Matcher
-from detector.targets import assign_targets
+from detector.ops.anchors import AnchorGenerator
+from detector.ops.boxes import BoxCoder
+from detector.ops.matcher import Matcher
+from detector.ops.targets import assign_targets
 
 
 def make_inputs(*, batch: int, num_gt: int, height: int, width: int, device, seed: int):

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from config_checks import ConfigError, check_overrides
 
+from detector.checkpoint import CheckpointError, find_latest_checkpoint
 from detector.data import DatasetError
-from detector.engine.checkpoint import CheckpointError, find_latest_checkpoint
 from detector.modeling.spec import SpecError
 
 __all__ = ["USER_ERRORS", "check_command_line", "exit_on_user_error", "report_user_error",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from detector.engine.checkpoint import find_resume_checkpoint
+from detector.checkpoint import find_resume_checkpoint
 from detector.engine.schedules import STEP2_BACKBONES, STEP2_LOSSES
-from detector.engine.setup import resolve_device
+from detector.runtime import resolve_device
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -26,10 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
 from config_checks import ConfigError, check_dataset, check_eval_config  # noqa: E402
 
+from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.data import build_dataloader, read_image_rgb  # noqa: E402
-from detector.engine.checkpoint import load_checkpoint  # noqa: E402
-from detector.engine.inference import evaluate  # noqa: E402
-from detector.engine.setup import resolve_device, resolve_precision  # noqa: E402
 from detector.evaluation import (  # noqa: E402
     detections_to_coco_results,
     format_coco_table,
@@ -37,6 +35,8 @@ from detector.evaluation import (  # noqa: E402
     save_metrics,
     save_results,
 )
+from detector.evaluation.inference import evaluate  # noqa: E402
+from detector.runtime import resolve_device, resolve_precision  # noqa: E402
 from detector.visualize import draw_detections, save_image  # noqa: E402
 
 log = logging.getLogger("eval")

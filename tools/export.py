@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
 
-from detector.onnx_export import ExportError, export_checkpoint  # noqa: E402
-from detector.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
+from detector.predict.onnx_export import ExportError, export_checkpoint  # noqa: E402
+from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
 
 
 def run(cfg: DictConfig) -> Path:

@@ -23,9 +23,8 @@ from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # no
 from config_checks import ConfigError, check_dataset, check_device  # noqa: E402
 from eval import build_model  # noqa: E402
 
+from detector.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from detector.data import build_dataloader  # noqa: E402
-from detector.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from detector.engine.setup import resolve_device  # noqa: E402
 from detector.inspection import activation_stats  # noqa: E402
 from detector.inspection.report import (  # noqa: E402
     Thresholds,
@@ -34,6 +33,7 @@ from detector.inspection.report import (  # noqa: E402
     summary_table,
     write_report,
 )
+from detector.runtime import resolve_device  # noqa: E402
 
 log = logging.getLogger("inspect")
 

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
 from config_checks import ConfigError  # noqa: E402
 
-from detector.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
-from detector.predict_files import predict_files  # noqa: E402
-from detector.predict_inputs import InputError, collect_inputs  # noqa: E402
-from detector.predictor import Predictor  # noqa: E402
+from detector.predict.files import predict_files  # noqa: E402
+from detector.predict.inputs import InputError, collect_inputs  # noqa: E402
+from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
+from detector.predict.predictor import Predictor  # noqa: E402
 
 
 def build_predictor(cfg: DictConfig):

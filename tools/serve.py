@@ -23,8 +23,8 @@ from cli import check_command_line, exit_on_user_error  # noqa: E402
 from cli import resolve_checkpoint as cli_resolve_checkpoint  # noqa: E402
 from config_checks import ConfigError, check_device, check_overrides  # noqa: E402, F401
 
-from detector.engine.checkpoint import load_checkpoint  # noqa: E402
-from detector.predictor import Predictor  # noqa: E402
+from detector.checkpoint import load_checkpoint  # noqa: E402
+from detector.predict.predictor import Predictor  # noqa: E402
 from detector.web import create_app, make_server, sample_images, server_url  # noqa: E402
 
 log = logging.getLogger("serve")

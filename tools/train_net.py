@@ -43,16 +43,16 @@ import sweep_callback  # noqa: E402, F401  (the ${job_folder:...} resolver of hy
 from cli import USER_ERRORS, check_command_line, exit_on_user_error, report_user_error  # noqa: E402
 from config_checks import ConfigError, check_train_config, resume_checkpoint  # noqa: E402
 
+from detector.checkpoint import save_checkpoint  # noqa: E402
 from detector.data import build_dataloader  # noqa: E402
 from detector.engine import distributed as dist  # noqa: E402
-from detector.engine.checkpoint import save_checkpoint  # noqa: E402
 from detector.engine.guard import NonFiniteError, StopSignal  # noqa: E402
 from detector.engine.logger import TrainLogger  # noqa: E402
-from detector.engine.setup import resolve_device, resolve_precision, seed_everything  # noqa: E402
 from detector.engine.trainer import Trainer  # noqa: E402
 from detector.evaluation import format_coco_table, save_metrics  # noqa: E402
+from detector.runtime import resolve_device, resolve_precision, seed_everything  # noqa: E402
 from detector.study import diverged_record, finished_record  # noqa: E402
-from detector.visualize import plot_metrics  # noqa: E402
+from detector.study.curves import plot_metrics  # noqa: E402
 
 log = logging.getLogger("train_net")
 NONFINITE_KEYS = ("(config: optimizer.lr, schedule.lr.warmup_iters, train.clip_grad_norm, "

@@ -26,12 +26,12 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator as Torchvi
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from detector.losses import BinaryCrossEntropy, CrossEntropy
 from detector.modeling.backbone import VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
 from detector.modeling.faster_rcnn import FasterRCNN, FasterRCNNCriterion
 from detector.modeling.pooler import RoIAlign
+from detector.ops.losses import BinaryCrossEntropy, CrossEntropy
 
 __all__ = ["BenchSettings", "build_ours", "build_torchvision", "copy_weights"]
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from detector.engine.inference import EvaluationStopped, predict, score_detections
+from detector.evaluation.inference import EvaluationStopped, predict, score_detections
 
 __all__ = [
     "all_gather_objects",
@@ -149,7 +149,7 @@ def evaluate_sharded(
 ) -> tuple[dict | None, list[dict]]:
     """COCO evaluation when each rank's ``loader`` holds a shard of the val set: every rank
     predicts its shard, rank 0 evaluates the detections of all ranks, every rank gets the
-    metrics. Single-process: the same as ``detector.engine.inference.evaluate``.
+    metrics. Single-process: the same as ``detector.evaluation.inference.evaluate``.
 
     ``should_stop`` (see ``predict``) is asked by each rank before each of its batches; when it
     stops any rank, every rank raises ``EvaluationStopped`` (after the gather, so no rank is

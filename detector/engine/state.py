@@ -10,7 +10,6 @@ captured by ``capture_rng_state``; the last two only need ``BatchStream``'s (epo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detector.data.samplers import AspectRatioGroupedBatchSampler
+from detector.study.curves import parse_record
 
 __all__ = ["BatchStream", "capture_rng_state", "drop_records_after", "restore_rng_state"]
 
@@ -69,9 +69,10 @@ def drop_records_after(metrics_path: Path, iteration: int) -> int:
 
 
 def _record_iteration(line: str) -> float:
+    record = parse_record(line)
     try:
-        return float(json.loads(line).get("iter", -1))
-    except (ValueError, AttributeError):
+        return float(record.get("iter", -1)) if record is not None else -1
+    except (TypeError, ValueError):
         return -1  # keep what cannot be read
 
 

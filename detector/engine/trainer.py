@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detector.engine import distributed as dist
-from detector.engine.checkpointing import CheckpointingMixin
 from detector.engine.guard import (
     NONFINITE_HINT,
     NonFiniteError,
@@ -33,16 +32,20 @@ from detector.engine.guard import (
     grad_norm,
     step_flags,
 )
-from detector.engine.inference import TARGET_KEYS, EvaluationStopped, autocast, to_device
 from detector.engine.logger import TrainLogger, format_duration, memory_mb
 from detector.engine.monitor import grad_weight_ratios
 from detector.engine.optim import param_groups
+from detector.engine.resume import CheckpointingMixin
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
 from detector.engine.state import BatchStream, capture_rng_state
+from detector.evaluation.inference import EvaluationStopped
+from detector.runtime import autocast, to_device
 
 __all__ = ["Trainer", "infinite_batches"]
 
 log = logging.getLogger("detector.train")
+
+TARGET_KEYS = ("boxes", "labels", "box_valid")  # the Batch entries the criterion reads
 HEADS = ("backbone", "rpn_head", "roi_head")
 
 

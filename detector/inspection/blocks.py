@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from detector.modeling.backbone import _VGG16_BLOCK_ENDS
+from detector.modeling.backbone import VGG16_BLOCK_ENDS
 
 __all__ = ["block_name", "layer_label"]
 
@@ -26,7 +26,7 @@ def _vgg_position(name: str) -> tuple[int, int, int] | None:
         return None
     index = int(match.group(1))
     start = 0
-    for block, end in enumerate(_VGG16_BLOCK_ENDS, start=1):
+    for block, end in enumerate(VGG16_BLOCK_ENDS, start=1):
         if index < end:
             unit, slot = divmod(index - start, 3)
             if start + 3 * unit + 3 > end:  # the max-pool closing the block

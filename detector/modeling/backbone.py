@@ -1,137 +1,29 @@
-"""Backbones: image batch -> one stride-16 feature map, plus pretrained-weight resolution.
+"""Backbones: image batch -> one stride-16 feature map.
 
 Shorthand: B images, H/W padded image height/width, C backbone output channels.
 
 Every backbone exposes ``out_channels: int`` and ``stride: int``; the detector relies on nothing else.
-Weights are given as plain strings (so configs can name them):
-
-* ``None``: random initialisation;
-* a torchvision weights name such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"``: fetched through
-  torchvision's enum (its URL, file name and the torch hub cache ``$TORCH_HOME/hub/checkpoints``);
-* a path to a local ``.pth`` file holding a torchvision-format state dict (e.g. the file behind that
-  URL, downloaded elsewhere) -- the way to use pretrained weights on a machine with no network.
-
-Failures (no network, unknown name, missing file, wrong layout) raise one one-line sentence saying
-what to do, never a download stack trace.
+Pretrained weights are named as :mod:`detector.modeling.weights` describes.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from torchvision import models
-from torchvision.models import WeightsEnum
 from torchvision.ops import FrozenBatchNorm2d
 
 from detector.modeling.folding import FoldedConvBN
-from detector.modeling.packing import is_exporting
+from detector.modeling.weights import load_matching, load_torchvision_state
+from detector.ops.packing import is_exporting
 
-__all__ = [
-    "ResNet50C4Backbone",
-    "VGG16BNBackbone",
-    "WeightsUnavailableError",
-    "freeze_batch_norm",
-    "load_torchvision_state",
-    "vgg16_classifier_state",
-]
+__all__ = ["VGG16_BLOCK_ENDS", "ResNet50C4Backbone", "VGG16BNBackbone", "freeze_batch_norm"]
 
 _NORM_MODES = ("frozen", "train")
 # torchvision vgg16_bn ``features`` layout: conv(3x3)+BN+ReLU units, a max-pool closing blocks 1-4.
 # (end index, exclusive) of each of the 5 conv blocks; index 43 (pool5) is dropped: stride 16.
-_VGG16_BLOCK_ENDS = (7, 14, 24, 34, 43)
+VGG16_BLOCK_ENDS = (7, 14, 24, 34, 43)
 _VGG16_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be downloaded (typically: no network)."""
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
-def _download(weights: WeightsEnum, arch: str) -> dict[str, Tensor]:
-    """Fetch ``weights`` through the torch hub cache; one-sentence error when offline."""
-    file_name = os.path.basename(weights.url)
-    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
-    try:
-        return torch.hub.load_state_dict_from_url(
-            weights.url, map_location="cpu", progress=True, check_hash=True
-        )
-    except OSError as error:  # urllib's URLError/HTTPError, socket timeouts, connection errors
-        raise WeightsUnavailableError(
-            f"could not download {arch} weights {weights.name} from {weights.url} "
-            f"({_one_line(error)}; no network?); download {file_name} elsewhere and pass "
-            f"weights=/path/to/{file_name}, or copy it into {cache_dir}"
-        ) from None
-
-
-def _read_local(path: Path, arch: str) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{arch} weights file {path} does not exist; pass weights=None, a torchvision "
-            f"weights name, or the path of a torchvision-format {arch} state dict (.pth)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt or non-torch file: unpickling/zip errors of many kinds
-        raise ValueError(
-            f"could not read {arch} weights file {path} as a torch state dict "
-            f"({_one_line(error)[:200]})"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{arch} weights file {path} does not hold a state dict")
-    return state
-
-
-def load_torchvision_state(
-    weights: str | WeightsEnum, *, enum: type[WeightsEnum], arch: str
-) -> dict[str, Tensor]:
-    """Resolve a weights spec to a torchvision-format state dict on the CPU.
-
-    Args:
-        weights (str | WeightsEnum): a member of ``enum`` or its name (``"IMAGENET1K_V1"``), or a
-            path to a local ``.pth`` state dict (anything ending in ``.pth``/``.pt`` or holding a
-            path separator is treated as a path).
-        enum (type[WeightsEnum]): the torchvision weights enum, e.g. ``VGG16_BN_Weights``.
-        arch (str): human-readable architecture name for error messages.
-
-    Returns:
-        dict[str, Tensor]: the state dict, keys as in the torchvision model.
-    """
-    if isinstance(weights, WeightsEnum):
-        return _download(weights, arch)
-    if weights in enum.__members__:
-        return _download(enum[weights], arch)
-    path = Path(weights).expanduser()
-    if path.suffix in (".pth", ".pt") or "/" in weights or os.sep in weights or path.exists():
-        return _read_local(path, arch)
-    names = ", ".join(enum.__members__)
-    raise ValueError(
-        f"unknown {arch} weights {weights!r}; expected None, one of {names}, "
-        f"or a path to a local .pth state dict"
-    )
-
-
-def _load_matching(module: nn.Module, state: dict[str, Tensor], arch: str) -> None:
-    """Copy into ``module`` the entries of ``state`` named like its own (extra keys are ignored)."""
-    own = module.state_dict()
-    missing = [key for key in own if key not in state]
-    if missing:
-        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-        raise ValueError(
-            f"the weights are not a torchvision {arch} state dict: {len(missing)} "
-            f"expected entries are missing ({shown})"
-        )
-    try:
-        module.load_state_dict({key: state[key] for key in own})
-    except RuntimeError as error:
-        raise ValueError(
-            f"the weights do not match torchvision's {arch} layout ({_one_line(error)[:300]})"
-        ) from None
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
@@ -194,9 +86,9 @@ def _vgg16_bn_features() -> nn.Sequential:
 
 def _dilate_conv5(features: nn.Sequential) -> None:
     """Stride 16 -> 8 in place: pool4 becomes an identity (indices kept), conv5_x dilate by 2."""
-    pool4 = _VGG16_BLOCK_ENDS[3] - 1
+    pool4 = VGG16_BLOCK_ENDS[3] - 1
     features[pool4] = nn.Identity()
-    for layer in features[_VGG16_BLOCK_ENDS[3] : _VGG16_BLOCK_ENDS[4]]:
+    for layer in features[VGG16_BLOCK_ENDS[3] : VGG16_BLOCK_ENDS[4]]:
         if isinstance(layer, nn.Conv2d):
             layer.dilation, layer.padding = (2, 2), (2, 2)
 
@@ -235,7 +127,7 @@ class VGG16BNBackbone(nn.Module):
         fold_bn: bool = True,
     ) -> None:
         super().__init__()
-        _check_options(frozen_blocks, len(_VGG16_BLOCK_ENDS), norm)
+        _check_options(frozen_blocks, len(VGG16_BLOCK_ENDS), norm)
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         self.out_channels = 512
@@ -246,9 +138,9 @@ class VGG16BNBackbone(nn.Module):
             _dilate_conv5(self.features)
         if weights is not None:
             state = load_torchvision_state(weights, enum=models.VGG16_BN_Weights, arch="VGG16-BN")
-            _load_matching(self, state, "VGG16-BN")
+            load_matching(self, state, "VGG16-BN")
         if frozen_blocks:
-            frozen_layers = range(_VGG16_BLOCK_ENDS[frozen_blocks - 1])
+            frozen_layers = range(VGG16_BLOCK_ENDS[frozen_blocks - 1])
             _freeze_children(self.features, [str(index) for index in frozen_layers])
         if norm == "frozen":
             freeze_batch_norm(self.features)
@@ -274,30 +166,6 @@ class VGG16BNBackbone(nn.Module):
         if self.fold_bn and not is_exporting() and self.folded.applies():
             return self.folded(images)
         return self.features(images)
-
-
-def vgg16_classifier_state(weights: str | WeightsEnum) -> dict[str, Tensor]:
-    """VGG16-BN's first two classifier layers, renamed for a box head's ``fc6``/``fc7``.
-
-    Args:
-        weights (str | WeightsEnum): as for :class:`VGG16BNBackbone` (name or local path).
-
-    Returns:
-        dict[str, Tensor]: ``fc6.weight (Tensor[4096, 512*7*7])``, ``fc6.bias (Tensor[4096])``,
-        ``fc7.weight (Tensor[4096, 4096])``, ``fc7.bias (Tensor[4096])``.
-    """
-    state = load_torchvision_state(weights, enum=models.VGG16_BN_Weights, arch="VGG16-BN")
-    renames = {"fc6": "classifier.0", "fc7": "classifier.3"}
-    out = {}
-    for new, old in renames.items():
-        for kind in ("weight", "bias"):
-            if f"{old}.{kind}" not in state:
-                raise ValueError(
-                    f"the weights are not a torchvision VGG16-BN state dict: {old}.{kind} "
-                    f"(needed for the box head's {new}) is missing"
-                )
-            out[f"{new}.{kind}"] = state[f"{old}.{kind}"]
-    return out
 
 
 class ResNet50C4Backbone(nn.Module):
@@ -342,7 +210,7 @@ class ResNet50C4Backbone(nn.Module):
         self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
         if weights is not None:
             state = load_torchvision_state(weights, enum=models.ResNet50_Weights, arch="ResNet-50")
-            _load_matching(self, state, "ResNet-50")
+            load_matching(self, state, "ResNet-50")
         stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"]]
         for names in stages[:frozen_blocks]:
             _freeze_children(self, names)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from detector.modeling.backbone import vgg16_classifier_state
+from detector.modeling.weights import vgg16_classifier_state
 
 __all__ = ["MLPBoxHead", "VGGBoxHead"]
 

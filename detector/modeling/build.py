@@ -10,13 +10,13 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from detector.anchors import AnchorGenerator
-from detector.boxes import BoxCoder
-from detector.matcher import Matcher
 from detector.modeling.faster_rcnn import FasterRCNN, FasterRCNNCriterion
 from detector.modeling.postprocess import DetectionPostprocessor
 from detector.modeling.roi_head import ROICriterion, ROIHead, ROISampler
 from detector.modeling.rpn import ProposalGenerator, RPNCriterion, RPNHead
+from detector.ops.anchors import AnchorGenerator
+from detector.ops.boxes import BoxCoder
+from detector.ops.matcher import Matcher
 
 __all__ = ["ROI_BOX_WEIGHTS", "RPN_BOX_WEIGHTS", "build_criterion", "build_model"]
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from detector.anchors import AnchorGenerator
 from detector.modeling.postprocess import DetectionPostprocessor
 from detector.modeling.roi_head import ROICriterion, ROIHead, ROISampler
 from detector.modeling.rpn import ProposalGenerator, RPNCriterion, RPNHead
+from detector.ops.anchors import AnchorGenerator
 
 __all__ = ["LOSS_NAMES", "FasterRCNN", "FasterRCNNCriterion"]
 

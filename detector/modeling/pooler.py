@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detector.modeling.packing import is_exporting
+from detector.ops.packing import is_exporting
 
 __all__ = ["RoIAlign", "roi_align_matrix", "sparse_roi_align"]
 

@@ -10,8 +10,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from detector.boxes import BoxCoder, clip_boxes
-from detector.modeling.packing import gather_rows, pack_rows, use_compaction
+from detector.ops.boxes import BoxCoder, clip_boxes
+from detector.ops.packing import gather_rows, pack_rows, use_compaction
 
 __all__ = ["DetectionPostprocessor", "boxes_to_original"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detector.boxes import BoxCoder
-from detector.matcher import Matcher
-from detector.modeling.packing import gather_rows, pack_rows, use_compaction
-from detector.targets import assign_targets
+from detector.ops.boxes import BoxCoder
+from detector.ops.matcher import Matcher
+from detector.ops.packing import gather_rows, pack_rows, use_compaction
+from detector.ops.targets import assign_targets
 
 __all__ = ["ROICriterion", "ROIHead", "ROISampler"]
 
@@ -164,7 +164,7 @@ class ROICriterion(nn.Module):
 
     Args:
         cls_loss (callable): ``(logits[N, K+1], targets[N] long) -> [N]`` (cross-entropy or
-            softmax focal, see ``detector.losses``).
+            softmax focal, see ``detector.ops.losses``).
         box_beta (float): smooth-L1 beta (1.0).
         normalize_by_positives (bool): see above.
     """

@@ -1,7 +1,7 @@
 """Region Proposal Network: head, proposal generation and loss.
 
 Shorthand: B images, C feature channels, Hf x Wf feature map, a anchors per cell,
-A = Hf * Wf * a anchors per image (location-major, see ``detector.anchors``), P pre-NMS candidates,
+A = Hf * Wf * a anchors per image (location-major, see ``detector.ops.anchors``), P pre-NMS candidates,
 R proposals per image (padded, with a validity mask).
 """
 
@@ -13,10 +13,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from detector.boxes import BoxCoder, clip_boxes, grid_box_iou, remove_small_boxes_mask
-from detector.matcher import Matcher
-from detector.modeling.packing import gather_rows, pack_rows
-from detector.targets import assign_targets
+from detector.ops.boxes import BoxCoder, clip_boxes, grid_box_iou, remove_small_boxes_mask
+from detector.ops.matcher import Matcher
+from detector.ops.packing import gather_rows, pack_rows
+from detector.ops.targets import assign_targets
 
 __all__ = ["ProposalGenerator", "RPNCriterion", "RPNHead", "anchors_inside"]
 
@@ -182,7 +182,7 @@ class RPNCriterion(nn.Module):
         matcher (Matcher): anchor/GT IoU matching (paper: fg >= 0.7, bg < 0.3, low-quality on).
         box_coder (BoxCoder): weights (1, 1, 1, 1).
         cls_loss (callable): ``(logits[N], targets[N] float) -> [N]`` per-anchor loss (binary
-            cross-entropy or sigmoid focal, see ``detector.losses``).
+            cross-entropy or sigmoid focal, see ``detector.ops.losses``).
         num_samples (int, optional): anchors sampled per image (256); None = every non-ignored one.
         positive_fraction (float): foreground share of the sample (0.5).
         box_beta (float): smooth-L1 beta (1/9).

@@ -19,6 +19,8 @@ from torch import nn
 __all__ = ["ALLOWED_PREFIXES", "SpecError", "build_from_spec", "model_from_checkpoint"]
 
 ALLOWED_PREFIXES = ("detector.", "torchvision.")
+# modules that moved; checkpoints written before the move name their old place
+MOVED_MODULES = {"detector.losses.": "detector.ops.losses."}
 _PRETRAINED_KEYS = ("weights",)  # the checkpoint holds the trained weights: never download
 
 
@@ -29,6 +31,9 @@ class SpecError(ValueError):
 def _import_target(path: str, allowed: tuple[str, ...]) -> Any:
     if not path.startswith(allowed):
         raise SpecError(f"refusing to build {path!r}: only {', '.join(allowed)}* targets")
+    for old, new in MOVED_MODULES.items():
+        if path.startswith(old):
+            path = new + path[len(old):]
     module_name, _, attr = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), attr)
@@ -73,7 +78,7 @@ def model_from_checkpoint(state: Mapping, *, load_weights: bool = True,
     """The ``FasterRCNN`` a checkpoint describes, with its trained weights, in eval mode (CPU).
 
     Args:
-        state: a loaded checkpoint (``detector.engine.checkpoint.load_checkpoint``) holding
+        state: a loaded checkpoint (``detector.checkpoint.load_checkpoint``) holding
             ``config["model"]`` (the model spec), ``class_names`` and ``model`` (state dict).
         load_weights: load ``state["model"]`` (False: fresh weights, e.g. for tests).
         allowed_prefixes: module prefixes the description's ``_target_`` entries may come from.

@@ -8,12 +8,13 @@ A run folder without ``final_metrics.json`` is still running or was killed; see
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from detector.study.curves import read_metrics_jsonl
 
 __all__ = ["FINISHED", "DIVERGED", "INCOMPLETE", "diverged_record", "finished_record",
            "last_logged_losses"]
@@ -55,11 +56,7 @@ def last_logged_losses(metrics_jsonl: str | os.PathLike) -> dict[str, float] | N
     path = Path(metrics_jsonl)
     if not path.is_file():
         return None
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in reversed(read_metrics_jsonl(path)):
         kept = {k: v for k, v in record.items()
                 if k in ("iter", "loss", "grad_norm") or k.startswith("loss_")}
         if "loss" in kept and all(isinstance(v, int | float) and math.isfinite(v)

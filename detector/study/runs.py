@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from detector.study.curves import read_metrics_jsonl
 from detector.study.outcome import DIVERGED, FINISHED, INCOMPLETE
-from detector.visualize import read_metrics_jsonl
 
 __all__ = ["Run", "StudyError", "check_same_dataset", "find_runs", "flatten", "load_run"]
 

@@ -1,6 +1,6 @@
 """The demo's Flask app: one model behind a JSON API, and the page that talks to it.
 
-    >>> from detector.predictor import Predictor
+    >>> from detector.predict.predictor import Predictor
     >>> from detector.web import create_app
     >>> app = create_app(predictor=Predictor.from_checkpoint(path, score_threshold=0.05))
     >>> app.test_client().post("/api/detect", data={"image": open("cat.jpg", "rb")}).json
@@ -30,7 +30,7 @@ from pathlib import Path
 from flask import Flask, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from detector.predictor import Predictor
+from detector.predict.predictor import Predictor
 from detector.visualize import class_color
 from detector.web.uploads import DEFAULT_MAX_PIXELS, UploadError, decode_upload
 

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detector.data import build_dataloader
 from detector.engine import distributed as dist
-from detector.engine.inference import evaluate
+from detector.evaluation.inference import evaluate
 
 
 def _free_port() -> int:

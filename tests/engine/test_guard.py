@@ -11,7 +11,7 @@ import pytest
 import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 
-from detector.engine.checkpoint import load_checkpoint
+from detector.checkpoint import load_checkpoint
 from detector.engine.guard import NonFiniteError, StopSignal, describe_nonfinite
 
 

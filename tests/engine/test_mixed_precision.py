@@ -7,7 +7,7 @@ import pytest
 import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 
-from detector.engine.checkpoint import load_checkpoint
+from detector.checkpoint import load_checkpoint
 
 
 def _conv_weights(model):

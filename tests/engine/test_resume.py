@@ -11,7 +11,7 @@ import pytest
 import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 
-from detector.engine.checkpoint import (
+from detector.checkpoint import (
     find_resume_checkpoint,
     list_periodic_checkpoints,
     load_checkpoint,

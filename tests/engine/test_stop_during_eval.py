@@ -13,10 +13,10 @@ import pytest
 import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 
+from detector.checkpoint import load_checkpoint
 from detector.data import build_dataloader
-from detector.engine.checkpoint import load_checkpoint
 from detector.engine.guard import StopSignal
-from detector.engine.inference import EvaluationStopped, predict
+from detector.evaluation.inference import EvaluationStopped, predict
 
 
 class SignalDuringEval:

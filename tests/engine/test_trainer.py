@@ -16,10 +16,10 @@ from detector.engine.optim import lr_lambda
 from detector.engine.schedules import end_to_end, four_step
 from detector.engine.trainer import Trainer, _mean_max
 from detector.evaluation import STAT_NAMES
-from detector.losses import BinaryCrossEntropy, CrossEntropy
 from detector.modeling import build_criterion, build_model
 from detector.modeling.backbone import freeze_batch_norm
 from detector.modeling.box_head import MLPBoxHead
+from detector.ops.losses import BinaryCrossEntropy, CrossEntropy
 
 RPN_LOSSES = {"loss_rpn_cls", "loss_rpn_box"}
 ROI_LOSSES = {"loss_cls", "loss_box"}

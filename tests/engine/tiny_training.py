@@ -19,9 +19,9 @@ from detector.data import ShapesDetection, build_dataloader, build_transforms
 from detector.engine import schedules
 from detector.engine.optim import lr_lambda
 from detector.engine.trainer import Trainer
-from detector.losses import BinaryCrossEntropy, CrossEntropy
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
+from detector.ops.losses import BinaryCrossEntropy, CrossEntropy
 
 IMAGE_SIZE = 64
 

@@ -10,13 +10,8 @@ import torch
 from torch import nn
 from torchvision import models
 
-from detector.modeling.backbone import (
-    ResNet50C4Backbone,
-    VGG16BNBackbone,
-    WeightsUnavailableError,
-    freeze_batch_norm,
-    vgg16_classifier_state,
-)
+from detector.modeling.backbone import ResNet50C4Backbone, VGG16BNBackbone, freeze_batch_norm
+from detector.modeling.weights import WeightsUnavailableError, vgg16_classifier_state
 
 VGG_IMAGENET = models.VGG16_BN_Weights.IMAGENET1K_V1
 VGG_FILE = Path(VGG_IMAGENET.url).name  # vgg16_bn-6c64b313.pth

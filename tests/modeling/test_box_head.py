@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detector.modeling.backbone import WeightsUnavailableError
 from detector.modeling.box_head import MLPBoxHead, VGGBoxHead
+from detector.modeling.weights import WeightsUnavailableError
 
 
 @pytest.fixture(scope="module")

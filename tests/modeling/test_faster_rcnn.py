@@ -16,13 +16,13 @@ import torchvision
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from detector.boxes import box_iou
-from detector.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
 from detector.modeling.backbone import VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
 from detector.modeling.faster_rcnn import LOSS_NAMES, FasterRCNN, FasterRCNNCriterion
 from detector.modeling.pooler import RoIAlign
+from detector.ops.boxes import box_iou
+from detector.ops.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
 
 NUM_CLASSES = 2
 NUM_ANCHORS = 9  # 3 sizes x 3 ratios

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detector.boxes import BoxCoder
 from detector.modeling.postprocess import DetectionPostprocessor, boxes_to_original
+from detector.ops.boxes import BoxCoder
 
 K = 2  # foreground classes in these hand cases
 

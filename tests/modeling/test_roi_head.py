@@ -11,11 +11,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from detector.boxes import BoxCoder, box_iou
-from detector.losses import CrossEntropy, SoftmaxFocalLoss
-from detector.matcher import Matcher
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.roi_head import ROICriterion, ROIHead, ROISampler
+from detector.ops.boxes import BoxCoder, box_iou
+from detector.ops.losses import CrossEntropy, SoftmaxFocalLoss
+from detector.ops.matcher import Matcher
 
 ROI_CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detector.boxes import BoxCoder
-from detector.losses import BinaryCrossEntropy, SigmoidFocalLoss
-from detector.matcher import Matcher
 from detector.modeling.rpn import ProposalGenerator, RPNCriterion, RPNHead, anchors_inside
+from detector.ops.boxes import BoxCoder
+from detector.ops.losses import BinaryCrossEntropy, SigmoidFocalLoss
+from detector.ops.matcher import Matcher
 
 # ----------------------------------------------------------------------------- RPNHead
 
@@ -25,7 +25,7 @@ def test_rpn_head_shapes_and_location_major_layout(batch, hf, wf):
     logits, deltas = head(features)
     assert logits.shape == (batch, hf * wf * num_anchors) and logits.dtype == torch.float32
     assert deltas.shape == (batch, hf * wf * num_anchors, 4) and deltas.dtype == torch.float32
-    # index (y * Wf + x) * a + j holds anchor j of cell (y, x), as in detector.anchors
+    # index (y * Wf + x) * a + j holds anchor j of cell (y, x), as in detector.ops.anchors
     hidden = torch.relu(head.conv(features))
     raw_logits = head.objectness(hidden)  # [B, a, Hf, Wf]
     raw_deltas = head.deltas(hidden).view(batch, num_anchors, 4, hf, wf)

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from detector.data import DetectionDataset
 from detector.engine.optim import param_groups
 from detector.engine.schedules import Phase
-from detector.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
 from detector.modeling import FasterRCNN, FasterRCNNCriterion
 from detector.modeling.pooler import RoIAlign
+from detector.ops.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"

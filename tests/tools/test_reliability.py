@@ -25,8 +25,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from load_file import load_file, load_tool
 
+from detector.checkpoint import find_resume_checkpoint, load_checkpoint
 from detector.data import SHAPES_CLASS_NAMES
-from detector.engine.checkpoint import find_resume_checkpoint, load_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"

@@ -25,8 +25,8 @@ import pytest
 from hydra.errors import InstantiationException
 from load_file import load_file
 
+from detector.checkpoint import find_resume_checkpoint, load_checkpoint
 from detector.data import DatasetError
-from detector.engine.checkpoint import find_resume_checkpoint, load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 

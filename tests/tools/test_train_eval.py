@@ -19,8 +19,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from load_file import load_tool
 
+from detector.checkpoint import load_checkpoint
 from detector.data import generate_shapes_dataset
-from detector.engine.checkpoint import load_checkpoint
 from detector.evaluation import STAT_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -149,8 +149,8 @@ def test_focal_run_trains_with_focal_losses(focal_run):
     run_dir, _ = focal_run
     state = _check_run(run_dir, iterations=3, phases=["end_to_end"])
     criterion = state["config"]["loss"]["criterion"]
-    assert criterion["rpn_cls_loss"]["_target_"] == "detector.losses.SigmoidFocalLoss"
-    assert criterion["roi_cls_loss"]["_target_"] == "detector.losses.SoftmaxFocalLoss"
+    assert criterion["rpn_cls_loss"]["_target_"] == "detector.ops.losses.SigmoidFocalLoss"
+    assert criterion["roi_cls_loss"]["_target_"] == "detector.ops.losses.SoftmaxFocalLoss"
     assert state["config"]["model"]["rpn_objectness_prior"] == pytest.approx(0.01)
 
 

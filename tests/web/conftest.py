@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.predictor import Predictor
+from detector.predict.predictor import Predictor
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.predictor import Predictor
+from detector.predict.predictor import Predictor
 from detector.visualize import class_color
 from detector.web import create_app, make_server, sample_images, server_url
 
@@ -67,7 +67,7 @@ def demo(tiny_checkpoint, tmp_path_factory, noise_image, png_bytes):
     predictor = Predictor.from_checkpoint(trained or tiny_checkpoint, device="cpu",
                                           score_threshold=0.05, batch_size=1)
     if trained:
-        from detector.engine.checkpoint import load_checkpoint
+        from detector.checkpoint import load_checkpoint
 
         samples = sample_images(load_checkpoint(trained)["config"]["dataset"], count=6)
     else:

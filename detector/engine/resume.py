@@ -12,12 +12,12 @@ import copy
 import logging
 from pathlib import Path
 
-from detector.engine import distributed as dist
-from detector.engine.checkpoint import (
+from detector.checkpoint import (
     CheckpointMismatchError,
     load_checkpoint,
     save_periodic_checkpoint,
 )
+from detector.engine import distributed as dist
 from detector.engine.state import capture_rng_state, drop_records_after, restore_rng_state
 
 __all__ = ["CheckpointingMixin"]

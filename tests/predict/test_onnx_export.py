@@ -1,4 +1,4 @@
-"""ONNX export (detector/onnx_export.py) and onnxruntime prediction (detector/onnx_predictor.py):
+"""ONNX export (detector/predict/onnx_export.py) and onnxruntime prediction (detector/predict/onnx_predictor.py):
 the exported graph gives PyTorch's detections (boxes within 0.5 px, scores within 1e-3, same
 labels) on the tiny checkpoint, and OnnxPredictor is a drop-in Predictor."""
 
@@ -13,21 +13,21 @@ from tiny_checkpoint import TINY_CLASSES, TINY_SIZE, tiny_model_spec
 
 pytest.importorskip("onnxruntime")
 
+from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.data import ShapesDetection, build_transforms  # noqa: E402
 from detector.data.image_io import read_image_rgb  # noqa: E402
-from detector.engine.checkpoint import load_checkpoint  # noqa: E402
 from detector.modeling.spec import build_from_spec, model_from_checkpoint  # noqa: E402
-from detector.onnx_export import (  # noqa: E402
+from detector.predict.files import predict_files  # noqa: E402
+from detector.predict.inputs import collect_inputs  # noqa: E402
+from detector.predict.onnx_export import (  # noqa: E402
     DetectionGraph,
     ExportError,
     default_input_size,
     export_checkpoint,
     export_onnx,
 )
-from detector.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
-from detector.predict_files import predict_files  # noqa: E402
-from detector.predict_inputs import collect_inputs  # noqa: E402
-from detector.predictor import Detections, Predictor  # noqa: E402
+from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
+from detector.predict.predictor import Detections, Predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from detector.boxes import grid_box_iou
+from detector.ops.boxes import grid_box_iou
 
 __all__ = ["AnchorGenerator"]
 

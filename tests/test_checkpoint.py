@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from detector.engine import checkpoint as ckpt
-from detector.engine.checkpoint import (
+from detector import checkpoint as ckpt
+from detector.checkpoint import (
     CheckpointError,
     find_latest_checkpoint,
     load_checkpoint,

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from torchvision.models.detection._utils import Matcher as TvMatcher
 from torchvision.ops import box_iou as tv_box_iou
 
-from detector.anchors import AnchorGenerator
-from detector.boxes import batched_box_iou
-from detector.matcher import Matcher, best_columns
+from detector.ops.anchors import AnchorGenerator
+from detector.ops.boxes import batched_box_iou
+from detector.ops.matcher import Matcher, best_columns
 
 SETTINGS = settings(max_examples=60, deadline=None)
 CONFIGS = [  # (thresholds, labels): RPN, ROI with bg in [0.1, 0.5), ROI with bg in [0, 0.5)

@@ -14,9 +14,10 @@ import torchvision
 from torch import nn
 
 from detector.data import CocoDetection, build_dataloader, build_transforms
-from detector.engine.inference import autocast, evaluate, predict, to_device
+from detector.evaluation.inference import evaluate, predict
 from detector.modeling import build_model
 from detector.modeling.box_head import MLPBoxHead
+from detector.runtime import autocast, to_device
 
 # Images (id, height, width) and boxes (image id, category id, xywh) of a tiny COCO set whose
 # category ids (5, 17) are not the contiguous labels (1, 2).

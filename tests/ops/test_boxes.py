@@ -12,7 +12,7 @@ from torchvision.models.detection._utils import BoxCoder as TvBoxCoder
 from torchvision.ops import box_iou as tv_box_iou
 from torchvision.ops import generalized_box_iou as tv_generalized_box_iou
 
-from detector.boxes import (
+from detector.ops.boxes import (
     DEFAULT_SCALE_CLAMP,
     BoxCoder,
     batched_box_iou,

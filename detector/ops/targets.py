@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from detector.boxes import BoxCoder, batched_box_iou
-from detector.matcher import Matcher, best_columns
-from detector.sampling import BalancedSample, draw_balanced
+from detector.ops.boxes import BoxCoder, batched_box_iou
+from detector.ops.matcher import Matcher, best_columns
+from detector.ops.sampling import BalancedSample, draw_balanced
 
 __all__ = ["AssignedTargets", "assign_targets"]
 

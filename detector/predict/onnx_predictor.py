@@ -1,6 +1,6 @@
 """Run an exported model (``tools/export.py``) with onnxruntime, behind ``Predictor``'s interface.
 
-    >>> from detector.onnx_predictor import OnnxPredictor
+    >>> from detector.predict.onnx_predictor import OnnxPredictor
     >>> predictor = OnnxPredictor.from_file("final.onnx")
     >>> result = predictor("street.jpg")        # the same Detections as Predictor returns
 
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from detector.data.transforms import DetectionTransforms, build_transforms
-from detector.onnx_export import INPUT_NAMES, METADATA_PREFIX
-from detector.predictor import Detections, Predictor
+from detector.predict.onnx_export import INPUT_NAMES, METADATA_PREFIX
+from detector.predict.predictor import Detections, Predictor
 
 __all__ = ["OnnxModelError", "OnnxPredictor", "read_metadata"]
 

@@ -1,10 +1,9 @@
-"""Inference over a data loader and COCO evaluation of the result (used by training and eval)."""
+"""Model evaluation loops: inference over a data loader and COCO evaluation of the result
+(used by training and tools/eval.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -12,15 +11,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from detector.evaluation import evaluate_coco
+from detector.evaluation.coco_eval import evaluate_coco
+from detector.runtime import autocast, to_device
 
-__all__ = ["EvaluationStopped", "autocast", "evaluate", "predict", "score_detections",
-           "to_device"]
+__all__ = ["EvaluationStopped", "evaluate", "predict", "score_detections"]
 
 log = logging.getLogger(__name__)
-
-TARGET_KEYS = ("boxes", "labels", "box_valid")
-
 
 class EvaluationStopped(RuntimeError):
     """``predict`` was abandoned because its ``should_stop()`` turned true (e.g. on SIGTERM).
@@ -32,28 +28,6 @@ class EvaluationStopped(RuntimeError):
     def __init__(self, message: str, *, images_done: int) -> None:
         super().__init__(message)
         self.images_done = images_done
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Move every tensor of a Batch dict (docs/design.md) to ``device`` (non-blocking)."""
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast context: "fp32" (none), "bf16" (CUDA, or CPUs with bf16 support via oneDNN) or
-    "fp16" (CUDA only; pair it with a GradScaler). Losses are computed in float32 regardless."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    if device.type == "cpu" and precision == "fp16":
-        warnings.warn("fp16 mixed precision needs CUDA; running fp32 on the CPU", stacklevel=2)
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()

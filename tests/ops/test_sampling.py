@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.sampling import draw_balanced, sample_balanced
+from detector.ops.sampling import draw_balanced, sample_balanced
 
 SETTINGS = settings(max_examples=80, deadline=None, derandomize=True)  # the same cases each run
 

@@ -1,6 +1,6 @@
 """Export the whole inference path of a trained model to one self-contained ONNX file.
 
-    >>> from detector.onnx_export import export_checkpoint
+    >>> from detector.predict.onnx_export import export_checkpoint
     >>> export_checkpoint("outputs/.../checkpoints/final.pth", "model.onnx")
 
 The graph (B images, a dynamic batch; H x W, the fixed padded input size; D detections)::
@@ -14,7 +14,7 @@ The graph (B images, a dynamic batch; H x W, the fixed padded input size; D dete
          labels [B,D] int64 (1..K), valid [B,D] bool (padding rows are all zero)
 
 Resizing, normalisation and mapping boxes back to original pixels stay outside the graph: they
-are ``detector.onnx_predictor.OnnxPredictor``'s job, with the same code ``Predictor`` uses.
+are ``detector.predict.onnx_predictor.OnnxPredictor``'s job, with the same code ``Predictor`` uses.
 The file's ``metadata_props`` carry what that needs (``detector.*`` keys, JSON values): class
 names, category ids, input size, resize settings, normalisation, the source checkpoint.
 
@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detector.checkpoint import load_checkpoint
 from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detector.engine.checkpoint import load_checkpoint
 from detector.modeling.spec import model_from_checkpoint
 
 __all__ = ["INPUT_NAMES", "METADATA_PREFIX", "OUTPUT_NAMES", "DetectionGraph", "ExportError",

@@ -1,12 +1,12 @@
 """Predict on files and write what a person opens: annotated images, annotated videos and one
 ``detections.json``; unreadable files are counted and named, never fatal.
 
-    >>> from detector.predict_inputs import collect_inputs
+    >>> from detector.predict.inputs import collect_inputs
     >>> report = predict_files(predictor, collect_inputs("photos/"), "predictions/")
     >>> print(report.summary())
 
 ``predictor`` is anything called as ``predictor(list_of_rgb_arrays, score_threshold=...)`` that
-returns one ``detector.predictor.Detections`` per image and has ``class_names``,
+returns one ``detector.predict.predictor.Detections`` per image and has ``class_names``,
 ``label_to_cat_id`` and ``batch_size`` (``Predictor`` and ``OnnxPredictor`` both are).
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from detector.data.report import DatasetError
-from detector.predict_inputs import Inputs, read_video_batches, video_info
-from detector.predictor import Detections, load_image
+from detector.predict.inputs import Inputs, read_video_batches, video_info
+from detector.predict.predictor import Detections, load_image
 from detector.visualize import draw_detections, save_image
 
 __all__ = ["PredictionReport", "predict_files"]

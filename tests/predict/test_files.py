@@ -1,4 +1,4 @@
-"""Prediction on files (detector/predict_files.py): annotated outputs, detections.json that
+"""Prediction on files (detector/predict/files.py): annotated outputs, detections.json that
 matches the Predictor, counted skips, and videos frame for frame."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.predict_files import DETECTIONS_FILE, predict_files
-from detector.predict_inputs import collect_inputs, read_video_batches
-from detector.predictor import Predictor
+from detector.predict.files import DETECTIONS_FILE, predict_files
+from detector.predict.inputs import collect_inputs, read_video_batches
+from detector.predict.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Run a trained detector on your own images: ``Predictor.from_checkpoint(path)(images)``.
 
-    >>> from detector.predictor import Predictor
+    >>> from detector.predict.predictor import Predictor
     >>> predictor = Predictor.from_checkpoint("outputs/focal_end_to_end/<run>/checkpoints/final.pth")
     >>> result = predictor("street.jpg")            # a path, an RGB array, a PIL image, or a list
     >>> for box, name, score in zip(result.boxes, result.class_names, result.scores):
@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from detector.checkpoint import load_checkpoint
 from detector.data.collate import collate_batch
 from detector.data.image_io import read_image_rgb
 from detector.data.transforms import DetectionTransforms, build_transforms
-from detector.engine.checkpoint import load_checkpoint
-from detector.engine.inference import autocast, to_device
-from detector.engine.setup import resolve_device, resolve_precision
 from detector.modeling.spec import model_from_checkpoint
+from detector.runtime import autocast, resolve_device, resolve_precision, to_device
 
 __all__ = ["Detections", "Predictor", "checkpoint_metrics", "load_image"]
 

@@ -1,4 +1,4 @@
-"""The Python API on one's own images (detector/predictor.py)."""
+"""The Python API on one's own images (detector/predict/predictor.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from tiny_checkpoint import TINY_CLASSES, TINY_SIZE
 
 from detector.data import DatasetError, ShapesDetection, build_dataloader, build_transforms
 from detector.data.image_io import read_image_rgb
-from detector.engine.inference import predict
-from detector.predictor import Detections, Predictor, checkpoint_metrics, load_image
+from detector.evaluation.inference import predict
+from detector.predict.predictor import Detections, Predictor, checkpoint_metrics, load_image
 from detector.visualize import save_image
 
 

@@ -1,10 +1,10 @@
-"""Tests for detector/modeling/packing.py: hand cases of pack_rows and gather_rows."""
+"""Tests for detector/ops/packing.py: hand cases of pack_rows and gather_rows."""
 
 from __future__ import annotations
 
 import torch
 
-from detector.modeling.packing import gather_rows, pack_rows, use_compaction
+from detector.ops.packing import gather_rows, pack_rows, use_compaction
 
 
 def _mask(rows: list[list[int]]) -> torch.Tensor:

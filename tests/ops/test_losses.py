@@ -1,4 +1,4 @@
-"""Tests for detector/losses.py: exact reductions to cross-entropy, torchvision reference, hand cases."""
+"""Tests for detector/ops/losses.py: exact reductions to cross-entropy, torchvision reference, hand cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from detector.losses import (
+from detector.ops.losses import (
     BinaryCrossEntropy,
     CrossEntropy,
     SigmoidFocalLoss,

@@ -9,10 +9,10 @@ from torchvision.models.detection._utils import BoxCoder as TvBoxCoder
 from torchvision.models.detection._utils import Matcher as TvMatcher
 from torchvision.ops import box_iou as tv_box_iou
 
-from detector.anchors import AnchorGenerator
-from detector.boxes import BoxCoder
-from detector.matcher import Matcher
-from detector.targets import assign_targets
+from detector.ops.anchors import AnchorGenerator
+from detector.ops.boxes import BoxCoder
+from detector.ops.matcher import Matcher
+from detector.ops.targets import assign_targets
 
 FEATURE = (12, 16)  # a 192 x 256 image at stride 16
 

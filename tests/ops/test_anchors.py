@@ -9,8 +9,8 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TvAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from detector.anchors import AnchorGenerator
-from detector.boxes import batched_box_iou
+from detector.ops.anchors import AnchorGenerator
+from detector.ops.boxes import batched_box_iou
 
 
 def test_cell_anchors_hand_values():

@@ -1,4 +1,4 @@
-"""Resolving tools/predict.py's input (detector/predict_inputs.py) and reading video frames."""
+"""Resolving tools/predict.py's input (detector/predict/inputs.py) and reading video frames."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.predict_inputs import InputError, collect_inputs, read_video_batches, video_info
+from detector.predict.inputs import InputError, collect_inputs, read_video_batches, video_info
 
 
 @pytest.fixture
