@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,14 +58,17 @@ def _exits_2(main, cfg, capsys, text: str) -> None:
 
 def test_predict_folder_with_the_newest_checkpoint(config, tiny_checkpoint, images, tmp_path,
                                                    capsys):
-    runs = tiny_checkpoint.parents[2]  # outputs_root holding <run>/checkpoints/final.pth
+    runs = tmp_path / "outputs"  # an outputs_root holding only <run>/checkpoints/final.pth
+    checkpoint = runs / "run" / "checkpoints" / "final.pth"
+    checkpoint.parent.mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, checkpoint)
     cfg = config("predict", [f"input={images}", f"outputs_root={runs}", "score_threshold=0.05",
                              f"output={tmp_path / 'out'}", "progress=false", "precision=fp32"])
     _tool_module("predict.py").main(cfg)
     out = capsys.readouterr().out
     assert "2 images" in out and "bad.png" in out and str(tmp_path / "out") in out
     document = json.loads((tmp_path / "out" / "detections.json").read_text())
-    assert document["model"] == str(tiny_checkpoint)
+    assert document["model"] == str(checkpoint)
     assert [e["file"] for e in document["images"]] == ["nested/two.jpg", "one.png"]
     assert (tmp_path / "out" / "nested" / "two.jpg").is_file()
 
