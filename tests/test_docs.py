@@ -1,11 +1,11 @@
 """The README and docs/ say what works: every command they show runs as written, every link lands.
 
 Every ``python tools/<x>.py ...`` (or ``torchrun ... tools/<x>.py ...``) line of README.md,
-CHANGELOG.md and docs/*.md, in code blocks and in inline code, is checked without running it:
-a Hydra tool's overrides are composed with its own config (``-m`` sweeps expanded value by value,
-``+key=`` and quoted values as the shell passes them), so a renamed key or option fails here; an
-argparse tool parses its arguments; ``soak.py`` composes the training config with what it passes
-on. A line whose comment says ``# rejected: ...`` documents a mistake and must stay one. Every
+CHANGELOG.md, datasets/README.md and docs/*.md, in code blocks and in inline code, is checked
+without running it: a Hydra tool's overrides are composed with its own config (``-m`` sweeps
+expanded value by value, ``+key=`` and quoted values as the shell passes them), so a renamed key
+or option fails here; an argparse tool parses its arguments (no abbreviations); ``soak.py``
+composes the training config with what it passes on. A line whose comment says ``# rejected: ...`` documents a mistake and must stay one. Every
 ``make <target>`` names a Makefile target, and every relative link (with its ``#anchor``) points
 to a file (and a heading) that exists.
 """
@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
-DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "datasets" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
 # Hydra launcher plugins named in the docs: optional extras, absent from the dev install
 LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
@@ -186,6 +187,7 @@ def _parse_with_argparse(tool: str, args: list[str], monkeypatch) -> argparse.Na
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
+        self.allow_abbrev = False  # the docs spell options out: a prefix must not hide a rename
         raise _Parsed(original(self, args, namespace))
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
@@ -284,8 +286,12 @@ def test_a_renamed_key_would_fail(monkeypatch):
     for args in (["schedule.iteration=5"], ["experiment=focall"], ["-m", "seed=0,1", "trian=1"]):
         with pytest.raises(Exception):  # noqa: B017
             _compose_all("train", args)
-    with pytest.raises(SystemExit):
-        _parse_with_argparse("bench_model.py", ["--batchsize", "2"], monkeypatch)
+    for tool, args in (("bench_model.py", ["--batchsize", "2"]),
+                       ("bench_export.py", ["--batch-size", "1"])):  # a prefix of --batch-sizes
+        with pytest.raises(SystemExit):
+            _parse_with_argparse(tool, args, monkeypatch)
+    assert _parse_with_argparse("bench_export.py", ["--batch-sizes", "1", "8"],
+                                monkeypatch).batch_sizes == [1, 8]
 
 
 # ---------------------------------------------------------------------------- make targets
