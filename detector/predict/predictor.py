@@ -156,7 +156,7 @@ class Predictor:
             batch_size: images per forward pass.
             channels_last: the model's weights in channels-last layout, as training keeps them
                 by default (``train.channels_last``): the convolutions then run NHWC kernels,
-                ~20% faster on a 2-core CPU at 600x1000 (README, Speed).
+                ~20% faster on a 2-core CPU at 600x1000 (docs/speed.md).
         """
         state = load_checkpoint(path)
         dataset = state.get("config", {}).get("dataset", {})
