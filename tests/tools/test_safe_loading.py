@@ -258,3 +258,18 @@ def test_predict_with_malformed_onnx_metadata_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {path}: metadata detector.input_size is malformed"), err
+
+
+def test_eval_of_a_checkpoint_whose_dataset_is_elsewhere_is_one_line(tiny_checkpoint, tmp_path,
+                                                                      capsys):
+    """The checkpoint's own (allowed) dataset, missing on this machine: say where to point."""
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["config"]["dataset"].update(name="coco", val={
+        "_target_": "detector.data.CocoDetection", "root": str(tmp_path / "gone"), "split": "v"})
+    torch.save(state, tmp_path / "moved.pth")
+    cfg = _compose("eval", [f"checkpoint={tmp_path / 'moved.pth'}", "device=cpu"])
+    with pytest.raises(SystemExit) as info:
+        load_tool("eval.py", restore_sys_path=True).main(cfg)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert f"dataset root {tmp_path / 'gone'} does not exist here (dataset=coco)" in err
