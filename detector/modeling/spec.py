@@ -81,6 +81,7 @@ DATA_CONSTRUCTORS: dict[str, Callable] = {
 _PRETRAINED_KEYS = ("weights",)  # the checkpoint holds the trained weights: never download
 _WRITING_KEYS = ("classes_file",)  # VocDetection writes its class list there
 _PLAIN = (type(None), bool, int, float, str)
+_MAX_DEPTH = 32  # configs nest 3 levels; a hostile file must not exhaust the stack
 
 
 class SpecError(ValueError):
@@ -91,22 +92,26 @@ def _at(path: str, key: Any) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
 
 
-def check_spec(spec: Any, *, constructors: Mapping[str, Callable], path: str) -> None:
+def check_spec(spec: Any, *, constructors: Mapping[str, Callable], path: str,
+               depth: int = 0) -> None:
     """Refuse anything but plain data and the ``constructors``' names in a description.
 
     Args:
         spec: the description (a plain value, a list, or a dict; ``_target_`` nodes are dicts).
         constructors: the names a ``_target_`` may take.
         path: where ``spec`` sits (e.g. ``model``), for the message.
+        depth: how deep ``spec`` sits; deeper than ``_MAX_DEPTH`` is refused.
 
     Raises:
         SpecError: naming the first refused key or value by its path.
     """
     if isinstance(spec, _PLAIN):
         return
+    if depth >= _MAX_DEPTH:
+        raise SpecError(f"{path} is nested deeper than {_MAX_DEPTH} levels")
     if isinstance(spec, list | tuple):
         for index, value in enumerate(spec):
-            check_spec(value, constructors=constructors, path=_at(path, index))
+            check_spec(value, constructors=constructors, path=_at(path, index), depth=depth + 1)
         return
     if not isinstance(spec, Mapping):
         raise SpecError(f"{path} is a {type(spec).__name__}: a description holds only plain "
@@ -124,7 +129,7 @@ def check_spec(spec: Any, *, constructors: Mapping[str, Callable], path: str) ->
         elif key in _WRITING_KEYS:
             raise SpecError(f"{where}: a description may not name a file to write")
         else:
-            check_spec(value, constructors=constructors, path=where)
+            check_spec(value, constructors=constructors, path=where, depth=depth + 1)
 
 
 def _build(spec: Any, constructors: Mapping[str, Callable], path: str) -> Any:

@@ -222,3 +222,12 @@ def test_dataset_from_checkpoint_builds_the_split_with_the_val_transforms(tmp_pa
     assert "HorizontalFlip" not in repr(train.transforms.compose)
     with pytest.raises(SpecError, match="describes no dataset.test"):
         dataset_from_checkpoint(state, split="test")
+
+
+def test_a_description_nested_deeper_than_any_config_is_refused_not_a_recursion_error():
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(SpecError, match=r"nested deeper than 32 levels"):
+        build_from_spec({"_target_": "torchvision.ops.RoIPool", "output_size": deep})
+    assert build_from_spec({"a": [[[[1]]]]}) == {"a": [[[[1]]]]}  # what configs nest is fine
