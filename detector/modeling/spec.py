@@ -88,6 +88,13 @@ class SpecError(ValueError):
     """The model or dataset description in a checkpoint is refused or cannot be built."""
 
 
+def _shown(value: Any) -> str:
+    """``value`` for a one-line message: a plain value's repr (cut), else its type."""
+    if isinstance(value, _PLAIN):
+        return repr(value)[:80]
+    return f"a {type(value).__name__}"
+
+
 def _at(path: str, key: Any) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
 
@@ -118,11 +125,11 @@ def check_spec(spec: Any, *, constructors: Mapping[str, Callable], path: str,
                         f"data (numbers, strings, lists, dicts)")
     for key, value in spec.items():
         if not isinstance(key, str):
-            raise SpecError(f"{path} has a {type(key).__name__} key {key!r}: keys are strings")
+            raise SpecError(f"{path} has a key {_shown(key)}: keys are strings")
         where = _at(path, key)
         if key == "_target_":
             if not isinstance(value, str) or value not in constructors:
-                raise SpecError(f"{where} {value!r} is not a detector constructor")
+                raise SpecError(f"{where} {_shown(value)} is not a detector constructor")
         elif key.startswith("_"):
             raise SpecError(f"{where}: the key {key!r} is not allowed in a description "
                             f"(only _target_ is)")
@@ -201,7 +208,7 @@ def _check_fields(state: Any) -> None:
     for key in ("min_size", "max_size"):
         value = dataset.get(key, 1)
         if not (_is_int(value) and value > 0) and not (key == "min_size" and value is None):
-            raise SpecError(f"dataset.{key} must be a positive integer, got {value!r}")
+            raise SpecError(f"dataset.{key} must be a positive integer, got {_shown(value)}")
 
 
 def _source(source: str | Path | None) -> str:

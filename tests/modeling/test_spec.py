@@ -73,7 +73,7 @@ def test_hydra_keys_other_than_target_are_refused(key):
 
 
 def test_keys_must_be_strings_and_no_file_to_write():
-    with pytest.raises(SpecError, match=r"^model has a int key 3"):
+    with pytest.raises(SpecError, match=r"^model has a key 3: keys are strings"):
         build_from_spec({"_target_": "torchvision.ops.RoIPool", 3: 1})
     voc = {"_target_": "detector.data.VocDetection", "root": ".", "classes_file": "x.py"}
     with pytest.raises(SpecError, match=r"dataset\.val\.classes_file: .* file to write"):
@@ -200,6 +200,10 @@ def test_weights_names_are_removed_at_every_depth_lists_included(monkeypatch):
     (lambda s: s["config"].update(dataset={"val": {"root": torch.zeros(1)}}),
      "dataset.val.root is a Tensor"),
     (lambda s: s["config"].update(model=[1]), "no model description"),
+    (lambda s: s["config"]["model"].update(_target_=torch.zeros(9, 9)),
+     "model._target_ a Tensor is not a detector constructor"),
+    (lambda s: s["config"].update(dataset={"min_size": torch.zeros(9, 9)}),
+     "dataset.min_size must be a positive integer, got a Tensor"),
 ])
 def test_check_checkpoint_names_the_file_and_what_it_refuses(change, message):
     state = _state(build_from_spec(tiny_model_spec(len(TINY_CLASSES))))
