@@ -59,6 +59,15 @@ def check_dataset(cfg: DictConfig) -> None:
             f"dataset.root at your data, see datasets/README.md")
 
 
+def check_checkpoint_dataset(name, split_spec) -> None:
+    """A checkpoint's dataset root that is missing here: one line, as for dataset.root=."""
+    root = split_spec.get("root") if isinstance(split_spec, dict) else None
+    if name != "shapes" and isinstance(root, str) and not Path(root).is_dir():
+        raise ConfigError(f"the checkpoint's dataset root {root} does not exist here "
+                          f"(dataset={name}); pass dataset={name} dataset.root=... to point at "
+                          f"your copy of the data")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad value of a training config."""
     check_dataset(cfg)

@@ -24,9 +24,13 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
-from config_checks import ConfigError, check_dataset, check_eval_config  # noqa: E402
+from config_checks import (  # noqa: E402
+    ConfigError,
+    check_checkpoint_dataset,
+    check_dataset,
+    check_eval_config,
+)
 
-from detector.checkpoint import load_checkpoint  # noqa: E402
 from detector.data import build_dataloader, read_image_rgb  # noqa: E402
 from detector.evaluation import (  # noqa: E402
     detections_to_coco_results,
@@ -36,21 +40,37 @@ from detector.evaluation import (  # noqa: E402
     save_results,
 )
 from detector.evaluation.inference import evaluate  # noqa: E402
+from detector.modeling.spec import (  # noqa: E402
+    dataset_from_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from detector.runtime import resolve_device, resolve_precision  # noqa: E402
 from detector.visualize import draw_detections, save_image  # noqa: E402
 
 log = logging.getLogger("eval")
 
 
-def build_model(run_cfg: DictConfig, state: dict, device: torch.device):
-    model_cfg = run_cfg.model.copy()
-    for part in ("backbone", "box_head"):  # the checkpoint holds the weights: never download
-        if "weights" in model_cfg[part]:
-            model_cfg[part].weights = None
-    model = hydra.utils.instantiate(model_cfg, num_classes=len(state["class_names"]))
-    model.load_state_dict(state["model"])
+def build_model(path: Path, state: dict, device: torch.device):
+    """The checkpoint's model, through the one checked route (``detector.modeling.spec``)."""
+    model = model_from_checkpoint(state, source=path)
     # channels-last weights, as in training (train.channels_last, the default): NHWC convolutions
     return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def build_dataset(cfg: DictConfig, path: Path, state: dict):
+    """(dataset, name): the ``dataset=`` the user composed on the command line (Hydra), or else
+    the checkpoint's own, built only through the project's dataset constructors. Either way with
+    the evaluation transforms of its val split (never augmented)."""
+    if cfg.get("dataset") is None:
+        run_dataset = state["config"].get("dataset", {})
+        check_checkpoint_dataset(run_dataset.get("name"), run_dataset.get(cfg.split))
+        dataset = dataset_from_checkpoint(state, split=cfg.split, source=path)
+        return dataset, run_dataset.get("name")
+    check_dataset(OmegaConf.create({"dataset": cfg.dataset}))
+    dataset = hydra.utils.instantiate(cfg.dataset[cfg.split])
+    dataset.transforms = hydra.utils.instantiate(cfg.dataset.val.transforms)
+    return dataset, cfg.dataset.name
 
 
 def visualize(dataset, detections: list[dict], out_dir: Path, count: int, threshold: float):
@@ -70,19 +90,15 @@ def visualize(dataset, detections: list[dict], out_dir: Path, count: int, thresh
 def run(cfg: DictConfig) -> dict:
     check_eval_config(cfg)
     path = resolve_checkpoint(cfg)
-    state = load_checkpoint(path)
-    run_cfg = OmegaConf.create(state["config"])
-    dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else run_cfg.dataset
-    check_dataset(OmegaConf.create({"dataset": dataset_cfg}))
-    dataset = hydra.utils.instantiate(dataset_cfg[cfg.split])
-    dataset.transforms = hydra.utils.instantiate(dataset_cfg.val.transforms)  # never augment
+    state = read_checkpoint(path)  # refused unless the project's constructors and plain data
+    dataset, name = build_dataset(cfg, path, state)
     if list(dataset.class_names) != list(state["class_names"]):
         raise ConfigError(f"the checkpoint's classes {state['class_names']} differ from the "
                           f"dataset's {dataset.class_names}")
     device = resolve_device(cfg.device)
-    log.info("evaluating %s on %s (%s split, %d images) on %s", path, dataset_cfg.name, cfg.split,
+    log.info("evaluating %s on %s (%s split, %d images) on %s", path, name, cfg.split,
              len(dataset), device)
-    model = build_model(run_cfg, state, device)
+    model = build_model(path, state, device)
     loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
                               num_workers=cfg.num_workers)
     metrics, detections = evaluate(model, loader, device=device,

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
-from config_checks import ConfigError, check_dataset, check_device  # noqa: E402
-from eval import build_model  # noqa: E402
+from config_checks import ConfigError, check_checkpoint_dataset, check_device  # noqa: E402
 
-from detector.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from detector.checkpoint import CheckpointError  # noqa: E402
 from detector.data import build_dataloader  # noqa: E402
 from detector.inspection import activation_stats  # noqa: E402
 from detector.inspection.report import (  # noqa: E402
@@ -32,6 +31,11 @@ from detector.inspection.report import (  # noqa: E402
     legend,
     summary_table,
     write_report,
+)
+from detector.modeling.spec import (  # noqa: E402
+    dataset_from_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
 )
 from detector.runtime import resolve_device  # noqa: E402
 
@@ -49,20 +53,20 @@ def check_inspect_config(cfg: DictConfig) -> None:
     check_device(cfg.device)
 
 
-def validation_images(run_cfg: DictConfig, split: str, count: int):
+def validation_images(path: Path, state: dict, split: str, count: int):
     """The first ``count`` images of the run's split, one per batch (no padding), normalised as
-    in evaluation."""
-    check_dataset(OmegaConf.create({"dataset": run_cfg.dataset}))
-    dataset = hydra.utils.instantiate(run_cfg.dataset[split])
-    dataset.transforms = hydra.utils.instantiate(run_cfg.dataset.val.transforms)  # no augmentation
+    in evaluation; the dataset is built only through the project's dataset constructors."""
+    run_dataset = state["config"].get("dataset", {})
+    check_checkpoint_dataset(run_dataset.get("name"), run_dataset.get(split))
+    dataset = dataset_from_checkpoint(state, split=split, source=path)
     loader = build_dataloader(dataset=dataset, batch_size=1, train=False)
     return [batch["images"] for batch in itertools.islice(loader, count)]
 
 
 def load(path: Path) -> dict:
-    state = load_checkpoint(path)
-    if "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} holds no 'model' and 'config' (not a train_net.py checkpoint)")
+    state = read_checkpoint(path)  # refused unless the project's constructors and plain data
+    if "model" not in state:
+        raise CheckpointError(f"{path} holds no 'model' (not a train_net.py checkpoint)")
     return state
 
 
@@ -70,9 +74,8 @@ def inspect_checkpoint(path: Path, state: dict, label: str, cfg: DictConfig, dev
                        thresholds: Thresholds):
     inspection = inspect_state(state["model"], label=label, source=str(path), thresholds=thresholds)
     if cfg.num_images:
-        run_cfg = OmegaConf.create(state["config"])
-        model = build_model(run_cfg, state, device)
-        images = validation_images(run_cfg, cfg.split, cfg.num_images)
+        model = model_from_checkpoint(state, source=path).to(device)
+        images = validation_images(path, state, cfg.split, cfg.num_images)
         inspection.activations = activation_stats(
             model.backbone, (image.to(device) for image in images), prefix="backbone.")
         inspection.images = len(images)

@@ -23,7 +23,7 @@ from cli import check_command_line, exit_on_user_error  # noqa: E402
 from cli import resolve_checkpoint as cli_resolve_checkpoint  # noqa: E402
 from config_checks import ConfigError, check_device, check_overrides  # noqa: E402, F401
 
-from detector.checkpoint import load_checkpoint  # noqa: E402
+from detector.modeling.spec import read_checkpoint  # noqa: E402
 from detector.predict.predictor import Predictor  # noqa: E402
 from detector.web import create_app, make_server, sample_images, server_url  # noqa: E402
 
@@ -58,9 +58,9 @@ def bind(app, cfg: DictConfig):
 def run(cfg: DictConfig) -> None:
     check_serve_config(cfg)
     path = resolve_checkpoint(cfg)
+    run_dataset = read_checkpoint(path)["config"].get("dataset")  # refused unless plain data
     predictor = Predictor.from_checkpoint(path, device=cfg.device, precision=cfg.precision,
                                           score_threshold=cfg.score_threshold, batch_size=1)
-    run_dataset = load_checkpoint(path).get("config", {}).get("dataset")  # its val split
     samples = sample_images(run_dataset, count=cfg.num_samples)
     app = create_app(predictor=predictor, max_upload_mb=cfg.max_upload_mb, samples=samples,
                      max_pixels=int(cfg.max_megapixels * 1e6),

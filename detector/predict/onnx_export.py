@@ -35,9 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from detector.checkpoint import load_checkpoint
 from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detector.modeling.spec import model_from_checkpoint
+from detector.modeling.spec import model_from_checkpoint, read_checkpoint
 
 __all__ = ["INPUT_NAMES", "METADATA_PREFIX", "OUTPUT_NAMES", "DetectionGraph", "ExportError",
            "ExportResult",
@@ -128,13 +127,13 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, height: int
     ``default_input_size`` of the run's ``min_size``/``max_size``.
 
     Raises:
-        FileNotFoundError, CheckpointError, SpecError: as ``load_checkpoint`` and
-            ``model_from_checkpoint``.
+        FileNotFoundError, CheckpointError, SpecError: as ``read_checkpoint`` and
+            ``model_from_checkpoint`` (a refused checkpoint: SpecError).
         ExportError: an input size below 32 or not a multiple of 16.
     """
-    state = load_checkpoint(checkpoint)
-    dataset = state.get("config", {}).get("dataset", {})
-    min_size, max_size = int(dataset.get("min_size", 600)), int(dataset.get("max_size", 1000))
+    state = read_checkpoint(checkpoint)
+    dataset = state["config"].get("dataset", {})
+    min_size, max_size = dataset.get("min_size", 600), dataset.get("max_size", 1000)
     default = default_input_size(min_size, max_size)
     size = (int(height or default[0]), int(width or default[1]))
     if min(size) < 32 or size[0] % 16 or size[1] % 16:
@@ -149,6 +148,6 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, height: int
         "outputs": "boxes [B,D,4] xyxy resized pixels, scores [B,D], labels [B,D] 1..K, "
                    "valid [B,D]",
     }
-    path = export_onnx(model_from_checkpoint(state), output, height=size[0], width=size[1],
-                       metadata=metadata)
+    model = model_from_checkpoint(state, source=checkpoint)
+    path = export_onnx(model, output, height=size[0], width=size[1], metadata=metadata)
     return ExportResult(path=path, input_size=size, metadata=metadata)

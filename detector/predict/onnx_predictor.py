@@ -23,18 +23,61 @@ from detector.data.transforms import DetectionTransforms, build_transforms
 from detector.predict.onnx_export import INPUT_NAMES, METADATA_PREFIX
 from detector.predict.predictor import Detections, Predictor
 
-__all__ = ["OnnxModelError", "OnnxPredictor", "read_metadata"]
+__all__ = ["OnnxModelError", "OnnxPredictor", "check_metadata", "read_metadata"]
 
 
 class OnnxModelError(ValueError):
     """The file is not an ONNX model written by ``tools/export.py``."""
 
 
-def read_metadata(session: Any) -> dict:
-    """The ``detector.*`` metadata of an onnxruntime session, JSON-decoded, prefix dropped."""
+def read_metadata(session: Any, source: str | Path = "the model") -> dict:
+    """The ``detector.*`` metadata of an onnxruntime session, JSON-decoded, prefix dropped.
+
+    Raises:
+        OnnxModelError: a value that is not JSON (naming ``source`` and the key).
+    """
     props = session.get_modelmeta().custom_metadata_map
-    return {key[len(METADATA_PREFIX):]: json.loads(value) for key, value in props.items()
-            if key.startswith(METADATA_PREFIX)}
+    meta = {}
+    for key, value in props.items():
+        if key.startswith(METADATA_PREFIX):
+            try:
+                meta[key[len(METADATA_PREFIX):]] = json.loads(value)
+            except (TypeError, ValueError):
+                raise OnnxModelError(f"{source}: metadata {key} is not valid JSON") from None
+    return meta
+
+
+def _is_int(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def check_metadata(meta: dict, source: str | Path = "the model") -> None:
+    """Refuse metadata that ``tools/export.py`` would not write: the keys ``OnnxPredictor``
+    reads must have their types and ranges (class_names: non-empty strings; input_size: two
+    positive integers; min_size: a positive integer or null; max_size: a positive integer;
+    label_to_cat_id: integer labels to integer ids; iteration: an integer or null).
+
+    Raises:
+        OnnxModelError: one line naming ``source`` and the first bad key.
+    """
+    if "class_names" not in meta or "input_size" not in meta:
+        raise OnnxModelError(f"{source} has no detector metadata; export it with tools/export.py")
+    names, size = meta["class_names"], meta["input_size"]
+    cat_ids = meta.get("label_to_cat_id", {})
+    checks = {
+        "class_names": isinstance(names, list) and bool(names)
+        and all(isinstance(name, str) for name in names),
+        "input_size": isinstance(size, list) and len(size) == 2 and all(map(_is_int, size)),
+        "min_size": meta.get("min_size") is None or _is_int(meta["min_size"]),
+        "max_size": _is_int(meta.get("max_size", 1000)),
+        "label_to_cat_id": isinstance(cat_ids, dict) and all(
+            str(k).isdigit() and _is_int(v, low=0) for k, v in cat_ids.items()),
+        "iteration": meta.get("iteration") is None or _is_int(meta["iteration"], low=0),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise OnnxModelError(f"{source}: metadata {METADATA_PREFIX}{key} is malformed: "
+                                 f"{json.dumps(meta.get(key))[:80]}")
 
 
 @dataclass
@@ -64,7 +107,8 @@ class OnnxPredictor:
             num_threads: onnxruntime's intra-op threads (None: its default, all cores).
 
         Raises:
-            FileNotFoundError: no such file. OnnxModelError: not an exported detector.
+            FileNotFoundError: no such file. OnnxModelError: not an exported detector, or its
+                metadata is malformed (``check_metadata``).
         """
         import onnxruntime as ort
 
@@ -79,12 +123,11 @@ class OnnxPredictor:
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types
             first = (str(error).strip().splitlines() or [""])[0][:160]
             raise OnnxModelError(f"onnxruntime cannot load {path}: {first}") from None
-        meta = read_metadata(session)
-        if "class_names" not in meta or "input_size" not in meta:
-            raise OnnxModelError(f"{path} has no detector metadata; export it with tools/export.py")
+        meta = read_metadata(session, path)
+        check_metadata(meta, path)
         return cls(session=session,
-                   transforms=build_transforms(train=False, min_size=meta["min_size"],
-                                               max_size=meta["max_size"]),
+                   transforms=build_transforms(train=False, min_size=meta.get("min_size", 600),
+                                               max_size=meta.get("max_size", 1000)),
                    class_names=list(meta["class_names"]), input_size=tuple(meta["input_size"]),
                    score_threshold=float(score_threshold), batch_size=int(batch_size),
                    label_to_cat_id={int(k): int(v)
@@ -131,6 +174,9 @@ class OnnxPredictor:
         for i, (size, (sy, sx), source) in enumerate(per_image):
             keep = valid[i].astype(bool)
             label = labels[i][keep].astype(np.int64)
+            if label.size and not 1 <= label.min() <= label.max() <= len(self.class_names):
+                raise OnnxModelError(f"{self.info.get('model')}: the graph's labels exceed the "
+                                     f"{len(self.class_names)} class names of its metadata")
             det = Detections(
                 boxes=(boxes[i][keep] / np.array([sx, sy, sx, sy], np.float32)).astype(np.float32),
                 scores=scores[i][keep].astype(np.float32), labels=label,

@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.checkpoint import load_checkpoint
 from detector.data.collate import collate_batch
 from detector.data.image_io import read_image_rgb
 from detector.data.transforms import DetectionTransforms, build_transforms
-from detector.modeling.spec import model_from_checkpoint
+from detector.modeling.spec import model_from_checkpoint, read_checkpoint
 from detector.runtime import autocast, resolve_device, resolve_precision, to_device
 
 __all__ = ["Detections", "Predictor", "checkpoint_metrics", "load_image"]
@@ -158,13 +157,13 @@ class Predictor:
                 by default (``train.channels_last``): the convolutions then run NHWC kernels,
                 ~20% faster on a 2-core CPU at 600x1000 (docs/speed.md).
         """
-        state = load_checkpoint(path)
-        dataset = state.get("config", {}).get("dataset", {})
+        state = read_checkpoint(path)  # refuses a checkpoint holding more than plain data
+        dataset = state["config"].get("dataset", {})
         transforms = build_transforms(train=False, min_size=dataset.get("min_size", 600),
                                       max_size=dataset.get("max_size", 1000))
         dev = resolve_device(device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        model = model_from_checkpoint(state).to(dev, memory_format=layout)
+        model = model_from_checkpoint(state, source=path).to(dev, memory_format=layout)
         info = {"checkpoint": str(path), "iteration": state.get("iteration"),
                 "dataset": dataset.get("name"), "metrics": checkpoint_metrics(path)}
         return cls(model=model, transforms=transforms, class_names=list(state["class_names"]),

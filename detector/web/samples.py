@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from detector.modeling.spec import SpecError, build_from_spec
+from detector.modeling.spec import DATA_CONSTRUCTORS, SpecError, build_from_spec
 
 __all__ = ["sample_images"]
 
@@ -21,7 +21,9 @@ def sample_images(dataset_config: Mapping | None, *, count: int = 6,
     Args:
         dataset_config: the ``config["dataset"]`` a checkpoint carries; its ``split`` entry is
             a ``{"_target_": "detector.data....", ...}`` description of the dataset (the generated
-            shapes set is regenerated when absent).
+            shapes set is regenerated when absent), built only through the project's dataset
+            constructors (``detector.modeling.spec.DATA_CONSTRUCTORS``; anything else is refused
+            and logged, never built).
 
     Returns:
         Paths of existing files; empty (with a log line) when the data cannot be found.
@@ -30,7 +32,7 @@ def sample_images(dataset_config: Mapping | None, *, count: int = 6,
     if not isinstance(spec, Mapping) or count <= 0:
         return []
     try:
-        dataset = build_from_spec(spec)
+        dataset = build_from_spec(spec, constructors=DATA_CONSTRUCTORS, path=f"dataset.{split}")
         records = list(dataset.records)
     except (SpecError, OSError, ValueError, TypeError) as error:  # DatasetError is a ValueError
         log.warning("no sample images: the %s split could not be loaded (%s)", split,

@@ -17,6 +17,8 @@ sys.path.insert(0, str(PROJECT_ROOT / "tests" / "engine"))
 import tiny_training  # noqa: E402
 from load_file import load_tool  # noqa: E402
 
+from detector.modeling.spec import MODEL_CONSTRUCTORS  # noqa: E402
+
 pytestmark = pytest.mark.slow  # the whole tool: two models, a dataset, ~70 matplotlib axes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +57,9 @@ def report(tmp_path_factory):
     b = _checkpoint(tmp / "b.pth", tmp / "shapes", seed=1, name="focal_tiny")
     cfg = _compose("inspect", [f"checkpoint={a}", f"checkpoint_b={b}", "num_images=3",
                                f"output_dir={tmp / 'out'}", "device=cpu"])
-    return _tool().run(cfg)
+    with pytest.MonkeyPatch.context() as patch:  # the checkpoints name the tiny backbone
+        patch.setitem(MODEL_CONSTRUCTORS, "tiny_training.TinyBackbone", tiny_training.TinyBackbone)
+        return _tool().run(cfg)
 
 
 def _row(text: str, section: str, first_cell: str) -> str:
