@@ -16,7 +16,6 @@ import copy
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from detector.fileio import atomic_writer
 
 #: Names of ``COCOeval.stats[0..11]`` in pycocotools' order.
 STAT_NAMES: tuple[str, ...] = (
@@ -291,13 +292,6 @@ def save_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
 
 def _write_json_atomic(path: str | os.PathLike, payload: Any, *, indent: int | None = None) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=indent, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, text=True) as f:
+        json.dump(payload, f, indent=indent, allow_nan=False)
     return path
