@@ -59,12 +59,12 @@ def run(cfg: DictConfig) -> None:
     check_serve_config(cfg)
     path = resolve_checkpoint(cfg)
     predictor = Predictor.from_checkpoint(path, device=cfg.device, precision=cfg.precision,
-                                          score_threshold=cfg.score_threshold, batch_size=1)
+                                          batch_size=1)
     run_dataset = load_checkpoint(path).get("config", {}).get("dataset")  # its val split
     samples = sample_images(run_dataset, count=cfg.num_samples)
     app = create_app(predictor=predictor, max_upload_mb=cfg.max_upload_mb, samples=samples,
                      max_pixels=int(cfg.max_megapixels * 1e6),
-                     display_threshold=cfg.display_threshold)
+                     score_threshold=cfg.score_threshold, display_threshold=cfg.display_threshold)
     server = bind(app, cfg)
     log.info("model %s (iteration %s, %d classes) on %s, %d sample images", path,
              predictor.info.get("iteration"), len(predictor.class_names), predictor.device,
