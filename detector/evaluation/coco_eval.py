@@ -27,6 +27,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.fileio import atomic_writer
+from detector.ops.boxes import xyxy_to_xywh
 
 #: Names of ``COCOeval.stats[0..11]`` in pycocotools' order.
 STAT_NAMES: tuple[str, ...] = (
@@ -101,7 +102,7 @@ def _detection_rows(
     labels = torch.as_tensor(labels).detach().to("cpu", torch.long).reshape(-1)
     if labels.numel() and (labels.min() < 0 or labels.max() >= len(lut) or (lut[labels] < 0).any()):
         raise ValueError(f"labels {sorted(set(labels.tolist()))} not all in label_to_cat_id")
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    xywh = xyxy_to_xywh(boxes)
     # round(x * 10^d) / 10^d: the division is correctly rounded, so each value is the double
     # nearest to its short decimal form (prints as e.g. 250.82, like the GT JSON).
     xywh = torch.round(xywh * 10**_BOX_DECIMALS) / 10**_BOX_DECIMALS
