@@ -12,12 +12,12 @@ checkpoint suggested, and ``find_resume_checkpoint`` passes over it with a warni
 from __future__ import annotations
 
 import logging
-import os
 import re
-import uuid
 from pathlib import Path
 
 import torch
+
+from detector.fileio import atomic_writer
 
 __all__ = [
     "CheckpointError",
@@ -46,25 +46,14 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` with ``torch.save`` to a temp file beside ``path``, then rename it into
-    place, so a crash mid-write never leaves a truncated checkpoint.
+    """Write ``payload`` with ``torch.save`` atomically (``detector.fileio.atomic_writer``), so a
+    crash mid-write never leaves a truncated checkpoint.
 
     ``payload`` should hold only tensors and plain Python values (dicts, lists, strings,
     numbers, None): ``load_checkpoint`` refuses to unpickle anything else."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # os.open honours the umask (tempfile.mkstemp would leave the checkpoint private, mode 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        torch.save(payload, f)
     return path
 
 

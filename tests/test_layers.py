@@ -15,14 +15,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "detector"
 
 LAYERS: dict[str, int] = {
-    # 0: tensor primitives, file formats and run settings; data, drawing and run-folder reading
-    "ops": 0, "checkpoint": 0, "runtime": 0, "data": 0, "visualize": 0, "study": 0,
-    # 1: the model and its evaluation
-    "modeling": 1, "evaluation": 1,
-    # 2: using a trained model, looking into one, benchmarking one
-    "predict": 2, "inspection": 2, "benchmark": 2,
-    # 3: training and the web demo
-    "engine": 3, "web": 3,
+    # 0: how a file is written (atomically, following the umask), for the file formats above it
+    "fileio": 0,
+    # 1: tensor primitives, file formats and run settings; data, drawing and run-folder reading
+    "ops": 1, "checkpoint": 1, "runtime": 1, "data": 1, "visualize": 1, "study": 1,
+    # 2: the model and its evaluation
+    "modeling": 2, "evaluation": 2,
+    # 3: using a trained model, looking into one, benchmarking one
+    "predict": 3, "inspection": 3, "benchmark": 3,
+    # 4: training and the web demo
+    "engine": 4, "web": 4,
 }
 
 

@@ -47,10 +47,9 @@ def timed(tasks: dict, runs: int) -> dict:
 def backends(checkpoint: Path, onnx: Path, threads: int) -> dict:
     """name -> (predictor, network function on the preprocessed feeds)."""
     out = {}
-    ort = OnnxPredictor.from_file(onnx, score_threshold=0.05, num_threads=threads)
+    ort = OnnxPredictor.from_file(onnx, num_threads=threads)
     for precision in dict.fromkeys(("fp32", "auto")):
-        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", precision=precision,
-                                              score_threshold=0.05)
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", precision=precision)
         if precision == "auto" and predictor.precision == "fp32":
             continue
         graph = DetectionGraph(predictor.model).eval()
@@ -105,7 +104,7 @@ def main() -> None:
         tasks = {}
         for name, (predictor, network) in runners.items():
             tasks[name, "predict"] = (
-                lambda b, p=predictor: p.predict_arrays(b, score_threshold=0.05), batches)
+                lambda b, p=predictor: p.predict_arrays(b), batches)
             tasks[name, "network"] = (network, feeds)
         ms = timed(tasks, args.runs)
         row = {name: (ms[name, "predict"], ms[name, "network"]) for name in runners}

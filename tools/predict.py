@@ -32,13 +32,11 @@ def build_predictor(cfg: DictConfig):
         if not model.is_file():
             raise ConfigError(f"ONNX model {model} does not exist; write it with "
                               f"python tools/export.py or pass onnx=PATH.onnx")
-        return OnnxPredictor.from_file(model, score_threshold=cfg.score_threshold,
-                                       batch_size=cfg.batch_size)
+        return OnnxPredictor.from_file(model, batch_size=cfg.batch_size)
     if cfg.backend != "torch":
         raise ConfigError(f"backend must be torch or onnxruntime, got {cfg.backend!r}")
     return Predictor.from_checkpoint(resolve_checkpoint(cfg), device=cfg.device,
-                                     precision=cfg.precision, score_threshold=cfg.score_threshold,
-                                     batch_size=cfg.batch_size)
+                                     precision=cfg.precision, batch_size=cfg.batch_size)
 
 
 def run(cfg: DictConfig) -> None:

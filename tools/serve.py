@@ -60,11 +60,11 @@ def run(cfg: DictConfig) -> None:
     path = resolve_checkpoint(cfg)
     run_dataset = read_checkpoint(path)["config"].get("dataset")  # refused unless plain data
     predictor = Predictor.from_checkpoint(path, device=cfg.device, precision=cfg.precision,
-                                          score_threshold=cfg.score_threshold, batch_size=1)
+                                          batch_size=1)
     samples = sample_images(run_dataset, count=cfg.num_samples)
     app = create_app(predictor=predictor, max_upload_mb=cfg.max_upload_mb, samples=samples,
                      max_pixels=int(cfg.max_megapixels * 1e6),
-                     display_threshold=cfg.display_threshold)
+                     score_threshold=cfg.score_threshold, display_threshold=cfg.display_threshold)
     server = bind(app, cfg)
     log.info("model %s (iteration %s, %d classes) on %s, %d sample images", path,
              predictor.info.get("iteration"), len(predictor.class_names), predictor.device,

@@ -11,7 +11,6 @@ captured by ``capture_rng_state``; the last two only need ``BatchStream``'s (epo
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detector.data.samplers import AspectRatioGroupedBatchSampler
+from detector.fileio import atomic_write_text
 from detector.study.curves import parse_record
 
 __all__ = ["BatchStream", "capture_rng_state", "drop_records_after", "restore_rng_state"]
@@ -62,9 +62,7 @@ def drop_records_after(metrics_path: Path, iteration: int) -> int:
     lines = metrics_path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if _record_iteration(line) <= iteration]
     if len(kept) != len(lines):
-        tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, metrics_path)
+        atomic_write_text(metrics_path, "".join(kept))
     return len(lines) - len(kept)
 
 

@@ -14,7 +14,7 @@ import copy
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,7 +41,7 @@ from detector.engine.state import BatchStream, capture_rng_state
 from detector.evaluation.inference import EvaluationStopped
 from detector.runtime import autocast, to_device
 
-__all__ = ["Trainer", "infinite_batches"]
+__all__ = ["Trainer"]
 
 log = logging.getLogger("detector.train")
 
@@ -57,11 +57,6 @@ def _mean_max(values: list[torch.Tensor]) -> tuple[float, float] | None:
     if finite.numel() == 0:
         return None
     return tuple(torch.stack((finite.mean(), finite.max())).tolist())
-
-
-def infinite_batches(loader: DataLoader) -> Iterator[dict]:
-    """Batches forever, a new epoch (and a new shuffle) when one ends (see ``BatchStream``)."""
-    return iter(BatchStream(loader))
 
 
 class Trainer(CheckpointingMixin):

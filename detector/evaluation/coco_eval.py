@@ -16,7 +16,6 @@ import copy
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,9 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from detector.fileio import atomic_writer
+from detector.ops.boxes import xyxy_to_xywh
 
 #: Names of ``COCOeval.stats[0..11]`` in pycocotools' order.
 STAT_NAMES: tuple[str, ...] = (
@@ -100,7 +102,7 @@ def _detection_rows(
     labels = torch.as_tensor(labels).detach().to("cpu", torch.long).reshape(-1)
     if labels.numel() and (labels.min() < 0 or labels.max() >= len(lut) or (lut[labels] < 0).any()):
         raise ValueError(f"labels {sorted(set(labels.tolist()))} not all in label_to_cat_id")
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    xywh = xyxy_to_xywh(boxes)
     # round(x * 10^d) / 10^d: the division is correctly rounded, so each value is the double
     # nearest to its short decimal form (prints as e.g. 250.82, like the GT JSON).
     xywh = torch.round(xywh * 10**_BOX_DECIMALS) / 10**_BOX_DECIMALS
@@ -291,13 +293,6 @@ def save_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
 
 def _write_json_atomic(path: str | os.PathLike, payload: Any, *, indent: int | None = None) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=indent, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, text=True) as f:
+        json.dump(payload, f, indent=indent, allow_nan=False)
     return path

@@ -31,6 +31,17 @@ def _interval_matcher(bg_low: float, fg: float, *, low_quality: bool) -> Matcher
     return Matcher(thresholds=(bg_low, fg), labels=(-1, 0, 1), allow_low_quality_matches=low_quality)
 
 
+def _fit_pooler_scale(pooler: nn.Module, stride: int) -> None:
+    """Set a pooler's missing ``spatial_scale`` to 1 / ``stride``; refuse one that differs."""
+    scale = getattr(pooler, "spatial_scale", None)
+    if scale is None:
+        pooler.spatial_scale = 1.0 / stride
+    elif abs(scale * stride - 1.0) > 1e-6:
+        raise ValueError(f"pooler spatial_scale {scale} does not match the backbone's stride "
+                         f"{stride} (it must be 1/{stride} = {1 / stride}; leave it out and "
+                         f"build_model derives it)")
+
+
 def build_model(
     *,
     backbone: nn.Module,
@@ -59,9 +70,11 @@ def build_model(
 ) -> FasterRCNN:
     """Faster R-CNN with the paper's defaults; see each part's class for the meaning of a value.
 
-    ``backbone`` must expose ``out_channels`` and ``stride``; ``pooler`` is a
-    ``torchvision.ops.RoIPool``/``RoIAlign`` whose ``spatial_scale`` is ``1 / backbone.stride``;
-    ``box_head`` maps pooled features to ``box_head.out_features``. ``roi_num_samples=None`` keeps
+    ``backbone`` must expose ``out_channels`` and ``stride``. ``pooler`` is a RoI pooler
+    (``detector.modeling.pooler.RoIPool``/``RoIAlign``, or torchvision's); its ``spatial_scale``
+    is derived here, set to ``1 / backbone.stride`` when it has none, and checked against the
+    stride when it has one (torchvision's poolers, checkpoints of runs whose configs still spelt
+    it out). ``box_head`` maps pooled features to ``box_head.out_features``. ``roi_num_samples=None`` keeps
     every proposal (sampling-free focal loss).
 
     ``compact_rois``: the ROI head and post-processing skip padding RoI slots (None: on the CPU
@@ -70,12 +83,7 @@ def build_model(
     (``nn.Module.compile``: parameter names and checkpoints are unchanged); compilation happens on
     the first forward pass.
     """
-    scale = getattr(pooler, "spatial_scale", None)
-    if scale is not None and abs(scale * backbone.stride - 1.0) > 1e-6:
-        raise ValueError(
-            f"pooler spatial_scale {scale} does not match the backbone's stride {backbone.stride} "
-            f"(it must be 1/{backbone.stride} = {1 / backbone.stride})"
-        )
+    _fit_pooler_scale(pooler, backbone.stride)
     anchors = AnchorGenerator(
         sizes=anchor_sizes, ratios=anchor_ratios, stride=backbone.stride, offset=anchor_offset
     )

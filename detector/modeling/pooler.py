@@ -1,4 +1,8 @@
-"""RoIAlign as one sparse-times-dense matrix product, for the CPU.
+"""RoI poolers: RoIAlign as one sparse-times-dense matrix product for the CPU, and RoIPool.
+
+Both take ``spatial_scale=None`` by default: ``build_model`` then sets it to 1 / the backbone's
+stride, so that configs never spell it out.
+
 
 torchvision's ``roi_align`` computes exactly what Mask R-CNN defines, but its CPU backward walks
 every sample point and channel one at a time: on a 2-core CPU it was a fifth of a whole training
@@ -19,11 +23,11 @@ import warnings
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+from torchvision.ops import roi_align, roi_pool
 
 from detector.ops.packing import is_exporting
 
-__all__ = ["RoIAlign", "roi_align_matrix", "sparse_roi_align"]
+__all__ = ["RoIAlign", "RoIPool", "roi_align_matrix", "sparse_roi_align"]
 
 BACKENDS = ("auto", "sparse", "torchvision")
 
@@ -136,7 +140,7 @@ class RoIAlign(nn.Module):
 
     Args:
         output_size (int | tuple): P or (P, Q).
-        spatial_scale (float): 1 / backbone stride.
+        spatial_scale (float | None): 1 / backbone stride; None: set by ``build_model``.
         sampling_ratio (int): samples per cell and axis (2 in most implementations); <= 0
             (torchvision's adaptive count) always runs torchvision's kernel.
         aligned (bool): the half-pixel correction (Detectron2's ``ROIAlignV2``).
@@ -149,7 +153,7 @@ class RoIAlign(nn.Module):
     """
 
     def __init__(
-        self, *, output_size: int | tuple[int, int], spatial_scale: float,
+        self, *, output_size: int | tuple[int, int], spatial_scale: float | None = None,
         sampling_ratio: int = 2, aligned: bool = False, backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -158,7 +162,7 @@ class RoIAlign(nn.Module):
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
         self.output_size = tuple(int(size) for size in output_size)
-        self.spatial_scale = float(spatial_scale)
+        self.spatial_scale = None if spatial_scale is None else float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
         self.backend = backend
@@ -170,6 +174,7 @@ class RoIAlign(nn.Module):
         return self.backend == "sparse" or device.type == "cpu"
 
     def forward(self, features: Tensor, rois: Tensor) -> Tensor:
+        _check_scale(self)
         if self.uses_sparse(features.device):
             return sparse_roi_align(
                 features, rois, output_size=self.output_size, spatial_scale=self.spatial_scale,
@@ -182,3 +187,36 @@ class RoIAlign(nn.Module):
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, "
                 f"backend={self.backend}")
+
+
+class RoIPool(nn.Module):
+    """RoI max pooling (Fast R-CNN, the paper's pooler): ``torchvision.ops.roi_pool`` with
+    keyword arguments and a ``spatial_scale`` that ``build_model`` can fill in.
+
+    Args:
+        output_size (int | tuple): P or (P, Q).
+        spatial_scale (float | None): 1 / backbone stride; None: set by ``build_model``.
+
+    Shapes: ``forward(features[B, C, Hf, Wf], rois[M, 5]) -> [M, C, P, Q]``.
+    """
+
+    def __init__(self, *, output_size: int | tuple[int, int],
+                 spatial_scale: float | None = None) -> None:
+        super().__init__()
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.output_size = tuple(int(size) for size in output_size)
+        self.spatial_scale = None if spatial_scale is None else float(spatial_scale)
+
+    def forward(self, features: Tensor, rois: Tensor) -> Tensor:
+        _check_scale(self)
+        return roi_pool(features, rois, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+def _check_scale(pooler: nn.Module) -> None:
+    if pooler.spatial_scale is None:
+        raise RuntimeError(f"{type(pooler).__name__} has no spatial_scale: build the model with "
+                           f"build_model (it sets 1 / the backbone's stride) or pass one")

@@ -89,9 +89,9 @@ class ROIHead(nn.Module):
     """RoI pooling -> box head -> class scores (K + 1) and class-specific deltas (4K).
 
     Args:
-        pooler (nn.Module): ``torchvision.ops.RoIPool`` (paper) or ``RoIAlign``, called as
-            ``pooler(features, rois[M, 5])`` with rows ``(image index, x1, y1, x2, y2)`` and its
-            ``spatial_scale`` set to 1 / stride.
+        pooler (nn.Module): ``RoIPool`` (paper) or ``RoIAlign`` (``detector.modeling.pooler``),
+            called as ``pooler(features, rois[M, 5])`` with rows ``(image index, x1, y1, x2, y2)``
+            and its ``spatial_scale`` set to 1 / stride (``build_model`` sets it).
         box_head (nn.Module): pooled ``[M, C, P, P]`` -> ``[M, box_head.out_features]``.
         num_classes (int): K, foreground classes.
         compact (bool, optional): pool and score only the valid RoIs when ``forward`` is given a

@@ -36,7 +36,7 @@ from detector.data import CocoDetection, ShapesDetection, VocDetection, build_tr
 from detector.modeling.backbone import ResNet50C4Backbone, VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead, VGGBoxHead
 from detector.modeling.build import build_model
-from detector.modeling.pooler import RoIAlign
+from detector.modeling.pooler import RoIAlign, RoIPool
 from detector.ops import losses
 
 __all__ = ["DATA_CONSTRUCTORS", "MODEL_CONSTRUCTORS", "MOVED_MODULES", "SpecError",
@@ -62,6 +62,7 @@ MODEL_CONSTRUCTORS: dict[str, Callable] = _with_old_names({
     "detector.modeling.box_head.MLPBoxHead": MLPBoxHead,
     "detector.modeling.box_head.VGGBoxHead": VGGBoxHead,
     "detector.modeling.pooler.RoIAlign": RoIAlign,
+    "detector.modeling.pooler.RoIPool": RoIPool,
     "torchvision.ops.RoIPool": torchvision.ops.RoIPool,
     "torchvision.ops.RoIAlign": torchvision.ops.RoIAlign,
     "detector.ops.losses.BinaryCrossEntropy": losses.BinaryCrossEntropy,

@@ -21,13 +21,8 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes",
-    "cxcywh_to_xyxy",
-    "elementwise_box_iou",
-    "elementwise_generalized_box_iou",
     "grid_box_iou",
     "remove_small_boxes_mask",
-    "xywh_to_xyxy",
-    "xyxy_to_cxcywh",
     "xyxy_to_xywh",
 ]
 
@@ -44,27 +39,10 @@ def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
 
 
-def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """boxes (Tensor[..., 4]): x, y, w, h (COCO) -> (Tensor[..., 4]): xyxy."""
-    x, y, w, h = boxes.unbind(-1)
-    return torch.stack((x, y, x + w, y + h), dim=-1)
-
-
 def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """boxes (Tensor[..., 4]): xyxy -> centre x, centre y, w, h (Tensor[...] each)."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     return (x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1
-
-
-def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """boxes (Tensor[..., 4]): xyxy -> (Tensor[..., 4]): centre x, centre y, w, h."""
-    return torch.stack(_centre_size(boxes), dim=-1)
-
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """boxes (Tensor[..., 4]): centre x, centre y, w, h -> (Tensor[..., 4]): xyxy."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -229,29 +207,6 @@ def grid_box_iou(
     area_sum = _area_sum(area1, box_area(b2)[:, :, None, None, None])  # (B, M, Hg, Wg, A)
     iou = _iou_from_overlap(inter, area_sum, valid2)
     return iou.flatten(2).transpose(-1, -2)
-
-
-def _paired_inter_union(b1: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
-    """b1, b2 (Tensor[..., 4] float32): xyxy, paired -> intersection and union (Tensor[...])."""
-    wh = (torch.minimum(b1[..., 2:], b2[..., 2:]) - torch.maximum(b1[..., :2], b2[..., :2]))
-    inter = wh.clamp(min=0).prod(dim=-1)
-    return inter, box_area(b1) + box_area(b2) - inter
-
-
-def elementwise_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """boxes1, boxes2 (Tensor[..., 4]): xyxy, paired -> (Tensor[...] float32): IoU of each pair."""
-    inter, union = _paired_inter_union(boxes1.float(), boxes2.float())
-    return inter / union.clamp(min=_TINY)
-
-
-def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """boxes1, boxes2 (Tensor[..., 4]): xyxy, paired -> (Tensor[...] float32): GIoU in [-1, 1]."""
-    b1, b2 = boxes1.float(), boxes2.float()
-    inter, union = _paired_inter_union(b1, b2)
-    iou = inter / union.clamp(min=_TINY)
-    hull_wh = (torch.maximum(b1[..., 2:], b2[..., 2:]) - torch.minimum(b1[..., :2], b2[..., :2]))
-    hull = hull_wh.clamp(min=0).prod(dim=-1)
-    return iou - (hull - union) / hull.clamp(min=_TINY)
 
 
 # ----------------------------------------------------------------------------- box coding

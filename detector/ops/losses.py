@@ -1,4 +1,5 @@
-"""Classification and regression losses, handed to the heads and the criterion as callables.
+"""Classification losses, handed to the heads and the criterion as callables (the criteria's box
+regression loss is ``F.smooth_l1_loss``).
 
 Shorthand: N elements (anchors or sampled proposals), C classes including background (C = K + 1).
 
@@ -26,7 +27,6 @@ __all__ = [
     "CrossEntropy",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
-    "smooth_l1",
 ]
 
 # Smallest positive normal float32. The modulating factor (1 - p_t) ** gamma is evaluated on
@@ -177,21 +177,3 @@ class SoftmaxFocalLoss:
         alpha = self.alpha.tolist() if isinstance(self.alpha, Tensor) else self.alpha
         return f"SoftmaxFocalLoss(alpha={alpha}, gamma={self.gamma})"
 
-
-def smooth_l1(pred: Tensor, target: Tensor, *, beta: float) -> Tensor:
-    """Per-element smooth L1 (Huber-like) loss in float32.
-
-    ``0.5 d**2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 beta``, with ``d = pred - target``;
-    ``beta = 0`` is plain L1.
-
-    Args:
-        pred (Tensor[..., 4]): predicted deltas (any float dtype).
-        target (Tensor[..., 4]): regression targets (deltas), same shape.
-        beta (float): transition point >= 0 (the paper's smooth L1 is beta = 1; 1/9 is common).
-
-    Returns:
-        Tensor[..., 4]: float32, no reduction.
-    """
-    if beta < 0:
-        raise ValueError(f"smooth L1 beta must be >= 0, got {beta}")
-    return F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=beta)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["BalancedSample", "draw_balanced", "sample_balanced"]
+__all__ = ["BalancedSample", "draw_balanced"]
 
 
 @dataclass
@@ -103,22 +103,3 @@ def draw_balanced(
     neg_index, neg_taken = _take_random(is_neg, num_neg, num_per_image, keys)
     return BalancedSample(pos_index, pos_taken, neg_index, neg_taken)
 
-
-def sample_balanced(
-    labels: Tensor,
-    *,
-    num_per_image: int,
-    positive_fraction: float,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``draw_balanced`` (same arguments, ``labels [B, N]``) as masks.
-
-    Returns:
-        pos_mask (BoolTensor[B, N]): sampled foreground rows.
-        neg_mask (BoolTensor[B, N]): sampled background rows.
-    """
-    sample = draw_balanced(
-        labels, num_per_image=num_per_image, positive_fraction=positive_fraction,
-        generator=generator,
-    )
-    return sample.masks(labels.shape[1])

@@ -5,8 +5,9 @@
     >>> report = predict_files(predictor, collect_inputs("photos/"), "predictions/")
     >>> print(report.summary())
 
-``predictor`` is anything called as ``predictor(list_of_rgb_arrays, score_threshold=...)`` that
-returns one ``detector.predict.predictor.Detections`` per image and has ``class_names``,
+``predictor`` is anything called as ``predictor(list_of_rgb_arrays)`` that returns one
+``detector.predict.predictor.Detections`` per image (all the model keeps; filtered here, once, by
+``Detections.above``) and has ``class_names``,
 ``label_to_cat_id`` and ``batch_size`` (``Predictor`` and ``OnnxPredictor`` both are).
 """
 
@@ -106,9 +107,9 @@ def _predict_images(predictor, inputs: Inputs, output_dir: Path, threshold: floa
     for start in range(0, len(inputs.images), step):
         paths = inputs.images[start:start + step]
         loaded = _read_batch(paths, inputs, report)
-        results = predictor([array for array, _ in loaded], score_threshold=threshold) \
-            if loaded else []
+        results = predictor([array for array, _ in loaded]) if loaded else []
         for (array, relative), det in zip(loaded, results, strict=True):
+            det = det.above(threshold)
             save_image(_image_output(output_dir, relative), _draw(array, det, predictor.class_names))
             entries.append({"file": relative.as_posix(), "height": det.image_size[0],
                             "width": det.image_size[1],
@@ -140,7 +141,8 @@ def _predict_video(predictor, path: Path, inputs: Inputs, output_dir: Path, thre
     frames: list[dict] = []
     try:
         for batch in read_video_batches(path, max(1, int(predictor.batch_size))):
-            for frame, det in zip(batch, predictor(batch, score_threshold=threshold), strict=True):
+            for frame, det in zip(batch, predictor(batch), strict=True):
+                det = det.above(threshold)
                 drawn = _draw(frame, det, predictor.class_names)
                 writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                 frames.append({"frame": len(frames),
@@ -156,15 +158,14 @@ def _predict_video(predictor, path: Path, inputs: Inputs, output_dir: Path, thre
 
 
 def predict_files(predictor: Any, inputs: Inputs, output_dir: str | Path, *,
-                  score_threshold: float | None = None, progress: bool = True,
+                  score_threshold: float = 0.5, progress: bool = True,
                   metadata: dict | None = None) -> PredictionReport:
     """Run ``predictor`` on every image and video frame of ``inputs``; write into ``output_dir``
     the annotated images (same relative paths as the inputs), annotated videos (``.mp4``) and
     ``detections.json``.
 
     Args:
-        score_threshold: detections below it are neither drawn nor listed (default: the
-            predictor's own ``score_threshold``).
+        score_threshold: detections below it are neither drawn nor listed.
         progress: show a tqdm bar (images and frames).
         metadata: extra entries for the top of ``detections.json`` (e.g. the checkpoint).
 
@@ -174,7 +175,7 @@ def predict_files(predictor: Any, inputs: Inputs, output_dir: str | Path, *,
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    threshold = predictor.score_threshold if score_threshold is None else float(score_threshold)
+    threshold = float(score_threshold)
     report = PredictionReport(output_dir=output_dir, skipped=list(inputs.skipped))
     total = len(inputs.images) + sum(info.frames for v in inputs.videos if (info := video_info(v)))
     start = time.perf_counter()

@@ -3,6 +3,7 @@
     >>> from detector.predict.onnx_predictor import OnnxPredictor
     >>> predictor = OnnxPredictor.from_file("final.onnx")
     >>> result = predictor("street.jpg")        # the same Detections as Predictor returns
+    >>> confident = result.above(0.5)
 
 Images go through the same eval preprocessing as ``Predictor`` (the run's resize, ImageNet
 normalisation), read from the file's metadata, and are zero-padded to the graph's fixed input
@@ -85,7 +86,7 @@ class OnnxPredictor:
     """An ONNX model plus its eval preprocessing; call it like ``Predictor``.
 
     Build it with ``from_file``. Attributes: ``session`` (onnxruntime.InferenceSession),
-    ``transforms``, ``class_names``, ``input_size`` ((H, W) of the graph), ``score_threshold``,
+    ``transforms``, ``class_names``, ``input_size`` ((H, W) of the graph),
     ``batch_size``, ``label_to_cat_id``, ``info`` (model path and the file's metadata).
     """
 
@@ -93,13 +94,12 @@ class OnnxPredictor:
     transforms: DetectionTransforms
     class_names: list[str]
     input_size: tuple[int, int]
-    score_threshold: float = 0.5
     batch_size: int = 8
     label_to_cat_id: dict[int, int] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def from_file(cls, path: str | Path, *, score_threshold: float = 0.5, batch_size: int = 8,
+    def from_file(cls, path: str | Path, *, batch_size: int = 8,
                   num_threads: int | None = None) -> OnnxPredictor:
         """Load ``path`` (written by ``tools/export.py``) into an onnxruntime CPU session.
 
@@ -129,7 +129,7 @@ class OnnxPredictor:
                    transforms=build_transforms(train=False, min_size=meta.get("min_size", 600),
                                                max_size=meta.get("max_size", 1000)),
                    class_names=list(meta["class_names"]), input_size=tuple(meta["input_size"]),
-                   score_threshold=float(score_threshold), batch_size=int(batch_size),
+                   batch_size=int(batch_size),
                    label_to_cat_id={int(k): int(v)
                                     for k, v in meta.get("label_to_cat_id", {}).items()},
                    info={"model": str(path), **meta})
@@ -163,8 +163,7 @@ class OnnxPredictor:
                  INPUT_NAMES[1]: np.asarray(sizes, dtype=np.int64).reshape(-1, 2)}
         return feeds, per_image
 
-    def predict_arrays(self, images: Iterable[tuple[np.ndarray, str | None]], *,
-                       score_threshold: float) -> list[Detections]:
+    def predict_arrays(self, images: Iterable[tuple[np.ndarray, str | None]]) -> list[Detections]:
         """One onnxruntime run over (RGB array, source) pairs; see ``Predictor.__call__``."""
         feeds, per_image = self.preprocess(images)
         if not per_image:
@@ -177,10 +176,9 @@ class OnnxPredictor:
             if label.size and not 1 <= label.min() <= label.max() <= len(self.class_names):
                 raise OnnxModelError(f"{self.info.get('model')}: the graph's labels exceed the "
                                      f"{len(self.class_names)} class names of its metadata")
-            det = Detections(
+            results.append(Detections(
                 boxes=(boxes[i][keep] / np.array([sx, sy, sx, sy], np.float32)).astype(np.float32),
                 scores=scores[i][keep].astype(np.float32), labels=label,
                 class_names=[self.class_names[k - 1] for k in label.tolist()],
-                image_size=(int(size[0]), int(size[1])), source=source)
-            results.append(det.above(score_threshold))
+                image_size=(int(size[0]), int(size[1])), source=source))
         return results

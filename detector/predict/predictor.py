@@ -2,12 +2,14 @@
 
     >>> from detector.predict.predictor import Predictor
     >>> predictor = Predictor.from_checkpoint("outputs/focal_end_to_end/<run>/checkpoints/final.pth")
-    >>> result = predictor("street.jpg")            # a path, an RGB array, a PIL image, or a list
+    >>> result = predictor("street.jpg").above(0.5)  # a path, an RGB array, a PIL image, or a list
     >>> for box, name, score in zip(result.boxes, result.class_names, result.scores):
     ...     print(name, round(float(score), 2), box)  # xyxy in the original image's pixels
 
 Images go through the evaluation pipeline of the run (resize to the run's ``min_size``/``max_size``,
-ImageNet normalisation), are batched, and the detections come back in original-image pixels.
+ImageNet normalisation), are batched, and the detections come back in original-image pixels:
+all that the model keeps (its own ``score_threshold``, 0.05 by default); ``Detections.above``
+keeps the confident ones.
 The model is built once from the checkpoint's own description (no Hydra, nothing downloaded).
 """
 
@@ -57,9 +59,12 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def above(self, threshold: float) -> Detections:
-        """Only the detections scoring at least ``threshold``."""
-        keep = self.scores >= threshold
+    def above(self, threshold: float, *, as_shown: bool = False) -> Detections:
+        """Only the detections scoring at least ``threshold``; with ``as_shown``, the scores are
+        compared as ``to_list`` shows them (rounded to 4 decimals), so that the result agrees with
+        a filter on the JSON (the web page's slider)."""
+        scores = np.array(_shown(self.scores), np.float64) if as_shown else self.scores
+        keep = scores >= threshold
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep],
                           [n for n, k in zip(self.class_names, keep, strict=True) if k],
                           self.image_size, self.source)
@@ -70,14 +75,19 @@ class Detections:
         ``category``."""
         out = []
         for (x1, y1, x2, y2), score, label, name in zip(
-                self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), self.class_names,
+                self.boxes.tolist(), _shown(self.scores), self.labels.tolist(), self.class_names,
                 strict=True):
             cat_id = label_to_cat_id.get(label, label) if label_to_cat_id else label
             out.append({"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                         "box_xyxy": [round(v, 2) for v in (x1, y1, x2, y2)],
-                        "score": round(score, 4), "label": label, "category_id": int(cat_id),
+                        "score": score, "label": label, "category_id": int(cat_id),
                         "category": name})
         return out
+
+
+def _shown(scores: np.ndarray) -> list[float]:
+    """Scores as the JSON shows them: 4 decimals."""
+    return [round(score, 4) for score in scores.tolist()]
 
 
 def load_image(image: ImageInput, *, bgr: bool = False) -> tuple[np.ndarray, str | None]:
@@ -128,7 +138,7 @@ class Predictor:
 
     Build it with ``from_checkpoint``. Attributes: ``model`` (eval mode, on ``device``),
     ``transforms`` (the run's eval pipeline), ``class_names``, ``label_to_cat_id``,
-    ``score_threshold``, ``batch_size``, ``precision`` ("fp32", "bf16" or "fp16"), ``info``
+    ``batch_size``, ``precision`` ("fp32", "bf16" or "fp16"), ``info``
     (checkpoint path, iteration, metrics).
     """
 
@@ -137,21 +147,18 @@ class Predictor:
     class_names: list[str]
     device: torch.device
     precision: str = "fp32"
-    score_threshold: float = 0.5
     batch_size: int = 8
     label_to_cat_id: dict[int, int] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
-                        score_threshold: float = 0.5, batch_size: int = 8,
-                        channels_last: bool = True) -> Predictor:
+                        batch_size: int = 8, channels_last: bool = True) -> Predictor:
         """Load ``path`` (a ``final.pth`` or ``iter_*.pth`` from ``tools/train_net.py``).
 
         Args:
             device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
             precision: "auto" (bf16 where the device computes it natively), "fp32", "bf16", "fp16".
-            score_threshold: detections below it are dropped (the model itself keeps >= 0.05).
             batch_size: images per forward pass.
             channels_last: the model's weights in channels-last layout, as training keeps them
                 by default (``train.channels_last``): the convolutions then run NHWC kernels,
@@ -168,32 +175,29 @@ class Predictor:
                 "dataset": dataset.get("name"), "metrics": checkpoint_metrics(path)}
         return cls(model=model, transforms=transforms, class_names=list(state["class_names"]),
                    device=dev, precision=resolve_precision(precision, dev),
-                   score_threshold=float(score_threshold), batch_size=int(batch_size),
-                   label_to_cat_id={int(k): int(v)
+                   batch_size=int(batch_size), label_to_cat_id={int(k): int(v)
                                     for k, v in state.get("label_to_cat_id", {}).items()},
                    info=info)
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput], *, bgr: bool = False,
-                 score_threshold: float | None = None) -> Detections | list[Detections]:
-        """Detect objects. One image in, one ``Detections`` out; a list in, a list out.
+    def __call__(self, images: ImageInput | Sequence[ImageInput], *,
+                 bgr: bool = False) -> Detections | list[Detections]:
+        """Detect objects. One image in, one ``Detections`` out; a list in, a list out: every
+        detection the model keeps (``.above(threshold)`` keeps the confident ones).
 
         Args:
             images: a path, an array (RGB uint8 ``[H, W, 3]``; ``bgr=True`` for OpenCV's BGR),
                 a PIL image, or a list/tuple of them.
-            score_threshold: overrides the predictor's threshold for this call.
         """
         single = not isinstance(images, list | tuple)
         batch = [images] if single else list(images)
-        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         results: list[Detections] = []
         for start in range(0, len(batch), self.batch_size):
             loaded = [load_image(image, bgr=bgr) for image in batch[start:start + self.batch_size]]
-            results.extend(self.predict_arrays(loaded, score_threshold=threshold))
+            results.extend(self.predict_arrays(loaded))
         return results[0] if single else results
 
     @torch.no_grad()
-    def predict_arrays(self, images: Iterable[tuple[np.ndarray, str | None]], *,
-                       score_threshold: float) -> list[Detections]:
+    def predict_arrays(self, images: Iterable[tuple[np.ndarray, str | None]]) -> list[Detections]:
         """One forward pass over (RGB array, source) pairs; see ``__call__``."""
         items, sources = [], []
         for index, (array, source) in enumerate(images):
@@ -207,7 +211,7 @@ class Predictor:
         with autocast(self.device, self.precision):
             outputs = self.model(batch["images"], batch["image_sizes"], detect=True)
         per_image = self.model.detect(outputs, batch["scales"])
-        return [self._to_detections(det, item["orig_size"], source).above(score_threshold)
+        return [self._to_detections(det, item["orig_size"], source)
                 for det, item, source in zip(per_image, items, sources, strict=True)]
 
     def _to_detections(self, det: dict, size: tuple[int, int], source: str | None) -> Detections:

@@ -144,36 +144,6 @@ def plot_metrics(
     return _save_figure(fig, out_png)
 
 
-def plot_loss_comparison(
-    runs: Mapping[str, str | os.PathLike],
-    out_png: str | os.PathLike,
-    key: str = "loss",
-    *,
-    smooth: int = 1,
-) -> Path:
-    """Overlay one metric (default the total loss, log y) from several runs, e.g. CE vs focal.
-
-    Args:
-        runs: run name -> its ``metrics.jsonl``.
-        out_png: where to write the figure.
-        key: the metric to compare.
-        smooth: moving-average window (1 = raw).
-    """
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    log_y = key.startswith("loss")
-    drawn = 0
-    for name, path in runs.items():
-        for group, (xs, ys) in metric_series(read_metrics_jsonl(path), key, positive=log_y).items():
-            ax.plot(*_smoothed(xs, ys, smooth), label=f"{name} [{group}]" if group else name)
-            drawn += 1
-    if not drawn:
-        warnings.warn(f"no run has values for {key!r}", stacklevel=2)
-    _style_axes(ax, key, log_y)
-    return _save_figure(fig, out_png)
-
-
 def _style_axes(ax: Any, title: str, log_y: bool) -> None:
     ax.set_title(title)
     ax.set_xlabel("iteration")

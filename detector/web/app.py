@@ -2,7 +2,7 @@
 
     >>> from detector.predict.predictor import Predictor
     >>> from detector.web import create_app
-    >>> app = create_app(predictor=Predictor.from_checkpoint(path, score_threshold=0.05))
+    >>> app = create_app(predictor=Predictor.from_checkpoint(path), score_threshold=0.05)
     >>> app.test_client().post("/api/detect", data={"image": open("cat.jpg", "rb")}).json
 
 Routes:
@@ -51,25 +51,28 @@ def _json_safe(value):
 
 
 class DetectionService:
-    """A predictor behind a lock: the model runs one image at a time, requests queue."""
+    """A predictor behind a lock: the model runs one image at a time, requests queue.
+    ``score_threshold`` is the lowest score it returns."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, *, predictor: Predictor, score_threshold: float = 0.05) -> None:
         self.predictor = predictor
+        self.score_threshold = float(score_threshold)
         self._lock = threading.Lock()
 
     def detect(self, image, *, score_threshold: float | None = None) -> dict:
-        """Detections of one RGB image ``ndarray[H, W, 3]`` uint8, as the API's JSON body.
-        ``score_threshold`` filters on the scores as the JSON shows them (4 decimals)."""
-        floor = self.predictor.score_threshold
+        """Detections of one RGB image ``ndarray[H, W, 3]`` uint8, as the API's JSON body, down
+        to ``score_threshold`` (never below the service's own); scores are compared as the JSON
+        shows them (4 decimals), as the page's slider compares them."""
         queued = time.perf_counter()
         with self._lock:
             start = time.perf_counter()
-            result = self.predictor.predict_arrays([(image, None)], score_threshold=floor)[0]
+            result = self.predictor.predict_arrays([(image, None)])[0]
             done = time.perf_counter()
-        rows = result.to_list(label_to_cat_id=self.predictor.label_to_cat_id)
-        threshold = max(floor, score_threshold or 0.0)
+        threshold = max(self.score_threshold, score_threshold or 0.0)
         height, width = result.image_size
-        return {"detections": [row for row in rows if row["score"] >= threshold],
+        rows = result.above(threshold, as_shown=True).to_list(
+            label_to_cat_id=self.predictor.label_to_cat_id)
+        return {"detections": rows,
                 "image": {"width": width, "height": height},
                 "inference_ms": round(1000 * (done - start), 1),
                 "queue_ms": round(1000 * (start - queued), 1),
@@ -85,7 +88,8 @@ class DetectionService:
         return _json_safe({"classes": classes, "checkpoint": p.info.get("checkpoint"),
                            "iteration": p.info.get("iteration"), "dataset": p.info.get("dataset"),
                            "metrics": p.info.get("metrics"), "device": str(p.device),
-                           "precision": p.precision, "score_threshold": p.score_threshold})
+                           "precision": p.precision,
+                           "score_threshold": self.score_threshold})
 
 
 def _upload_bytes() -> bytes:
@@ -112,12 +116,13 @@ def _threshold_field() -> float | None:
 
 def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
                samples: Sequence[str | Path] = (), max_pixels: int = DEFAULT_MAX_PIXELS,
-               display_threshold: float = 0.5) -> Flask:
+               score_threshold: float = 0.05, display_threshold: float = 0.5) -> Flask:
     """The demo app around one predictor.
 
     Args:
-        predictor: answers /api/detect; its ``score_threshold`` (e.g. 0.05) is the lowest score
-            the API returns: the page's slider filters above it without re-running the model.
+        predictor: answers /api/detect.
+        score_threshold: the lowest score the API returns (a request may ask for a higher one):
+            the page's slider filters above it without re-running the model.
         max_upload_mb: uploads above it get 413.
         samples: image files offered on the page (e.g. from ``sample_images``).
         max_pixels: images with more pixels (read from the header, before decoding) get 413.
@@ -125,7 +130,7 @@ def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
-    service = DetectionService(predictor)
+    service = DetectionService(predictor=predictor, score_threshold=score_threshold)
     sample_paths = [Path(p) for p in samples]
     app.extensions["detector"] = service
 

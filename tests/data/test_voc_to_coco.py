@@ -1,11 +1,11 @@
 """datasets/voc_to_coco.py: the CLI writes a COCO JSON equal to what VocDetection trains on."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from load_file import load_file
 
 from detector.data.coco import CocoDetection
 from detector.data.voc import VocDetection
@@ -15,10 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "datasets" / "voc_to_coco.py"
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("voc_to_coco", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT, "voc_to_coco")
 
 
 def test_converts_and_round_trips_through_coco(cli, make_voc, tmp_path):

@@ -3,24 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from load_file import load_file
 
-
-def _load_tiny_training() -> None:
-    if "tiny_training" in sys.modules:
-        return
-    path = Path(__file__).with_name("tiny_training.py")
-    spec = importlib.util.spec_from_file_location("tiny_training", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_training"] = module
-    spec.loader.exec_module(module)
-
-
-_load_tiny_training()
+if "tiny_training" not in sys.modules:
+    load_file(Path(__file__).with_name("tiny_training.py"), "tiny_training", register=True)
 
 
 @pytest.fixture(scope="module")

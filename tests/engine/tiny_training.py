@@ -1,8 +1,9 @@
 """Tiny training set-ups shared by the reliability tests (not a test module).
 
-Load it from a test with ``load_tiny()`` below's pattern (``importlib`` by file path: tests are
-not a package); subprocesses import it by name with ``tests/engine`` on ``PYTHONPATH``, e.g.
-``model.backbone._target_=tiny_training.TinyBackbone`` for ``tools/train_net.py``.
+The engine tests' conftest registers it (with ``tests/load_file.py``: tests are not a package),
+so their modules ``import tiny_training``; subprocesses import it by name with ``tests/engine`` on
+``PYTHONPATH``, e.g. ``model.backbone._target_=tiny_training.TinyBackbone`` for
+``tools/train_net.py``.
 """
 
 from __future__ import annotations

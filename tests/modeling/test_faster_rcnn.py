@@ -13,6 +13,7 @@ import traceback
 import pytest
 import torch
 import torchvision
+from tiny_checkpoint import TINY_CLASSES, tiny_model_spec
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -20,7 +21,8 @@ from detector.modeling.backbone import VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
 from detector.modeling.faster_rcnn import LOSS_NAMES, FasterRCNN, FasterRCNNCriterion
-from detector.modeling.pooler import RoIAlign
+from detector.modeling.pooler import RoIAlign, RoIPool
+from detector.modeling.spec import build_from_spec, model_from_checkpoint
 from detector.ops.boxes import box_iou
 from detector.ops.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
 
@@ -412,20 +414,66 @@ def test_gradients_reach_unfrozen_backbone_layers_only():
         assert all(p.grad is not None for p in module.parameters())
 
 
-def test_stride_8_backbone_gives_stride_8_anchors_and_a_checked_pooler_scale():
+def test_stride_8_backbone_gives_stride_8_anchors_and_a_derived_pooler_scale():
     backbone = VGG16BNBackbone(weights=None, frozen_blocks=0, output_stride=8)
     parts = dict(backbone=backbone, box_head=MLPBoxHead(in_channels=512, resolution=7,
                                                         hidden_dim=32),
                  num_classes=NUM_CLASSES, anchor_sizes=(16, 32), rpn_post_nms_top_n=POST_NMS,
                  roi_num_samples=ROI_SAMPLES)
-    with pytest.raises(ValueError, match="spatial_scale 0.0625 .* stride 8"):
-        build_model(pooler=torchvision.ops.RoIPool(7, 1.0 / 16), **parts)
-    model = build_model(pooler=torchvision.ops.RoIPool(7, 1.0 / 8), **parts)
+    with pytest.raises(ValueError, match="spatial_scale 0.0625 .* stride 8"):  # a given one is
+        build_model(pooler=torchvision.ops.RoIPool(7, 1.0 / 16), **parts)      # checked
+    assert build_model(pooler=torchvision.ops.RoIPool(7, 1.0 / 8), **parts)
+    model = build_model(pooler=RoIPool(output_size=7), **parts)
+    assert model.roi_head.pooler.spatial_scale == 0.125
     data = random_batch([(64, 64)], [2])
     out = model(data["images"], data["image_sizes"], data["targets"])
     assert out["anchors"].shape == (8 * 8 * 6, 4)  # an 8 x 8 map, 2 sizes x 3 ratios
     assert model.anchor_generator.stride == 8
     sum(ce_criterion()(out, data["targets"]).values()).backward()
+
+
+@pytest.mark.parametrize("pooler", [RoIPool(output_size=7), RoIAlign(output_size=7)],
+                         ids=["RoIPool", "RoIAlign"])
+def test_a_pooler_without_a_scale_gets_one_over_the_stride(pooler):
+    parts = dict(box_head=MLPBoxHead(in_channels=64, resolution=7, hidden_dim=16),
+                 num_classes=NUM_CLASSES)
+    assert build_model(backbone=TinyBackbone(), pooler=pooler, **parts).roi_head.pooler \
+        .spatial_scale == 1 / 16
+
+
+def test_a_pooler_used_without_build_model_or_a_scale_says_so():
+    with pytest.raises(RuntimeError, match="RoIPool has no spatial_scale: build the model"):
+        RoIPool(output_size=2)(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5))
+
+
+def test_a_checkpoint_whose_description_spells_out_the_scale_still_loads():
+    """Runs before the scale was derived stored ``torchvision.ops.RoIPool`` with
+    ``spatial_scale: 0.0625``: same model, same weights, same outputs."""
+    old_spec = {**tiny_model_spec(), "pooler": {"_target_": "torchvision.ops.RoIPool",
+                                                "output_size": 7, "spatial_scale": 0.0625}}
+    torch.manual_seed(0)
+    new = build_from_spec(tiny_model_spec(len(TINY_CLASSES))).eval()
+    state = {"model": new.state_dict(), "class_names": TINY_CLASSES,
+             "config": {"model": old_spec}}
+    old = model_from_checkpoint(state)
+    assert isinstance(old.roi_head.pooler, torchvision.ops.RoIPool)
+    assert new.roi_head.pooler.spatial_scale == old.roi_head.pooler.spatial_scale == 1 / 16
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = (m.detect(m(images, torch.tensor([[64, 64]]), detect=True))[0]
+                for m in (new, old))
+    assert len(a["scores"]) > 0 and all(torch.equal(a[k], b[k]) for k in a)
+    wrong = {**state, "config": {"model": {**old_spec, "pooler": {**old_spec["pooler"],
+                                                                  "spatial_scale": 0.125}}}}
+    with pytest.raises(ValueError, match="spatial_scale 0.125 does not match .* stride 16"):
+        model_from_checkpoint(wrong)
+
+
+def test_our_roipool_is_torchvisions():
+    features = torch.randn(2, 3, 8, 8)
+    rois = torch.tensor([[0.0, 1.0, 2.0, 20.0, 30.0], [1.0, 0.0, 0.0, 31.0, 31.0]])
+    ours = RoIPool(output_size=(2, 3), spatial_scale=0.25)(features, rois)
+    assert torch.equal(ours, torchvision.ops.RoIPool((2, 3), 0.25)(features, rois))
 
 
 # ----------------------------------------------------------------------------- overfitting

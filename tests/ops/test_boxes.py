@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.models.detection._utils import BoxCoder as TvBoxCoder
 from torchvision.ops import box_iou as tv_box_iou
-from torchvision.ops import generalized_box_iou as tv_generalized_box_iou
 
 from detector.ops.boxes import (
     DEFAULT_SCALE_CLAMP,
@@ -19,13 +18,8 @@ from detector.ops.boxes import (
     box_area,
     box_iou,
     clip_boxes,
-    cxcywh_to_xyxy,
-    elementwise_box_iou,
-    elementwise_generalized_box_iou,
     grid_box_iou,
     remove_small_boxes_mask,
-    xywh_to_xyxy,
-    xyxy_to_cxcywh,
     xyxy_to_xywh,
 )
 
@@ -47,17 +41,7 @@ def random_boxes(gen: torch.Generator, shape: tuple[int, ...], *, min_size=1.0, 
 def test_conversions_hand_values():
     xyxy = torch.tensor([[1.0, 2.0, 5.0, 10.0]])
     assert torch.equal(xyxy_to_xywh(xyxy), torch.tensor([[1.0, 2.0, 4.0, 8.0]]))
-    assert torch.equal(xyxy_to_cxcywh(xyxy), torch.tensor([[3.0, 6.0, 4.0, 8.0]]))
-    assert torch.equal(xywh_to_xyxy(torch.tensor([[1.0, 2.0, 4.0, 8.0]])), xyxy)
-    assert torch.equal(cxcywh_to_xyxy(torch.tensor([[3.0, 6.0, 4.0, 8.0]])), xyxy)
-
-
-@SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(0, 3))
-def test_conversion_round_trips(seed, batch):
-    boxes = random_boxes(torch.Generator().manual_seed(seed), (batch, 7))
-    torch.testing.assert_close(xywh_to_xyxy(xyxy_to_xywh(boxes)), boxes, rtol=0, atol=1e-4)
-    torch.testing.assert_close(cxcywh_to_xyxy(xyxy_to_cxcywh(boxes)), boxes, rtol=0, atol=1e-4)
+    assert xyxy_to_xywh(torch.zeros(2, 0, 4)).shape == (2, 0, 4)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -115,8 +99,6 @@ def test_iou_of_degenerate_boxes_is_zero_not_nan():
     line = torch.tensor([[0.0, 1.0, 2.0, 1.0]])
     assert box_iou(point, point).item() == 0.0
     assert box_iou(point, line).item() == 0.0
-    assert elementwise_box_iou(point, point).item() == 0.0
-    assert elementwise_generalized_box_iou(point, point).item() == 0.0
 
 
 @SETTINGS
@@ -172,24 +154,6 @@ def test_iou_is_float32_for_half_inputs_and_under_autocast():
         deltas = BoxCoder().encode(boxes1, boxes2[0, :1])
     assert iou.dtype == torch.float32 and deltas.dtype == torch.float32
     assert torch.equal(iou, batched_box_iou(boxes1, boxes2))
-
-
-def test_elementwise_iou_is_the_diagonal_of_pairwise_iou():
-    gen = torch.Generator().manual_seed(1)
-    boxes1, boxes2 = random_boxes(gen, (20,), extent=30.0), random_boxes(gen, (20,), extent=30.0)
-    torch.testing.assert_close(elementwise_box_iou(boxes1, boxes2), box_iou(boxes1, boxes2).diag())
-
-
-def test_generalized_iou_hand_values():
-    """Identical boxes: 1. Unit squares 1 apart: IoU 0, hull 3x1, union 2 -> 0 - (3 - 2) / 3."""
-    a = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]])
-    b = torch.tensor([[0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0], [1.0, 1.0, 3.0, 3.0]])
-    # third pair: inter 1, union 7, hull 3x3 = 9 -> 1/7 - 2/9
-    expected = torch.tensor([1.0, -1 / 3, 1 / 7 - 2 / 9])
-    giou = elementwise_generalized_box_iou(a, b)
-    torch.testing.assert_close(giou, expected)
-    torch.testing.assert_close(giou, tv_generalized_box_iou(a, b).diag())
-    assert giou[1] < 0
 
 
 # ----------------------------------------------------------------------------- box coding

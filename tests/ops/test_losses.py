@@ -14,7 +14,6 @@ from detector.ops.losses import (
     CrossEntropy,
     SigmoidFocalLoss,
     SoftmaxFocalLoss,
-    smooth_l1,
 )
 
 
@@ -238,31 +237,6 @@ def test_empty_inputs():
     assert SoftmaxFocalLoss(alpha=0.25)(
         torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)
     ).shape == (0,)
-
-
-# ---------------------------------------------------------------- smooth L1
-
-
-def test_smooth_l1_hand_values():
-    pred = torch.tensor([0.0, 0.0, 0.0, 0.0])
-    target = torch.tensor([0.5, -0.5, 2.0, -3.0])
-    # beta = 1: |d| < 1 -> 0.5 d^2; else |d| - 0.5.
-    torch.testing.assert_close(
-        smooth_l1(pred, target, beta=1.0), torch.tensor([0.125, 0.125, 1.5, 2.5])
-    )
-    # beta = 0: plain L1.
-    torch.testing.assert_close(smooth_l1(pred, target, beta=0.0), target.abs())
-
-
-def test_smooth_l1_float32_and_shape():
-    pred = torch.zeros(2, 3, 4, dtype=torch.float16)
-    target = torch.ones(2, 3, 4, dtype=torch.bfloat16)
-    out = smooth_l1(pred, target, beta=1.0 / 9)
-    assert out.dtype == torch.float32
-    assert out.shape == (2, 3, 4)
-    torch.testing.assert_close(out, torch.full((2, 3, 4), 1.0 - 0.5 / 9))
-    with pytest.raises(ValueError, match="beta"):
-        smooth_l1(pred, target, beta=-1.0)
 
 
 @pytest.mark.gpu

@@ -7,9 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.ops.sampling import draw_balanced, sample_balanced
+from detector.ops.sampling import draw_balanced
 
 SETTINGS = settings(max_examples=80, deadline=None, derandomize=True)  # the same cases each run
+
+
+def sample_masks(labels: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draw_balanced`` as (pos_mask, neg_mask), BoolTensor[B, N] each."""
+    return draw_balanced(labels, **kwargs).masks(labels.shape[1])
 
 
 def random_labels(gen: torch.Generator, batch: int, rows: int, p_fg: float, p_bg: float):
@@ -32,8 +37,8 @@ def test_exact_counts_and_only_candidates(seed, batch, rows, p_fg, p_bg, num_per
                                           positive_fraction):
     gen = torch.Generator().manual_seed(seed)
     labels = random_labels(gen, batch, rows, p_fg, min(p_bg, 1 - p_fg))
-    pos, neg = sample_balanced(labels, num_per_image=num_per_image,
-                               positive_fraction=positive_fraction, generator=gen)
+    pos, neg = sample_masks(labels, num_per_image=num_per_image,
+                            positive_fraction=positive_fraction, generator=gen)
     assert pos.shape == neg.shape == labels.shape and pos.dtype == torch.bool
     assert (labels[pos] == 1).all() and (labels[neg] == 0).all()
     max_pos = int(num_per_image * positive_fraction)
@@ -51,9 +56,9 @@ def test_max_positives_are_floored_not_rounded(num_per_image, positive_fraction,
     """size x fraction not a whole number (3 x 0.5 = 1.5): at most floor of it are positives,
     and background fills the rest; rounding (2 for 1.5 and 2.5) fails here."""
     labels = torch.tensor([[1] * 10 + [0] * 10])
-    pos, neg = sample_balanced(labels, num_per_image=num_per_image,
-                               positive_fraction=positive_fraction,
-                               generator=torch.Generator().manual_seed(0))
+    pos, neg = sample_masks(labels, num_per_image=num_per_image,
+                            positive_fraction=positive_fraction,
+                            generator=torch.Generator().manual_seed(0))
     assert int(pos.sum()) == max_pos
     assert int(neg.sum()) == num_per_image - max_pos
 
@@ -65,9 +70,9 @@ def test_rpn_and_roi_configurations():
     labels[1, :10] = 1  # scarce foreground: background fills up the sample
     labels[:, 4000:] = -1
     gen = torch.Generator().manual_seed(0)
-    pos, neg = sample_balanced(labels, num_per_image=256, positive_fraction=0.5, generator=gen)
+    pos, neg = sample_masks(labels, num_per_image=256, positive_fraction=0.5, generator=gen)
     assert pos.sum(1).tolist() == [128, 10] and neg.sum(1).tolist() == [128, 246]
-    pos, neg = sample_balanced(labels, num_per_image=512, positive_fraction=0.25, generator=gen)
+    pos, neg = sample_masks(labels, num_per_image=512, positive_fraction=0.25, generator=gen)
     assert pos.sum(1).tolist() == [128, 10] and neg.sum(1).tolist() == [384, 502]
 
 
@@ -82,8 +87,8 @@ def test_selection_is_uniform_among_candidates():
     draws = 4000
     row = torch.tensor([1] * 5 + [0] * 10 + [-1] * 5 + [1] * 5 + [0] * 10)
     gen = torch.Generator().manual_seed(0)
-    pos, neg = sample_balanced(row.expand(draws, -1), num_per_image=10, positive_fraction=0.3,
-                               generator=gen)
+    pos, neg = sample_masks(row.expand(draws, -1), num_per_image=10, positive_fraction=0.3,
+                            generator=gen)
     for mask, kind, expected in ((pos, 1, 0.3), (neg, 0, 0.35)):
         counts = mask[:, row == kind].sum(0).float()
         freq = counts / draws
@@ -95,10 +100,10 @@ def test_selection_is_uniform_among_candidates():
 
 def test_generator_makes_draws_reproducible():
     labels = random_labels(torch.Generator().manual_seed(1), 3, 500, 0.2, 0.5)
-    first = sample_balanced(labels, num_per_image=64, positive_fraction=0.25,
-                            generator=torch.Generator().manual_seed(7))
-    second = sample_balanced(labels, num_per_image=64, positive_fraction=0.25,
-                             generator=torch.Generator().manual_seed(7))
+    first = sample_masks(labels, num_per_image=64, positive_fraction=0.25,
+                         generator=torch.Generator().manual_seed(7))
+    second = sample_masks(labels, num_per_image=64, positive_fraction=0.25,
+                          generator=torch.Generator().manual_seed(7))
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
@@ -118,7 +123,7 @@ def test_draw_lists_distinct_rows_and_untaken_positives_are_not_foreground():
 
 def test_no_rows_and_nothing_to_sample():
     for labels in (torch.zeros(2, 0, dtype=torch.long), torch.full((2, 9), -1)):
-        pos, neg = sample_balanced(labels, num_per_image=8, positive_fraction=0.5)
+        pos, neg = sample_masks(labels, num_per_image=8, positive_fraction=0.5)
         assert not pos.any() and not neg.any()
 
 
@@ -126,7 +131,7 @@ def test_no_rows_and_nothing_to_sample():
 def test_cuda_counts(cuda_device):
     labels = random_labels(torch.Generator().manual_seed(4), 3, 2000, 0.05, 0.6).to(cuda_device)
     gen = torch.Generator(device=cuda_device).manual_seed(0)
-    pos, neg = sample_balanced(labels, num_per_image=256, positive_fraction=0.5, generator=gen)
+    pos, neg = sample_masks(labels, num_per_image=256, positive_fraction=0.5, generator=gen)
     assert pos.device.type == "cuda"
     expected_pos = (labels == 1).sum(1).clamp(max=128)
     assert torch.equal(pos.sum(1), expected_pos)

@@ -17,8 +17,7 @@ from detector.predict.predictor import Predictor
 
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32",
-                                     score_threshold=0.05, batch_size=2)
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", batch_size=2)
 
 
 def _noise(seed: int, h: int, w: int) -> np.ndarray:
@@ -44,7 +43,8 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
 
 def test_folder_run_writes_annotations_and_matching_json(predictor, folder, tmp_path):
     out = tmp_path / "out"
-    report = predict_files(predictor, collect_inputs(folder), out, progress=False)
+    report = predict_files(predictor, collect_inputs(folder), out, score_threshold=0.05,
+                           progress=False)
     assert (report.images, report.frames, report.videos) == (3, 0, 0)
     assert sorted(name for name, _ in report.skipped) == ["broken.jpg", "readme.txt"]
     summary = report.summary()
@@ -84,7 +84,8 @@ def test_video_run_keeps_every_frame(predictor, tmp_path):
         writer.write(_noise(10 + i, 48, 64))
     writer.release()
     out = tmp_path / "out"
-    report = predict_files(predictor, collect_inputs(video), out, progress=False)
+    report = predict_files(predictor, collect_inputs(video), out, score_threshold=0.05,
+                           progress=False)
     assert (report.images, report.frames, report.videos) == (0, 5, 1)
     annotated = [f for batch in read_video_batches(out / "clip.mp4", 8) for f in batch]
     assert len(annotated) == 5 and annotated[0].shape == (48, 64, 3)

@@ -37,7 +37,7 @@ def exported(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_predictor(exported) -> OnnxPredictor:
-    return OnnxPredictor.from_file(exported.path, score_threshold=0.0, batch_size=3)
+    return OnnxPredictor.from_file(exported.path, batch_size=3)
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +98,18 @@ def test_graph_matches_pytorch_on_a_padded_batch(tiny_checkpoint, onnx_predictor
 def test_onnx_predictor_matches_predictor(tiny_checkpoint, onnx_predictor, val_images):
     """Images of the export size (64 px): no extra padding, so the same detections."""
     torch_predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32",
-                                                score_threshold=0.0, batch_size=3)
+                                                batch_size=3)
     for ref, got in zip(torch_predictor(val_images), onnx_predictor(val_images), strict=True):
         assert got.source == ref.source and got.image_size == ref.image_size
         assert_same_detections(ref, got)
         assert sorted(got.class_names) == sorted(ref.class_names)
-    single = onnx_predictor(val_images[0], score_threshold=0.3)  # one in, one out; threshold
-    assert isinstance(single, Detections) and (single.scores >= 0.3).all()
+    single = onnx_predictor(val_images[0])  # one in, one out
+    assert isinstance(single, Detections) and len(single) > 0 and (single.scores > 0.05).all()
 
 
 def test_onnx_predictor_runs_predict_files(onnx_predictor, val_images, tmp_path):
     report = predict_files(onnx_predictor, collect_inputs(val_images[0].parent), tmp_path / "o",
-                           progress=False)
+                           score_threshold=0.05, progress=False)
     assert report.images == len(val_images) and report.detections > 0
 
 

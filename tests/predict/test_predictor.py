@@ -16,8 +16,7 @@ from detector.visualize import save_image
 
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32",
-                                     score_threshold=0.0, batch_size=2)
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", batch_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def test_channels_last_weights_by_default_and_the_same_detections(predictor, tin
     conv = predictor.model.backbone.features[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32",
-                                      score_threshold=0.0, channels_last=False)
+                                      channels_last=False)
     assert plain.model.backbone.features[0].weight.is_contiguous()
     path = val_set.records[0].path
     _same(predictor(path), plain(path))
@@ -88,14 +87,29 @@ def test_boxes_come_back_in_original_pixels(predictor, val_set):
     assert (large.boxes[:, 2:] <= 2 * TINY_SIZE + 1e-3).all() and (large.boxes >= 0).all()
 
 
-def test_score_threshold_filters(predictor, val_set):
+def test_the_predictor_returns_what_the_model_keeps(predictor, val_set):
     rgb = read_image_rgb(val_set.records[0].path)
     everything = predictor(rgb)
+    assert len(everything) > 0 and (everything.scores > 0.05).all()  # the model's own threshold
     cut = float(np.median(everything.scores))
-    kept = predictor(rgb, score_threshold=cut)
+    kept = everything.above(cut)
     assert 0 < len(kept) < len(everything) or cut == everything.scores.min()
     assert (kept.scores >= cut).all()
     assert len(kept) == int((everything.scores >= cut).sum())
+
+
+def test_above_keeps_scores_at_least_the_threshold_raw_or_as_shown():
+    det = Detections(boxes=np.arange(16, dtype=np.float32).reshape(4, 4),
+                     scores=np.array([0.9, 0.5, 0.49996, 0.2], np.float32),
+                     labels=np.array([1, 2, 1, 2]), class_names=["a", "b", "a", "b"],
+                     image_size=(10, 20), source="x.jpg")
+    kept = det.above(0.5)  # 0.49996 is below 0.5 ...
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.5]) and kept.class_names == ["a", "b"]
+    assert kept.labels.tolist() == [1, 2] and kept.boxes.tolist() == det.boxes[:2].tolist()
+    assert (kept.image_size, kept.source) == ((10, 20), "x.jpg")
+    shown = det.above(0.5, as_shown=True)  # ... but the JSON shows it as 0.5
+    assert [row["score"] for row in shown.to_list()] == [0.9, 0.5, 0.5]
+    assert len(det.above(0.95)) == 0 and len(det.above(0.0)) == 4
 
 
 def test_bad_inputs_are_clear_errors(predictor, tmp_path):

@@ -6,11 +6,9 @@ import json
 import cv2
 import pytest
 
-from detector.study import curves
 from detector.study.curves import (
     metric_series,
     parse_record,
-    plot_loss_comparison,
     plot_metrics,
     read_metrics_jsonl,
 )
@@ -80,27 +78,6 @@ def test_series_split_by_step_and_skip_bad_values(tmp_path):
     }
     both = metric_series([{"iter": 5, "step": 3, "phase": "val", "AP": 0.1}], "AP")
     assert both == {"step 3, phase val": ([5.0], [0.1])}
-
-
-def test_loss_comparison_overlays_runs(tmp_path, monkeypatch):
-    ce = write_jsonl(tmp_path / "ce.jsonl", full_run())
-    focal = write_jsonl(tmp_path / "focal.jsonl", full_run(20))
-    figures = []
-    save = curves._save_figure
-    monkeypatch.setattr(curves, "_save_figure", lambda fig, out: figures.append(fig) or
-                        save(fig, out))
-    image = read_png(plot_loss_comparison({"ce": ce, "focal": focal}, tmp_path / "cmp.png", smooth=3))
-    assert image.shape[0] >= 300 and image.shape[1] >= 500
-    # every run is drawn: one labelled line per (run, phase group) that has loss values
-    expected = [f"{name} [{group}]" if group else name
-                for name, path in (("ce", ce), ("focal", focal))
-                for group in metric_series(read_metrics_jsonl(path), "loss", positive=True)]
-    assert any(e.startswith("ce") for e in expected) and any(e.startswith("focal") for e in expected)
-    (ax,) = figures[0].axes
-    lines = ax.get_lines()
-    assert [line.get_label() for line in lines] == expected
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == expected
-    assert all(len(line.get_xdata()) > 0 for line in lines)
 
 
 def test_parse_record_takes_objects_only():

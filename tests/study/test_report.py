@@ -4,18 +4,16 @@ half-finished run listed, mixed datasets refused."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from load_file import load_tool
 
 from detector.study import StudyError, build_study, compare, find_runs
 from detector.study.outcome import last_logged_losses
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("circle", "square")
 AP = {("ce", 0): 0.30, ("ce", 1): 0.34, ("ce", 2): 0.32,
@@ -162,11 +160,7 @@ def test_last_logged_losses_skip_eval_lines_and_non_finite_values(tmp_path):
 
 
 def _compare_tool():
-    spec = importlib.util.spec_from_file_location("compare_tool", PROJECT_ROOT / "tools" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_tool"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("compare.py", register=True)
 
 
 def test_tool_prints_the_table_and_where_the_report_is(sweep, tmp_path, capsys):

@@ -53,7 +53,8 @@ def _train_cfg(hydra_compose, overrides, tmp_path):
 def test_the_documented_options_exist():
     found = set(GROUP_OPTIONS)
     for option in (("dataset", "shapes"), ("dataset", "coco"), ("dataset", "voc"),
-                   ("model", "vgg16_bn"), ("model", "vgg16_bn_align"), ("model", "resnet50_c4"),
+                   ("model", "vgg16_bn"), ("model", "vgg16_bn_align"), ("model", "vgg16_bn_fc"),
+                   ("model", "resnet50_c4"),
                    ("loss", "ce"),
                    ("loss", "focal"), ("optimizer", "sgd"), ("optimizer", "adam"),
                    ("schedule", "end_to_end"), ("schedule", "two_stage")):
@@ -128,6 +129,29 @@ def test_the_documented_roi_align_switch(model_option, hydra_compose, tmp_path):
     assert (pooler.output_size, pooler.sampling_ratio, pooler.aligned) == ((7, 7), 2, True)
     shortcut = _check_parts(_train_cfg(hydra_compose, ["model=vgg16_bn_align"], tmp_path))
     assert repr(shortcut.roi_head.pooler) == repr(pooler)  # the option is that same override
+
+
+@pytest.mark.parametrize("model_option", ["vgg16_bn_fc", "vgg16_bn_align", "resnet50_c4"])
+def test_model_options_inherit_vgg16_bn_and_change_only_their_part(model_option, hydra_compose,
+                                                                   tmp_path):
+    """Options are vgg16_bn plus their differences (``defaults``), so they cannot drift from it
+    (vgg16_bn_fc, once a copy, had lost ``output_stride``)."""
+    changed = {"vgg16_bn_fc": {"box_head"}, "vgg16_bn_align": {"pooler"},
+               "resnet50_c4": {"backbone", "box_head"}}[model_option]
+    base = OmegaConf.to_container(_train_cfg(hydra_compose, [], tmp_path).model)
+    option = OmegaConf.to_container(
+        _train_cfg(hydra_compose, [f"model={model_option}"], tmp_path).model)
+    assert option.keys() == base.keys()
+    assert {key for key in base if option[key] != base[key]} == changed
+
+
+def test_vgg16_bn_fc_is_vgg16_bn_with_vgg_fc_box_head(hydra_compose, tmp_path):
+    fc = _train_cfg(hydra_compose, ["model=vgg16_bn_fc"], tmp_path)
+    assert fc.model.box_head._target_ == "detector.modeling.box_head.VGGBoxHead"
+    assert fc.model.backbone.output_stride == 16
+    assert fc.model.box_head.dropout == 0.5
+    same = _train_cfg(hydra_compose, ["model/box_head=vgg_fc"], tmp_path)
+    assert OmegaConf.to_container(same.model) == OmegaConf.to_container(fc.model)
 
 
 # ---------------------------------------------------------------------------- what they switch

@@ -12,8 +12,7 @@ from detector.predict.predictor import Predictor
 @pytest.fixture(scope="session")
 def web_predictor(tiny_checkpoint) -> Predictor:
     """The tiny untrained model; its scores (~1 / (K + 1)) clear the API's 0.05 threshold."""
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32",
-                                     score_threshold=0.05, batch_size=1)
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", batch_size=1)
 
 
 def _noise_image(height: int, width: int, seed: int) -> np.ndarray:

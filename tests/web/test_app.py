@@ -32,8 +32,8 @@ def test_detect_gives_the_python_apis_detections(client, web_predictor, noise_im
     body = response.json
     assert body["image"] == {"width": 160, "height": 96}
     assert body["inference_ms"] > 0 and body["score_threshold"] == pytest.approx(0.05)
-    expected = web_predictor(rgb, score_threshold=0.05).to_list(
-        label_to_cat_id=web_predictor.label_to_cat_id)
+    expected = [row for row in web_predictor(rgb).to_list(
+        label_to_cat_id=web_predictor.label_to_cat_id) if row["score"] >= 0.05]
     assert len(expected) > 0  # the untrained model scores ~0.2 everywhere
     assert body["detections"] == expected
     for det in body["detections"]:
@@ -59,6 +59,21 @@ def test_score_threshold_field_filters(client, noise_image, png_bytes):
     assert filtered == []
     bad = _post(client, data, score_threshold="high")
     assert bad.status_code == 400 and "score_threshold" in bad.json["error"]
+
+
+def test_the_apps_score_threshold_is_the_lowest_the_api_returns(web_predictor, noise_image,
+                                                              png_bytes):
+    data = png_bytes(noise_image(64, 96, seed=3))
+    everything = _post(create_app(predictor=web_predictor).test_client(), data).json["detections"]
+    scores = sorted(d["score"] for d in everything)
+    floor = scores[len(scores) // 2]
+    client = create_app(predictor=web_predictor, score_threshold=floor).test_client()
+    assert client.get("/api/model").json["score_threshold"] == floor
+    expected = [d for d in everything if d["score"] >= floor]
+    assert 0 < len(expected) < len(everything) or floor == scores[0]
+    for asked in ("", "0.0", str(floor)):  # asking for less than the floor gives the floor
+        body = _post(client, data, score_threshold=asked).json
+        assert body["detections"] == expected and body["score_threshold"] == floor
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -64,8 +64,7 @@ def demo(tiny_checkpoint, tmp_path_factory, noise_image, png_bytes):
     DETECTOR_DEMO_CHECKPOINT names one, else the tiny untrained one (scores ~0.2)."""
     _browser()
     trained = os.environ.get("DETECTOR_DEMO_CHECKPOINT")
-    predictor = Predictor.from_checkpoint(trained or tiny_checkpoint, device="cpu",
-                                          score_threshold=0.05, batch_size=1)
+    predictor = Predictor.from_checkpoint(trained or tiny_checkpoint, device="cpu", batch_size=1)
     if trained:
         from detector.checkpoint import load_checkpoint
 
