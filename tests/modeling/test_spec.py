@@ -112,7 +112,7 @@ def _targets(node) -> set[str]:
 def test_every_target_of_the_model_and_dataset_configs_is_allowed():
     """A new constructor in configs/ must join the allow-list, or its checkpoints will not load."""
     model = set().union(*(_targets(yaml.safe_load(path.read_text()))
-                          for path in sorted((CONFIGS / "model").glob("*.yaml"))))
+                          for path in sorted((CONFIGS / "model").rglob("*.yaml"))))
     data = set().union(*(_targets(yaml.safe_load(path.read_text()))
                          for path in sorted((CONFIGS / "dataset").glob("*.yaml"))))
     assert len(model) >= 6 and len(data) == 4
