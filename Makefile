@@ -8,6 +8,12 @@ SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export NO_ALBUMENTATIONS_UPDATE := 1
 # transparent huge pages for PyTorch's CPU allocator: fewer page faults on large temporaries
 export THP_MEM_ALLOC_ENABLE := 1
+# the real-data tests' datasets (coco_tiny, raccoon): ../shared/data beside the checkout, when it
+# exists and DETECTOR_SHARED_DATA is not set already (tests/conftest.py; they skip without it)
+SHARED_DATA_DIR := $(abspath $(dir $(abspath $(firstword $(MAKEFILE_LIST))))../shared/data)
+ifneq ($(wildcard $(SHARED_DATA_DIR)/.),)
+export DETECTOR_SHARED_DATA ?= $(SHARED_DATA_DIR)
+endif
 
 .PHONY: install test test-fast test-browser lint train eval bench gpu-checks study demo clean
 

@@ -12,13 +12,23 @@ import pytest
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DETECTOR_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+SHARED_DATA_VARIABLE = "DETECTOR_SHARED_DATA"  # `make test` sets it when ../shared/data exists
+SHARED_DATA = Path(os.environ.get(SHARED_DATA_VARIABLE, PROJECT_ROOT.parent / "shared" / "data"))
+
+
+def shared_data_absent_reason(path: Path, environ=os.environ) -> str:
+    """Why a real-data test skips: ``path`` (``<shared data>/<name>``) is not a folder."""
+    if SHARED_DATA_VARIABLE in environ:
+        return (f"real data {path} is absent: {SHARED_DATA_VARIABLE}={environ[SHARED_DATA_VARIABLE]}"
+                f" holds no {path.name}/")
+    return (f"real data {path} is absent: outside the development layout (../shared/data beside "
+            f"the checkout) set {SHARED_DATA_VARIABLE} to the folder that holds {path.name}/")
 
 
 def _shared(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"real data {path} is absent (it lives in ../shared/data beside the checkout)")
+        pytest.skip(shared_data_absent_reason(path))
     return path
 
 

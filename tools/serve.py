@@ -41,6 +41,11 @@ def check_serve_config(cfg: DictConfig) -> None:
     check_device(cfg.device)
 
 
+def megapixels_to_pixels(megapixels: float) -> int:
+    """The inclusive pixel limit: 4.1 -> 4100000 (``int(4.1 * 1e6)`` is 4099999)."""
+    return int(round(megapixels * 1e6, 6))
+
+
 def resolve_checkpoint(cfg: DictConfig) -> Path:
     return cli_resolve_checkpoint(cfg, hint="train one first (make train, or make demo which "
                                             "trains when needed)")
@@ -63,7 +68,7 @@ def run(cfg: DictConfig) -> None:
                                           batch_size=1)
     samples = sample_images(run_dataset, count=cfg.num_samples)
     app = create_app(predictor=predictor, max_upload_mb=cfg.max_upload_mb, samples=samples,
-                     max_pixels=int(cfg.max_megapixels * 1e6),
+                     max_pixels=megapixels_to_pixels(cfg.max_megapixels),
                      score_threshold=cfg.score_threshold, display_threshold=cfg.display_threshold)
     server = bind(app, cfg)
     log.info("model %s (iteration %s, %d classes) on %s, %d sample images", path,

@@ -337,3 +337,13 @@ def test_pr_curve_at_iou_05_matches_cocoeval_and_the_hand_computed_curve():
     assert cat == expected[:, 0].tolist() and pr["precision"]["dog"] == expected[:, 1].tolist()
     assert (expected[:, 2] == -1).all()
     json.dumps(pr, allow_nan=False)  # saved with the metrics: plain JSON
+
+
+def test_pr_curve_is_read_at_100_detections_per_image():
+    # 12 cats in image 1, all found, best first: precision 1 up to recall 1 at maxDets=100; read
+    # at maxDets=10 the curve would stop at recall 10/12 (0 from recall threshold 0.84 on).
+    boxes = [[10.0 + 45 * (i % 4), 10.0 + 45 * (i // 4), 30.0, 30.0] for i in range(12)]
+    gt = make_gt([(1, 3, box) for box in boxes])
+    dets = [det(1, [xyxy(b) for b in boxes], [1.0 - 0.01 * i for i in range(12)], [1] * 12)]
+    pr = evaluate_coco(gt, dets, label_to_cat_id=LABEL_TO_CAT)["pr_iou50"]
+    assert pr["precision"]["cat"] == pytest.approx([1.0] * 101, abs=EXACT)

@@ -303,6 +303,13 @@ def _set_compact(model: FasterRCNN, compact: bool) -> None:
     model.postprocessor.compact = compact
 
 
+@pytest.mark.parametrize("compact_rois", [None, False, True])
+def test_compact_rois_reaches_the_roi_head_and_the_postprocessor(compact_rois):
+    model = tiny_model(compact_rois=compact_rois)
+    assert model.roi_head.compact is compact_rois
+    assert model.postprocessor.compact is compact_rois
+
+
 def test_compact_and_padded_paths_give_identical_detections():
     torch.manual_seed(0)
     model = tiny_model(rpn_post_nms_top_n=(64, 200)).eval()

@@ -76,6 +76,20 @@ def test_the_cache_follows_statistics_parameters_state_dicts_and_dtype():
         torch.testing.assert_close(out, layers(x.double()))
 
 
+@pytest.mark.parametrize("name", ["running_mean", "running_var", "weight", "bias"])
+@pytest.mark.parametrize("index", [1, 7])  # BatchNorm2d, FrozenBatchNorm2d
+def test_the_cache_follows_each_batch_norm_tensor(name, index):
+    layers = _layers()
+    folded = FoldedConvBN(layers)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        before = folded(x)
+        getattr(layers[index], name).mul_(1.5).add_(0.25)  # in place, as an update or a load does
+        expected = layers(x)
+        assert not torch.allclose(expected, before, rtol=1e-4, atol=1e-4)  # the change shows
+        torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_folding_only_applies_without_gradients_and_with_running_statistics():
     layers = _layers()
     folded = FoldedConvBN(layers)

@@ -38,6 +38,39 @@ def test_samples_beyond_one_cell_outside_read_zero_and_nearer_ones_the_border():
     assert torch.equal(out, torch.zeros_like(out))
 
 
+def test_samples_exactly_on_the_last_row_and_column_and_on_the_far_border():
+    """Random RoIs never hit a sample exactly on a feature cell; these do. Not aligned, scale 1,
+    2 x 2 cells of 1 sample, on a 4 x 5 map: the sample of cell (p, q) sits at
+    ``(y1 + (p + 0.5) h / 2, x1 + (q + 0.5) w / 2)``."""
+    features = torch.cat((_ramp(4, 5), _ramp(4, 5) + 100.0))  # image 1 tells a read past image 0
+    rois = torch.tensor([
+        # ends at the border: samples at y = 1, 3 (the last row), x = 2, 4 (the last column)
+        [0.0, 1.0, 0.0, 5.0, 4.0],
+        # samples at y = 2, 4 (= Hf) and x = 3, 5 (= Wf): on the far border, clamped to 3 and 4
+        [0.0, 2.0, 1.0, 6.0, 5.0],
+    ])
+    out = sparse_roi_align(features, rois, output_size=(2, 2), spatial_scale=1.0,
+                           sampling_ratio=1, aligned=False)
+    assert torch.equal(out[0, 0], torch.tensor([[12.0, 14.0], [32.0, 34.0]]))
+    assert torch.equal(out[1, 0], torch.tensor([[23.0, 24.0], [33.0, 34.0]]))
+    ref = roi_align(features, rois, (2, 2), 1.0, 1, False)
+    assert torch.equal(ref, out)
+    # and with random values and gradients, both images, against torchvision's kernel
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 3, 4, 5, generator=gen)
+    rois = torch.cat((rois, rois + torch.tensor([1.0, 0, 0, 0, 0])))
+    upstream = torch.randn(4, 3, 2, 2, generator=gen)
+    grads = []
+    for fn in (lambda f: roi_align(f, rois, (2, 2), 1.0, 1, False),
+               lambda f: sparse_roi_align(f, rois, output_size=(2, 2), spatial_scale=1.0,
+                                          sampling_ratio=1, aligned=False)):
+        leaf = features.clone().requires_grad_()
+        out = fn(leaf)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def _random_rois(num, batch, height, width, stride, generator):
     image = torch.randint(0, batch, (num, 1), generator=generator).float()
     size = torch.tensor([width * stride, height * stride], dtype=torch.float32)

@@ -32,6 +32,18 @@ def test_folder_is_searched_recursively_and_sorted(folder):
     assert inputs.skipped == [("notes.txt", "not an image or video file")]
 
 
+def test_video_suffixes_in_upper_case_are_videos(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("CLIP.MP4", "Holiday.Mov", "b.avi"):
+        (root / name).write_bytes(b"")
+    inputs = collect_inputs(root)
+    assert [p.name for p in inputs.videos] == ["CLIP.MP4", "Holiday.Mov", "b.avi"]
+    assert inputs.images == [] and inputs.skipped == []
+    single = collect_inputs(root / "CLIP.MP4")  # named on its own: still a video, not an image
+    assert single.videos == [root / "CLIP.MP4"] and single.images == []
+
+
 def test_glob_and_single_file(folder):
     inputs = collect_inputs(f"{folder}/**/*.JPG")
     assert [inputs.relative(p).as_posix() for p in inputs.images] == ["sub/deeper/c.JPG"]

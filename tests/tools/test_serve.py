@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -10,9 +11,11 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from load_file import load_tool
+from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +85,50 @@ def test_serves_the_checkpoint_over_http(tiny_checkpoint, monkeypatch):
         built["server"].close()
         thread.join(30)
     assert not thread.is_alive()
+
+
+class _Built(Exception):
+    """Raised by the stand-in bind() to stop run() once it has built the app."""
+
+
+def _png(width: int, height: int, *, size: int | None = None) -> bytes:
+    """A grey PNG, padded with trailing bytes (which decoders ignore) to exactly ``size``."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return data if size is None else data + b"\0" * (size - len(data))
+
+
+def test_max_upload_mb_and_max_megapixels_reach_the_app(tiny_checkpoint, monkeypatch):
+    """Both limits as typed on the command line, inclusive: 1/64 MB = 16384 bytes (MiB, as the
+    browser's file sizes: a 16384-byte upload passes, 16385 bytes get 413), and 0.0001
+    megapixels = 100 pixels (10 x 10 passes, 101 x 1 gets 413)."""
+    def keep_app(app, cfg):
+        monkeypatch.setattr(serve, "built_app", app, raising=False)
+        raise _Built
+
+    monkeypatch.setattr(serve, "bind", keep_app)
+    cfg = _cfg(f"checkpoint={tiny_checkpoint}", "device=cpu", "precision=fp32", "num_samples=0",
+               "max_upload_mb=0.015625", "max_megapixels=0.0001")
+    with pytest.raises(_Built):
+        serve.run(cfg)
+    client = serve.built_app.test_client()
+    info = client.get("/api/model").json
+    assert (info["max_upload_mb"], info["max_megapixels"]) == (0.015625, 0.0001)
+
+    def post(data: bytes):
+        return client.post("/api/detect", data=data, content_type="image/png")
+
+    assert post(_png(10, 10, size=16384)).status_code == 200
+    assert post(_png(10, 10, size=16385)).status_code == 413
+    assert post(_png(101, 1)).status_code == 413
+    assert post(_png(100, 1)).status_code == 200
+
+
+def test_megapixels_become_whole_pixels_without_float_truncation():
+    assert serve.megapixels_to_pixels(4.1) == 4_100_000  # 4.1 * 1e6 = 4099999.9999999995
+    assert serve.megapixels_to_pixels(0.0001) == 100 and serve.megapixels_to_pixels(40) == 40e6
+    assert serve.megapixels_to_pixels(1.0000005) == 1_000_000  # part of a pixel: not one more
 
 
 @pytest.mark.slow
