@@ -92,7 +92,7 @@ class Trainer:
         stop_signal: StopSignal | None = None,
     ) -> None:
         cadence, step = cadence or Cadence(), step or StepOptions()
-        self.options, self.device, self.phases = step, device, phases
+        self.step_options, self.device, self.phases = step, device, phases
         self.memory_format = (torch.channels_last if step.channels_last
                               else torch.contiguous_format)
         model = model.to(device, memory_format=self.memory_format)
@@ -106,8 +106,8 @@ class Trainer:
         output_dir = Path(output_dir)
         self.logger = logger or TrainLogger(output_dir=output_dir, enabled=dist.is_main())
         self.stop_signal = stop_signal or StopSignal()
-        self.log_period, self.histograms = max(1, int(cadence.log_period)), Every(
-            int(cadence.histogram_period))
+        self.log_period = max(1, int(cadence.log_period))
+        self.histograms = Every(int(cadence.histogram_period))
         self.position = TrainingPosition()
         self.optimization = PhaseOptimizer(  # fp16 autocast needs loss scaling (else a no-op)
             optimizer=optimizer, lr_lambda=lr_lambda, weight_decay=weight_decay,
@@ -306,7 +306,7 @@ class Trainer:
         source = self.models[phase.proposals_from]
         source.eval()
         source.proposal_generator.train()  # training-time top-k (e.g. 2000 proposals)
-        with torch.no_grad(), autocast(self.device, self.options.precision):
+        with torch.no_grad(), autocast(self.device, self.step_options.precision):
             out = source(images, batch["image_sizes"], detect=False)
         return out["proposals"].float(), out["proposal_valid"]
 
@@ -322,7 +322,7 @@ class Trainer:
         targets = {k: batch[k] for k in TARGET_KEYS}
         images = batch["images"].contiguous(memory_format=self.memory_format)
         proposals = self._proposals(phase, images, batch)
-        with autocast(self.device, self.options.precision):
+        with autocast(self.device, self.step_options.precision):
             outputs = model(images, batch["image_sizes"], targets, detect=False,
                             proposals=proposals)
         losses = self.criterion(outputs, targets)  # float32 whatever the autocast dtype
@@ -330,7 +330,7 @@ class Trainer:
         optimizer, scaler = self.optimization.optimizer, self.optimization.scaler
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(sum(terms.values())).backward()
-        norm = grad_norm(optimizer, scaler, max_norm=self.options.clip_grad_norm)
+        norm = grad_norm(optimizer, scaler, max_norm=self.step_options.clip_grad_norm)
         # with a GradScaler, inf gradients are its business (it skips the step, lowers the scale)
         checked = dict(terms) if scaler.is_enabled() else {**terms, "grad_norm": norm}
         bad, stop = step_flags(checked, stop_requested=self.stop_signal.requested)
@@ -346,13 +346,14 @@ class Trainer:
 
     def _nonfinite(self, phase: Phase, checked: dict[str, torch.Tensor], cursor: dict) -> None:
         """Skip the step (counted) or write the last good state and raise ``NonFiniteError``."""
-        lr, position, skip = self.optimization.lr, self.position, self.options.on_nonfinite == "skip"
+        lr, position = self.optimization.lr, self.position
+        skip = self.step_options.on_nonfinite == "skip"
         bad, message = describe_nonfinite(
             gather_values(checked), iteration=position.iteration + 1, phase=phase.name,
             phase_iter=position.phase_iter + 1, phase_total=phase.iterations, lr=lr)
         self.optimization.optimizer.zero_grad(set_to_none=True)
         self._consecutive_skips += 1
-        if skip and self._consecutive_skips <= self.options.max_consecutive_skips:
+        if skip and self._consecutive_skips <= self.step_options.max_consecutive_skips:
             position.skipped_steps += 1
             log.warning("skipped step: %s (%d skipped so far)", message, position.skipped_steps)
             return
