@@ -2,8 +2,8 @@
 run (keeping the last K) and loading with clear errors.
 
 Layout of a run's ``checkpoints/``: ``iter_0000100.pth``, ``iter_0000200.pth``, ... (the full
-training state, see ``Trainer.state_dict``) and ``final.pth`` (the trained model with ``config``,
-``class_names`` and ``label_to_cat_id``, what ``tools/eval.py`` reads). A killed process leaves
+training state, see ``detector.engine.resume.Checkpointer``) and ``final.pth`` (the trained
+model with ``config``, ``class_names`` and ``label_to_cat_id``, what ``tools/eval.py`` reads). A killed process leaves
 at worst a stray ``.iter_*.tmp`` file, never a truncated checkpoint. A file that is truncated or
 corrupt all the same (a full disk, a bad copy) is named when loading, with the previous
 checkpoint suggested, and ``find_resume_checkpoint`` passes over it with a warning.

@@ -48,6 +48,7 @@ from detector.data import build_dataloader  # noqa: E402
 from detector.engine import distributed as dist  # noqa: E402
 from detector.engine.guard import NonFiniteError, StopSignal  # noqa: E402
 from detector.engine.logger import TrainLogger  # noqa: E402
+from detector.engine.position import Cadence, StepOptions  # noqa: E402
 from detector.engine.trainer import Trainer  # noqa: E402
 from detector.evaluation import format_coco_table, save_metrics  # noqa: E402
 from detector.runtime import resolve_device, resolve_precision, seed_everything  # noqa: E402
@@ -91,16 +92,18 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         lr_lambda=hydra.utils.instantiate(cfg.schedule.lr),
         weight_decay=cfg.optimizer.get("weight_decay", 0.0), device=device,
-        output_dir=output_dir, eval_period=t.eval_period, log_period=t.log_period,
-        clip_grad_norm=t.clip_grad_norm, precision=resolve_precision(cfg.precision, device),
-        progress=t.progress,
-        logger=TrainLogger(output_dir=output_dir, enabled=dist.is_main()),
-        checkpoint_period=t.checkpoint_period, keep_checkpoints=t.keep_checkpoints,
+        output_dir=output_dir,
+        cadence=Cadence(log_period=t.log_period, eval_period=t.eval_period,
+                        checkpoint_period=t.checkpoint_period,
+                        keep_checkpoints=t.keep_checkpoints, histogram_period=t.histogram_period),
+        step=StepOptions(precision=resolve_precision(cfg.precision, device),
+                         channels_last=t.channels_last, clip_grad_norm=t.clip_grad_norm,
+                         on_nonfinite=t.on_nonfinite),
+        progress=t.progress, logger=TrainLogger(output_dir=output_dir, enabled=dist.is_main()),
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                           "class_names": list(train_set.class_names),
                           "label_to_cat_id": dict(train_set.label_to_cat_id)},
-        on_nonfinite=t.on_nonfinite, stop_signal=stop_signal, channels_last=t.channels_last,
-        histogram_period=t.histogram_period)
+        stop_signal=stop_signal)
 
 
 def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
@@ -126,7 +129,7 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
     summary = trainer.train()
     if summary["interrupted"] is None and dist.is_main():
         summary["final"] = save_checkpoint(output_dir / "checkpoints" / "final.pth", {
-            **trainer.checkpoint_extra, "model": trainer.models["main"].state_dict(),
+            **trainer.checkpointer.extra, "model": trainer.models["main"].state_dict(),
             "iteration": summary["iterations"]})
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "loss_curves.png")
         report(summary, summary["final"], output_dir)

@@ -1,5 +1,6 @@
 """What the user watches: a log line every N iterations, eval lines, TensorBoard scalars and a
-``metrics.jsonl`` file with one JSON object per log point."""
+``metrics.jsonl`` file with one JSON object per log point; ``LogWindow`` gathers the steps between
+two log points."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 import logging
 import math
 import resource
+import time
 from pathlib import Path
 
 import torch
 
+from detector.engine import distributed as dist
 from detector.engine.monitor import ratio_key, write_histograms
 
-__all__ = ["TrainLogger", "format_duration", "memory_mb"]
+__all__ = ["LogWindow", "TrainLogger", "format_duration", "memory_mb", "mean_max"]
 
 log = logging.getLogger("detector.train")
 
@@ -29,6 +32,46 @@ def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def mean_max(values: list[torch.Tensor]) -> tuple[float, float] | None:
+    """(mean, max) of the finite 0-dim tensors in ``values`` (fp16 overflow steps, which the
+    GradScaler skips, have an inf norm), or None if there are none."""
+    stacked = torch.stack(values).float()
+    finite = stacked[stacked.isfinite()]
+    if finite.numel() == 0:
+        return None
+    return tuple(torch.stack((finite.mean(), finite.max())).tolist())
+
+
+class LogWindow:
+    """The steps since the last log point: summed loss terms, pre-clipping gradient norms and
+    the time they took. Skipped (non-finite) steps are not counted."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses: dict[str, torch.Tensor] = {}
+        self.norms: list[torch.Tensor] = []
+        self.count, self.start = 0, time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor] | None, norm: torch.Tensor) -> None:
+        """One step's detached loss terms (None: a skipped step) and its gradient norm."""
+        if losses is None:
+            return
+        for k, v in losses.items():
+            self.losses[k] = self.losses.get(k, 0.0) + v
+        self.norms.append(norm)
+        self.count += 1
+
+    def summary(self) -> tuple[float, dict[str, float], tuple[float, float] | None]:
+        """(seconds per counted step, mean of each loss term over the window and over ranks,
+        (mean, max) gradient norm); call only when ``count`` > 0."""
+        elapsed = (time.perf_counter() - self.start) / self.count
+        values = torch.stack([v.float() for v in self.losses.values()]) / self.count
+        averaged = dict(zip(self.losses, dist.all_reduce(values).tolist(), strict=True))
+        return elapsed, averaged, mean_max(self.norms)
 
 
 class TrainLogger:

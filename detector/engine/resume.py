@@ -1,9 +1,10 @@
-"""The trainer's checkpoints: its whole state as a dict, periodic writes, and resuming from one.
+"""The trainer's checkpoints: its whole state as one dict, periodic writes, and resuming from one.
 
-A mixin of ``Trainer``: where a run is, is ``(phase_index, phase_iter)`` plus whether the phase's
-start action ran; a checkpoint holds that, the main model and the 4-step "rpn" model, the optimiser,
-LR scheduler and grad scaler of the current phase, the random generators of every rank and the
-batch stream's (epoch, position).
+A checkpoint holds where the run is (``TrainingPosition``: phase, step in it, global iteration,
+whether the phase's start action ran, skipped steps), the main model and the 4-step "rpn" model,
+the optimiser, LR scheduler and grad scaler of the current phase (``PhaseOptimizer``), the last
+evaluation (``PeriodicEvaluation``), the batch stream's (epoch, position) and the random generators
+of every rank; ``Checkpointer.resume`` puts all of it back (exactly, on the CPU).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import Protocol
+
+from torch import nn
 
 from detector.checkpoint import (
     CheckpointMismatchError,
@@ -18,15 +22,76 @@ from detector.checkpoint import (
     save_periodic_checkpoint,
 )
 from detector.engine import distributed as dist
-from detector.engine.state import capture_rng_state, drop_records_after, restore_rng_state
+from detector.engine.optim import PhaseOptimizer
+from detector.engine.position import Every, TrainingPosition
+from detector.engine.schedules import Phase
+from detector.engine.state import (
+    BatchStream,
+    capture_rng_state,
+    drop_records_after,
+    restore_rng_state,
+)
 
-__all__ = ["CheckpointingMixin"]
+__all__ = ["Checkpointer", "Stateful"]
 
 log = logging.getLogger("detector.train")
 
 
-class CheckpointingMixin:
-    """``state_dict`` / ``save_checkpoint`` / ``resume`` over the attributes ``Trainer`` sets."""
+class Stateful(Protocol):
+    """A part of the training state (e.g. ``PeriodicEvaluation``)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Checkpointer:
+    """Writes ``checkpoints/iter_XXXXXXX.pth`` every ``period`` iterations (and when asked: at the
+    end, when stopping, before a non-finite step), and resumes a run from one.
+
+    Args:
+        directory (Path): where the periodic checkpoints go (the newest ``keep`` are kept).
+        period (int): iterations between checkpoints; 0: none but the ones asked for.
+        keep (int): how many periodic checkpoints to keep.
+        extra (dict, optional): plain values stored in every checkpoint (e.g. ``config``,
+            ``class_names``, ``label_to_cat_id``).
+        phases (list[Phase]): the schedule (a checkpoint resumes only the same one).
+        position (TrainingPosition): where the run is.
+        models (dict): ``{"main": model, "rpn": the 4-step step-1 model or None}``; resume may
+            put a new "rpn" model in.
+        optimization (PhaseOptimizer): optimiser, scheduler and scaler.
+        evaluation (Stateful): the last evaluation (``PeriodicEvaluation``).
+        stream (BatchStream): the training batches.
+        metrics_path (Path, optional): ``metrics.jsonl``; resume drops its records after the
+            checkpoint's iteration.
+    """
+
+    def __init__(self, *, directory: Path, period: int, keep: int, extra: dict | None,
+                 phases: list[Phase], position: TrainingPosition,
+                 models: dict[str, nn.Module | None], optimization: PhaseOptimizer,
+                 evaluation: Stateful, stream: BatchStream,
+                 metrics_path: Path | None = None) -> None:
+        self.directory, self.every, self.keep = Path(directory), Every(int(period)), int(keep)
+        self.extra = dict(extra or {})
+        self.phases, self.position, self.models = phases, position, models
+        self.optimization, self.evaluation, self.stream = optimization, evaluation, stream
+        self.metrics_path = metrics_path
+        self.last: Path | None = None  # the newest checkpoint written
+        self.saved_iteration: int | None = None
+
+    def due(self, iteration: int) -> bool:
+        """Whether a periodic checkpoint falls after ``iteration``."""
+        return self.every(iteration)
+
+    def save_unless_saved(self) -> None:
+        """Write the current state unless it was written (or resumed from) at this iteration."""
+        if self.saved_iteration != self.position.iteration:
+            self.save()
+
+    def save_at_end(self) -> None:
+        """The end of training: the final state, if periodic checkpoints are on."""
+        if self.every.period > 0:
+            self.save_unless_saved()
 
     def state_dict(self, *, cursor: dict | None = None) -> dict:
         """Everything needed to continue exactly from here (a collective under torchrun).
@@ -36,50 +101,73 @@ class CheckpointingMixin:
                 failed step); default: the current ones.
         """
         rng = cursor["rng"] if cursor else capture_rng_state()
-        in_phase = self.phase_index < len(self.phases) and self._optimizer is not None
+        optimization = self.optimization.state_dict()
+        if self.position.phase_index >= len(self.phases):  # all done: no phase to continue
+            optimization.update(optimizer=None, scheduler=None)
+        position = self.position.state_dict()
         rpn = self.models["rpn"]
         return {
-            **self.checkpoint_extra,
+            **self.extra,
             "model": self.models["main"].state_dict(),
             "rpn_model": rpn.state_dict() if rpn is not None else None,
-            "optimizer": self._optimizer.state_dict() if in_phase else None,
-            "scheduler": self._scheduler.state_dict() if in_phase else None,
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.iteration,
+            **optimization,
+            "iteration": position.pop("iteration"),
             "trainer": {
-                "phase_index": self.phase_index, "phase_iter": self.phase_iter,
-                "phase_begun": self.phase_begun, "phases": [p.name for p in self.phases],
+                **position, "phases": [p.name for p in self.phases],
                 "phase_iterations": [p.iterations for p in self.phases],
-                "skipped_steps": self.skipped_steps, "last_metrics": self.last_metrics,
-                "last_eval_iteration": self._last_eval_iteration,
+                **self.evaluation.state_dict(),
             },
             "data": cursor["data"] if cursor else self.stream.state_dict(),
             "rng": dist.all_gather_objects(rng),
         }
 
-    def save_checkpoint(self, *, cursor: dict | None = None) -> Path | None:
+    def save(self, *, cursor: dict | None = None) -> Path | None:
         """Write ``checkpoints/iter_XXXXXXX.pth`` (rank 0; every rank must call it)."""
         state = self.state_dict(cursor=cursor)
-        self._saved_iteration = self.iteration
+        self.saved_iteration = self.position.iteration
         if not dist.is_main():
             return None
-        self.last_checkpoint = save_periodic_checkpoint(
-            self.output_dir / "checkpoints", state, iteration=self.iteration,
-            keep=max(1, self.keep_checkpoints))
-        log.info("checkpoint: %s", self.last_checkpoint)
-        return self.last_checkpoint
+        self.last = save_periodic_checkpoint(self.directory, state,
+                                             iteration=self.position.iteration,
+                                             keep=max(1, self.keep))
+        log.info("checkpoint: %s", self.last)
+        return self.last
 
     def resume(self, checkpoint: str | Path | dict) -> None:
-        """Continue from a checkpoint written by ``save_checkpoint`` (a path or the loaded dict);
-        call before ``train``."""
+        """Continue from a checkpoint written by ``save`` (a path or the loaded dict); call before
+        training."""
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        saved = state["trainer"]
         source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
-        names = [p.name for p in self.phases]
+        self._check(state, source)
+        self.models["main"].load_state_dict(state["model"])
+        if state["rpn_model"] is not None:
+            self.models["rpn"] = copy.deepcopy(self.models["main"])
+            self.models["rpn"].load_state_dict(state["rpn_model"])
+        self.optimization.load_state_dict(state)
+        self.position.load_state_dict({**state["trainer"], "iteration": state["iteration"]})
+        self.evaluation.load_state_dict(state["trainer"])
+        self.saved_iteration = self.position.iteration
+        self.stream.load_state_dict(state["data"])
+        self.stream.start()  # before restoring the generators: opening a loader may draw
+        rngs, rank = state["rng"], dist.get_rank()
+        if len(rngs) != dist.get_world_size():
+            log.warning("the checkpoint holds the random state of %d processes, this run has %d",
+                        len(rngs), dist.get_world_size())
+        restore_rng_state(rngs[rank % len(rngs)])
+        if dist.is_main() and self.metrics_path is not None and self.metrics_path.is_file():
+            drop_records_after(self.metrics_path, self.position.iteration)
+        p = self.position
+        log.info("resumed at iteration %d/%d (phase %d/%d, step %d)", p.iteration,
+                 sum(ph.iterations for ph in self.phases), p.phase_index + 1, len(self.phases),
+                 p.phase_iter)
+
+    def _check(self, state: dict, source: str) -> None:
+        """Refuse another schedule or other classes; warn about other phase lengths."""
+        saved, names = state["trainer"], [p.name for p in self.phases]
         if saved["phases"] != names:
             raise CheckpointMismatchError(f"{source} is of a run with phases {saved['phases']}, "
                                           f"this run has {names}: resume with the same schedule")
-        classes, ours = state.get("class_names"), self.checkpoint_extra.get("class_names")
+        classes, ours = state.get("class_names"), self.extra.get("class_names")
         if classes is not None and ours is not None and list(classes) != list(ours):
             raise CheckpointMismatchError(f"{source} is for the classes {list(classes)}, this "
                                           f"run's dataset has {list(ours)}: resume it with its "
@@ -88,29 +176,3 @@ class CheckpointingMixin:
             log.warning("resuming with different phase lengths (%s, checkpoint %s): the LR "
                         "schedule differs from the interrupted run's",
                         [p.iterations for p in self.phases], saved["phase_iterations"])
-        self.models["main"].load_state_dict(state["model"])
-        if state["rpn_model"] is not None:
-            self.models["rpn"] = copy.deepcopy(self.models["main"])
-            self.models["rpn"].load_state_dict(state["rpn_model"])
-        if state["optimizer"] is not None:
-            self._pending_optim = {k: state[k] for k in ("optimizer", "scheduler")}
-        if state["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        self.iteration = int(state["iteration"])
-        self.phase_index, self.phase_iter = saved["phase_index"], saved["phase_iter"]
-        self.phase_begun, self.skipped_steps = saved["phase_begun"], saved["skipped_steps"]
-        self.last_metrics, self._last_eval_iteration = (saved["last_metrics"],
-                                                        saved["last_eval_iteration"])
-        self._saved_iteration = self.iteration
-        self.stream.load_state_dict(state["data"])
-        self.stream.start()  # before restoring the generators: opening a loader may draw
-        rngs, rank = state["rng"], dist.get_rank()
-        if len(rngs) != dist.get_world_size():
-            log.warning("the checkpoint holds the random state of %d processes, this run has %d",
-                        len(rngs), dist.get_world_size())
-        restore_rng_state(rngs[rank % len(rngs)])
-        metrics = getattr(self.logger, "metrics_path", None)
-        if dist.is_main() and metrics is not None and metrics.is_file():
-            drop_records_after(metrics, self.iteration)
-        log.info("resumed at iteration %d/%d (phase %d/%d, step %d)", self.iteration,
-                 self.total_iterations, self.phase_index + 1, len(self.phases), self.phase_iter)

@@ -2,10 +2,11 @@
 batches, with logging, periodic evaluation, resumable checkpoints, a NaN/Inf guard, a graceful
 stop on SIGINT/SIGTERM, mixed precision and DistributedDataParallel.
 
-Where a run is, is ``(phase_index, phase_iter)`` plus whether the phase's start action ran; a
-checkpoint (``state_dict``) holds that, the main model and the 4-step "rpn" model, the optimiser,
-LR scheduler and grad scaler of the current phase, the random generators of every rank and the
-batch stream's (epoch, position); ``resume`` puts all of it back (exactly, on the CPU).
+The ``Trainer`` is made of parts, each owning one thing: ``TrainingPosition`` (where the run is),
+``PhaseOptimizer`` (optimiser, LR scheduler and grad scaler of the current phase), ``LogWindow``
+(the steps since the last log point), ``PeriodicEvaluation`` (when to evaluate, the last result)
+and ``Checkpointer`` (when to write a checkpoint, what it holds, resuming from one). The trainer
+runs the phases, one step at a time, and tells the parts after each step.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,13 +32,14 @@ from detector.engine.guard import (
     grad_norm,
     step_flags,
 )
-from detector.engine.logger import TrainLogger, format_duration, memory_mb
+from detector.engine.logger import LogWindow, TrainLogger, memory_mb
 from detector.engine.monitor import grad_weight_ratios
-from detector.engine.optim import param_groups
-from detector.engine.resume import CheckpointingMixin
+from detector.engine.optim import PhaseOptimizer
+from detector.engine.position import Cadence, Every, StepOptions, TrainingPosition
+from detector.engine.resume import Checkpointer
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
 from detector.engine.state import BatchStream, capture_rng_state
-from detector.evaluation.inference import EvaluationStopped
+from detector.engine.validation import PeriodicEvaluation
 from detector.runtime import autocast, to_device
 
 __all__ = ["Trainer"]
@@ -49,17 +50,7 @@ TARGET_KEYS = ("boxes", "labels", "box_valid")  # the Batch entries the criterio
 HEADS = ("backbone", "rpn_head", "roi_head")
 
 
-def _mean_max(values: list[torch.Tensor]) -> tuple[float, float] | None:
-    """(mean, max) of the finite 0-dim tensors in ``values`` (fp16 overflow steps, which the
-    GradScaler skips, have an inf norm), or None if there are none."""
-    stacked = torch.stack(values).float()
-    finite = stacked[stacked.isfinite()]
-    if finite.numel() == 0:
-        return None
-    return tuple(torch.stack((finite.mean(), finite.max())).tolist())
-
-
-class Trainer(CheckpointingMixin):
+class Trainer:
     """Train a Faster R-CNN through a list of phases.
 
     Args:
@@ -73,84 +64,91 @@ class Trainer(CheckpointingMixin):
         weight_decay (float): applied to weights, not to biases and norm parameters.
         device (torch.device): where training runs.
         output_dir (Path): run directory (metrics, ``checkpoints/``).
-        val_loader (DataLoader, optional): evaluated every ``eval_period`` iterations and at the
-            end (under torchrun: this rank's shard; detections are gathered on rank 0).
-        eval_period (int): 0 = evaluate only at the end.
-        log_period (int): iterations between log lines.
-        clip_grad_norm (float, optional): max total gradient norm.
-        precision (str): "fp32", "bf16" or "fp16" (autocast on CUDA; fp16 with a GradScaler).
+        val_loader (DataLoader, optional): evaluated every ``cadence.eval_period`` iterations
+            and at the end (see ``PeriodicEvaluation``).
+        cadence (Cadence, optional): how often to log, evaluate, checkpoint and write
+            histograms (default: ``Cadence()``).
+        step (StepOptions, optional): precision, channels-last, gradient clipping, what a NaN/Inf
+            does (default: ``StepOptions()``).
         progress (bool): show tqdm bars.
         logger (TrainLogger, optional): default: one writing into ``output_dir`` on rank 0.
-        checkpoint_period (int): write ``checkpoints/iter_XXXXXXX.pth`` every this many
-            iterations and at the end (0: only when stopping early).
-        keep_checkpoints (int): how many periodic checkpoints to keep (the newest).
         checkpoint_extra (dict, optional): plain values stored in every checkpoint (e.g.
             ``config``, ``class_names``, ``label_to_cat_id``).
-        on_nonfinite (str): "stop" (write the last good state, raise ``NonFiniteError``) or
-            "skip" (drop the step, count it) when a loss term or the gradient norm is NaN/Inf.
-        max_consecutive_skips (int): under "skip", stop anyway after this many in a row.
         stop_signal (StopSignal, optional): checked after every step; when set, the trainer
             writes a checkpoint and returns with ``interrupted`` in its summary.
-        channels_last (bool): channels-last memory format for the model and images.
-        histogram_period (int): TensorBoard histograms of each block's weights and gradients every
-            this many iterations (0: never). Each log point also logs the per-block
-            gradient-to-weight norm ratios (``detector.engine.monitor``).
     """
 
     def __init__(
         self, *, model: nn.Module, criterion: nn.Module, train_loader: DataLoader,
         phases: list[Phase], optimizer: Callable, lr_lambda: Callable, weight_decay: float,
         device: torch.device, output_dir: str | Path, val_loader: DataLoader | None = None,
-        eval_period: int = 0, log_period: int = 20, clip_grad_norm: float | None = None,
-        precision: str = "fp32", progress: bool = True, logger: TrainLogger | None = None,
-        checkpoint_period: int = 0, keep_checkpoints: int = 3,
-        checkpoint_extra: dict | None = None, on_nonfinite: str = "stop",
-        max_consecutive_skips: int = 20, stop_signal: StopSignal | None = None,
-        channels_last: bool = False, histogram_period: int = 0,
+        cadence: Cadence | None = None, step: StepOptions | None = None, progress: bool = True,
+        logger: TrainLogger | None = None, checkpoint_extra: dict | None = None,
+        stop_signal: StopSignal | None = None,
     ) -> None:
-        if on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        cadence, step = cadence or Cadence(), step or StepOptions()
+        self.step_options, self.device, self.phases = step, device, phases
+        self.memory_format = (torch.channels_last if step.channels_last
+                              else torch.contiguous_format)
         model = model.to(device, memory_format=self.memory_format)
         self.models: dict[str, nn.Module | None] = {"main": model, "rpn": None}
-        self.criterion = criterion
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.phases = phases
-        self.optimizer_factory, self.lr_lambda_factory = optimizer, lr_lambda
-        self.weight_decay = float(weight_decay)
-        self.device = device
-        self.output_dir = Path(output_dir)
-        self.eval_period, self.log_period = int(eval_period), max(1, int(log_period))
-        self.clip_grad_norm = clip_grad_norm
-        self.precision = precision
-        self.progress = progress and dist.is_main()
-        self.logger = logger or TrainLogger(output_dir=self.output_dir, enabled=dist.is_main())
-        self.checkpoint_period, self.keep_checkpoints = int(checkpoint_period), int(keep_checkpoints)
-        self.checkpoint_extra = dict(checkpoint_extra or {})
-        self.on_nonfinite, self.max_consecutive_skips = on_nonfinite, int(max_consecutive_skips)
-        self.stop_signal = stop_signal or StopSignal()
-        self.histogram_period = int(histogram_period)
         # what the model itself leaves trainable (e.g. frozen backbone blocks) is never unfrozen;
         # keyed by name so that it also holds for the step-1 copy of the 4-step schedule
         self._trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-        # fp16 autocast needs loss scaling against gradient underflow (a no-op otherwise)
-        self.scaler = torch.amp.GradScaler(
-            device.type, enabled=precision == "fp16" and device.type == "cuda")
+        self.criterion, self.train_loader = criterion, train_loader
         self.stream = BatchStream(train_loader)
-        self.iteration = 0
-        self.phase_index, self.phase_iter, self.phase_begun = 0, 0, False
-        self.skipped_steps, self._consecutive_skips = 0, 0
-        self.last_metrics: dict | None = None
-        self.last_checkpoint: Path | None = None
-        self._last_eval_iteration: int | None = None
-        self._saved_iteration: int | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self._pending_optim: dict | None = None  # optimiser/scheduler states of a resumed phase
+        self.progress = progress and dist.is_main()
+        output_dir = Path(output_dir)
+        self.logger = logger or TrainLogger(output_dir=output_dir, enabled=dist.is_main())
+        self.stop_signal = stop_signal or StopSignal()
+        self.log_period = max(1, int(cadence.log_period))
+        self.histograms = Every(int(cadence.histogram_period))
+        self.position = TrainingPosition()
+        self.optimization = PhaseOptimizer(  # fp16 autocast needs loss scaling (else a no-op)
+            optimizer=optimizer, lr_lambda=lr_lambda, weight_decay=weight_decay,
+            scaler=torch.amp.GradScaler(device.type, enabled=step.precision == "fp16"
+                                        and device.type == "cuda"))
+        self.evaluation = PeriodicEvaluation(
+            loader=val_loader, period=cadence.eval_period, device=device,
+            precision=step.precision, progress=self.progress, logger=self.logger,
+            stop_signal=self.stop_signal)
+        self.checkpointer = Checkpointer(
+            directory=output_dir / "checkpoints", period=cadence.checkpoint_period,
+            keep=cadence.keep_checkpoints, extra=checkpoint_extra, phases=phases,
+            position=self.position, models=self.models, optimization=self.optimization,
+            evaluation=self.evaluation, stream=self.stream,
+            metrics_path=getattr(self.logger, "metrics_path", None))
+        self._consecutive_skips = 0
 
+    # ------------------------------------------------------------------ shortcuts
     @property
     def total_iterations(self) -> int:
         return sum(p.iterations for p in self.phases)
+
+    @property
+    def iteration(self) -> int:
+        """Steps done so far (``position.iteration``)."""
+        return self.position.iteration
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.position.skipped_steps
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.optimization.scaler
+
+    @property
+    def val_loader(self) -> DataLoader | None:
+        return self.evaluation.loader
+
+    @val_loader.setter
+    def val_loader(self, loader: DataLoader | None) -> None:
+        self.evaluation.loader = loader
+
+    def resume(self, checkpoint: str | Path | dict) -> None:
+        """Continue from a checkpoint (a path or the loaded dict); call before ``train``."""
+        self.checkpointer.resume(checkpoint)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
@@ -161,35 +159,33 @@ class Trainer(CheckpointingMixin):
             ``skipped_steps``, ``checkpoint`` (the newest written, or None) and ``interrupted``
             (what stopped the run early, e.g. "SIGTERM", or None).
         """
-        start = time.perf_counter()
+        start, position = time.perf_counter(), self.position
         interrupted = None
-        while self.phase_index < len(self.phases) and interrupted is None:
-            phase = self.phases[self.phase_index]
-            if not self.phase_begun:
+        while position.phase_index < len(self.phases) and interrupted is None:
+            phase = self.phases[position.phase_index]
+            if not position.phase_begun:
                 log.info("phase %d/%d: %s (%d iterations, training %s on %s)",
-                         self.phase_index + 1, len(self.phases), phase.name, phase.iterations,
-                         "+".join(phase.train_modules), "+".join(phase.losses))
+                         position.phase_index + 1, len(self.phases), phase.name,
+                         phase.iterations, "+".join(phase.train_modules), "+".join(phase.losses))
                 self._begin(phase)
-                self.phase_begun = True
+                position.phase_begun = True
             if self._run_phase(phase):
-                self.phase_index, self.phase_iter, self.phase_begun = self.phase_index + 1, 0, False
+                position.next_phase()
             else:  # (under torchrun the request may have reached another rank only)
                 interrupted = self.stop_signal.reason or "a stop request on another process"
         self.stream.close()  # training data workers are not needed any more
         self._restore(self.models["main"])
-        if interrupted is None and self.checkpoint_period > 0 and (
-                self._saved_iteration != self.iteration):
-            self.save_checkpoint()
-        metrics = self.last_metrics
-        if (interrupted is None and self.val_loader is not None and self.phases[-1].evaluable
-                and self._last_eval_iteration != self.iteration):
-            metrics = self._evaluate(self.phases[-1])
+        if interrupted is None:
+            self.checkpointer.save_at_end()
+        metrics = self.evaluation.last_metrics
+        if interrupted is None and self.evaluation.final_due(self.phases[-1], position.iteration):
+            metrics = self.evaluation.run(self.models["main"], self.phases[-1], position.iteration)
             if metrics is None:  # stopped during the final evaluation
                 interrupted = self._stopped_in_final_evaluation()
         self.logger.close()
         return {"metrics": metrics, "wall_time": time.perf_counter() - start,
-                "iterations": self.iteration, "skipped_steps": self.skipped_steps,
-                "checkpoint": self.last_checkpoint, "interrupted": interrupted}
+                "iterations": position.iteration, "skipped_steps": position.skipped_steps,
+                "checkpoint": self.checkpointer.last, "interrupted": interrupted}
 
     def _begin(self, phase: Phase) -> None:
         if phase.start == "copy_initial_to_rpn":
@@ -225,85 +221,77 @@ class Trainer(CheckpointingMixin):
         module to step (DDP-wrapped under torchrun)."""
         model = self.models[phase.model]
         self._configure(model, phase)
-        self._optimizer = self.optimizer_factory(param_groups(model, weight_decay=self.weight_decay))
-        self._scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self._optimizer, self.lr_lambda_factory(total_iters=phase.iterations))
-        if self._pending_optim is not None:
-            self._optimizer.load_state_dict(self._pending_optim["optimizer"])
-            self._scheduler.load_state_dict(self._pending_optim["scheduler"])
-            self._pending_optim = None
+        self.optimization.start(model, phase.iterations)
         return dist.wrap_ddp(model, self.device)
 
     def _run_phase(self, phase: Phase) -> bool:
-        """Train ``phase`` from ``self.phase_iter`` on; False when stopped early."""
+        """Train ``phase`` from ``position.phase_iter`` on; False when stopped early."""
         trained = self._start_phase(phase)
-        window: dict[str, torch.Tensor] = {}
-        norms: list[torch.Tensor] = []  # pre-clipping gradient norms of the window's steps
-        window_start, window_len = time.perf_counter(), 0
-        bar = tqdm(total=phase.iterations, initial=self.phase_iter, dynamic_ncols=True,
-                   desc=f"step {self.phase_index + 1}/{len(self.phases)} {phase.name}",
+        window = LogWindow()
+        bar = tqdm(total=phase.iterations, initial=self.position.phase_iter, dynamic_ncols=True,
+                   desc=f"step {self.position.phase_index + 1}/{len(self.phases)} {phase.name}",
                    disable=not self.progress)
-        while self.phase_iter < phase.iterations:
-            lr = self._optimizer.param_groups[0]["lr"]
+        while self.position.phase_iter < phase.iterations:
+            lr = self.optimization.lr
             losses, norm, stop = self._step(trained, phase)
-            with warnings.catch_warnings():  # after a skipped first step: "step() before ..."
-                warnings.simplefilter("ignore", UserWarning)
-                self._scheduler.step()
-            self.iteration, self.phase_iter = self.iteration + 1, self.phase_iter + 1
+            self.optimization.step_scheduler()
+            self.position.advance()
             bar.update()
-            for k, v in (losses or {}).items():
-                window[k] = window.get(k, 0.0) + v
-            if losses is not None:
-                norms.append(norm)
-            window_len += losses is not None
-            last = self.phase_iter == phase.iterations
-            if (self.phase_iter % self.log_period == 0 or last) and window_len:
-                elapsed = (time.perf_counter() - window_start) / window_len
-                averaged = self._average(window, window_len)
-                grad_norm = _mean_max(norms)
-                self.logger.train_point(
-                    phase=phase.name, iteration=self.iteration, phase_iter=self.phase_iter,
-                    phase_total=phase.iterations, losses=averaged, lr=lr, sec_per_iter=elapsed,
-                    eta=elapsed * (self.total_iterations - self.iteration),
-                    memory=memory_mb(self.device), grad_norm=grad_norm,
-                    grad_ratios=grad_weight_ratios(self.models[phase.model]))
-                bar.set_postfix(loss=f"{sum(averaged.values()):.3f}", lr=f"{lr:.1e}")
-                window, window_start, window_len, norms = {}, time.perf_counter(), 0, []
-            if self.histogram_period and self.iteration % self.histogram_period == 0:
-                self.logger.histograms(self.models[phase.model], self.iteration)
-            if self.checkpoint_period > 0 and self.iteration % self.checkpoint_period == 0:
-                self.save_checkpoint()
-            # (the end of the last phase is evaluated once, by ``train``)
-            final = last and self.phase_index == len(self.phases) - 1
-            if self._should_evaluate(phase, self.phase_iter) and not final:
-                stop = self._evaluate(phase) is None or stop  # None: stopped during it
-                self._configure(self.models[phase.model], phase)
+            window.add(losses, norm)
+            stop = self._after_step(phase, window, lr, bar) or stop
             if stop:
                 bar.close()
                 return self._stopped(phase)
         bar.close()
         return True
 
-    def _average(self, window: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-        """Mean of each windowed loss over the window and over ranks."""
-        values = torch.stack([v.float() for v in window.values()]) / count
-        return dict(zip(window, dist.all_reduce(values).tolist(), strict=True))
+    def _after_step(self, phase: Phase, window: LogWindow, lr: float, bar: tqdm) -> bool:
+        """The periodic work after a step: log point, histograms, checkpoint, evaluation.
+        Returns True when a stop request abandoned the evaluation."""
+        position, model = self.position, self.models[phase.model]
+        last = position.phase_iter == phase.iterations
+        if (position.phase_iter % self.log_period == 0 or last) and window.count:
+            self._log_point(phase, window, lr, bar)
+        if self.histograms(position.iteration):
+            self.logger.histograms(model, position.iteration)
+        if self.checkpointer.due(position.iteration):
+            self.checkpointer.save()
+        # (the end of the last phase is evaluated once, by ``train``)
+        final = last and position.phase_index == len(self.phases) - 1
+        if not self.evaluation.due(phase, position.phase_iter) or final:
+            return False
+        stopped = self.evaluation.run(self.models["main"], phase, position.iteration) is None
+        self._configure(model, phase)
+        return stopped
+
+    def _log_point(self, phase: Phase, window: LogWindow, lr: float, bar: tqdm) -> None:
+        """Log the window's averages, then start a new window."""
+        elapsed, averaged, norms = window.summary()
+        position = self.position
+        self.logger.train_point(
+            phase=phase.name, iteration=position.iteration, phase_iter=position.phase_iter,
+            phase_total=phase.iterations, losses=averaged, lr=lr, sec_per_iter=elapsed,
+            eta=elapsed * (self.total_iterations - position.iteration),
+            memory=memory_mb(self.device), grad_norm=norms,
+            grad_ratios=grad_weight_ratios(self.models[phase.model]))
+        bar.set_postfix(loss=f"{sum(averaged.values()):.3f}", lr=f"{lr:.1e}")
+        window.reset()
 
     def _stopped_in_final_evaluation(self) -> str:
         """After a stop during the final evaluation: write the (finished) state, which resumes
         straight into that evaluation."""
-        if self._saved_iteration != self.iteration:
-            self.save_checkpoint()
+        self.checkpointer.save_unless_saved()
         log.warning("%s: stopped during the final evaluation, after all %d iterations; state "
-                    "saved to %s", self.stop_signal.reason, self.iteration, self.last_checkpoint)
+                    "saved to %s", self.stop_signal.reason, self.position.iteration,
+                    self.checkpointer.last)
         return self.stop_signal.reason or "a stop request on another process"
 
     def _stopped(self, phase: Phase) -> bool:
-        if self._saved_iteration != self.iteration:
-            self.save_checkpoint()
+        self.checkpointer.save_unless_saved()
+        position = self.position
         log.warning("%s: stopped after iteration %d/%d (phase %s, step %d/%d); state saved to %s",
-                    self.stop_signal.reason, self.iteration, self.total_iterations, phase.name,
-                    self.phase_iter, phase.iterations, self.last_checkpoint)
+                    self.stop_signal.reason, position.iteration, self.total_iterations,
+                    phase.name, position.phase_iter, phase.iterations, self.checkpointer.last)
         return False
 
     # ------------------------------------------------------------------ one step
@@ -313,7 +301,7 @@ class Trainer(CheckpointingMixin):
         source = self.models[phase.proposals_from]
         source.eval()
         source.proposal_generator.train()  # training-time top-k (e.g. 2000 proposals)
-        with torch.no_grad(), autocast(self.device, self.precision):
+        with torch.no_grad(), autocast(self.device, self.step_options.precision):
             out = source(images, batch["image_sizes"], detect=False)
         return out["proposals"].float(), out["proposal_valid"]
 
@@ -329,16 +317,17 @@ class Trainer(CheckpointingMixin):
         targets = {k: batch[k] for k in TARGET_KEYS}
         images = batch["images"].contiguous(memory_format=self.memory_format)
         proposals = self._proposals(phase, images, batch)
-        with autocast(self.device, self.precision):
+        with autocast(self.device, self.step_options.precision):
             outputs = model(images, batch["image_sizes"], targets, detect=False,
                             proposals=proposals)
         losses = self.criterion(outputs, targets)  # float32 whatever the autocast dtype
         terms = {name: losses[name] for name in phase.losses}
-        self._optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(sum(terms.values())).backward()
-        norm = grad_norm(self._optimizer, self.scaler, max_norm=self.clip_grad_norm)
+        optimizer, scaler = self.optimization.optimizer, self.optimization.scaler
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(terms.values())).backward()
+        norm = grad_norm(optimizer, scaler, max_norm=self.step_options.clip_grad_norm)
         # with a GradScaler, inf gradients are its business (it skips the step, lowers the scale)
-        checked = dict(terms) if self.scaler.is_enabled() else {**terms, "grad_norm": norm}
+        checked = dict(terms) if scaler.is_enabled() else {**terms, "grad_norm": norm}
         bad, stop = step_flags(checked, stop_requested=self.stop_signal.requested)
         if bad:
             with torch.no_grad():
@@ -346,52 +335,28 @@ class Trainer(CheckpointingMixin):
             self._nonfinite(phase, checked, cursor)
         else:
             self._consecutive_skips = 0
-            self.scaler.step(self._optimizer)
-        self.scaler.update()
+            scaler.step(optimizer)
+        scaler.update()
         return (None if bad else {k: v.detach() for k, v in terms.items()}), norm.detach(), stop
 
     def _nonfinite(self, phase: Phase, checked: dict[str, torch.Tensor], cursor: dict) -> None:
         """Skip the step (counted) or write the last good state and raise ``NonFiniteError``."""
-        lr = self._optimizer.param_groups[0]["lr"]
+        lr, position = self.optimization.lr, self.position
+        skip = self.step_options.on_nonfinite == "skip"
         bad, message = describe_nonfinite(
-            gather_values(checked), iteration=self.iteration + 1, phase=phase.name,
-            phase_iter=self.phase_iter + 1, phase_total=phase.iterations, lr=lr)
-        self._optimizer.zero_grad(set_to_none=True)
+            gather_values(checked), iteration=position.iteration + 1, phase=phase.name,
+            phase_iter=position.phase_iter + 1, phase_total=phase.iterations, lr=lr)
+        self.optimization.optimizer.zero_grad(set_to_none=True)
         self._consecutive_skips += 1
-        if self.on_nonfinite == "skip" and self._consecutive_skips <= self.max_consecutive_skips:
-            self.skipped_steps += 1
-            log.warning("skipped step: %s (%d skipped so far)", message, self.skipped_steps)
+        if skip and self._consecutive_skips <= self.step_options.max_consecutive_skips:
+            position.skipped_steps += 1
+            log.warning("skipped step: %s (%d skipped so far)", message, position.skipped_steps)
             return
-        if self.on_nonfinite == "skip":
+        if skip:
             message += f"; {self._consecutive_skips} steps in a row"
-        path = self.save_checkpoint(cursor=cursor)
-        saved = f"the last good state (iteration {self.iteration}) is in {path}. " if path else ""
+        path = self.checkpointer.save(cursor=cursor)
+        saved = (f"the last good state (iteration {position.iteration}) is in {path}. "
+                 if path else "")
         raise NonFiniteError(f"{message}; {saved}{NONFINITE_HINT}", terms=bad,
-                             iteration=self.iteration + 1, lr=lr, checkpoint=path)
+                             iteration=position.iteration + 1, lr=lr, checkpoint=path)
 
-    # ------------------------------------------------------------------ evaluation
-    def _should_evaluate(self, phase: Phase, phase_iter: int) -> bool:
-        return (self.val_loader is not None and self.eval_period > 0
-                and phase_iter % self.eval_period == 0 and phase.evaluable)
-
-    def _evaluate(self, phase: Phase) -> dict | None:
-        """COCO metrics on the val set, or None when a stop request abandoned the evaluation
-        (logged as skipped; nothing is recorded for it)."""
-        t0 = time.perf_counter()
-        log.info("evaluation at iteration %d (%d val images)", self.iteration,
-                 len(self.val_loader.dataset))
-        try:
-            metrics, _ = dist.evaluate_sharded(
-                self.models["main"], self.val_loader, device=self.device,
-                precision=self.precision, progress=self.progress,
-                should_stop=lambda: self.stop_signal.requested)
-        except EvaluationStopped as stopped:
-            log.warning("evaluation at iteration %d skipped: %s arrived during it (%s after %s)",
-                        self.iteration, self.stop_signal.reason, stopped,
-                        format_duration(time.perf_counter() - t0))
-            return None
-        self._last_eval_iteration = self.iteration
-        self.logger.eval_point(phase=phase.name, iteration=self.iteration, metrics=metrics)
-        log.info("evaluation took %s", format_duration(time.perf_counter() - t0))
-        self.last_metrics = metrics
-        return metrics

@@ -62,8 +62,8 @@ def test_end_to_end_resume_equals_an_uninterrupted_run(shapes_root, tmp_path):
         shapes_root, tmp_path, tiny.end_to_end(6), stop_at=3)
     assert summary["checkpoint"] == periodic_checkpoint_path(tmp_path / "run" / "checkpoints", 3)
     _assert_same(_weights(straight), _weights(resumed))
-    for a, b in zip(straight._optimizer.state_dict()["state"].values(),
-                    resumed._optimizer.state_dict()["state"].values(), strict=True):
+    for a, b in zip(straight.optimization.optimizer.state_dict()["state"].values(),
+                    resumed.optimization.optimizer.state_dict()["state"].values(), strict=True):
         torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"])
 
 

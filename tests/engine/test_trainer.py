@@ -12,9 +12,11 @@ from torch import nn
 
 from detector.data import ShapesDetection, build_dataloader, build_transforms
 from detector.engine.logger import TrainLogger
+from detector.engine.logger import mean_max as _mean_max
 from detector.engine.optim import lr_lambda
+from detector.engine.position import Cadence
 from detector.engine.schedules import end_to_end, four_step
-from detector.engine.trainer import Trainer, _mean_max
+from detector.engine.trainer import Trainer
 from detector.evaluation import STAT_NAMES
 from detector.modeling import build_criterion, build_model
 from detector.modeling.backbone import freeze_batch_norm
@@ -103,8 +105,8 @@ def _trainer(model, phases, shapes, tmp_path, *, val=False, eval_period=0):
         else None,
         phases=phases, optimizer=functools.partial(torch.optim.SGD, lr=0.02, momentum=0.0),
         lr_lambda=functools.partial(lr_lambda, decay="constant"), weight_decay=0.0,
-        device=torch.device("cpu"), output_dir=tmp_path, eval_period=eval_period,
-        log_period=100, progress=False, logger=logger)
+        device=torch.device("cpu"), output_dir=tmp_path,
+        cadence=Cadence(eval_period=eval_period, log_period=100), progress=False, logger=logger)
     logger.trainer = trainer
     return trainer, logger
 

@@ -8,6 +8,7 @@ so their modules ``import tiny_training``; subprocesses import it by name with `
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from detector.data import ShapesDetection, build_dataloader, build_transforms
 from detector.engine import schedules
 from detector.engine.optim import lr_lambda
+from detector.engine.position import Cadence, StepOptions
 from detector.engine.trainer import Trainer
 from detector.modeling.box_head import MLPBoxHead
 from detector.modeling.build import build_criterion, build_model
@@ -92,11 +94,22 @@ def shapes(root: Path, split: str, *, train: bool, num_train: int = 8, num_val: 
                            image_size=IMAGE_SIZE, transforms=transforms)
 
 
+def _split_options(options: dict) -> dict:
+    """Flat keywords (``eval_period=2, precision="fp16"``) -> the Trainer's ``cadence=`` and
+    ``step=`` groups; the other keywords pass as they are."""
+    groups = {}
+    for key, group in (("cadence", Cadence), ("step", StepOptions)):
+        names = {f.name for f in dataclasses.fields(group)}
+        groups[key] = group(**{k: options.pop(k) for k in names & options.keys()})
+    return {**options, **groups}
+
+
 def make_trainer(root: Path, output_dir: Path, *, phases, seed: int = 0, lr: float = 0.01,
                  num_workers: int = 0, batch_size: int = 2, val: bool = False,
                  device: str | torch.device = "cpu", **options) -> Trainer:
     """A Trainer of the tiny model on the tiny shapes set; the model is initialised from
-    ``seed`` and the data order and augmentation from ``seed`` too."""
+    ``seed`` and the data order and augmentation from ``seed`` too. ``options``: Trainer
+    keywords, and the fields of ``Cadence`` and ``StepOptions`` as plain keywords."""
     torch.manual_seed(seed)
     model = tiny_model()
     loader = build_dataloader(dataset=shapes(root, "train", train=True), batch_size=batch_size,
@@ -105,7 +118,7 @@ def make_trainer(root: Path, output_dir: Path, *, phases, seed: int = 0, lr: flo
     if val:
         val_loader = build_dataloader(dataset=shapes(root, "val", train=False), batch_size=2,
                                       train=False)
-    options = {"progress": False, "log_period": 1, **options}
+    options = _split_options({"progress": False, "log_period": 1, **options})
     return Trainer(
         model=model, criterion=tiny_criterion(), train_loader=loader, phases=phases,
         optimizer=functools.partial(torch.optim.SGD, lr=lr, momentum=0.9),

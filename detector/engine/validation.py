@@ -1,0 +1,81 @@
+"""When the trainer evaluates on the val set, and the last result (part of a checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from detector.engine import distributed as dist
+from detector.engine.guard import StopSignal
+from detector.engine.logger import TrainLogger, format_duration
+from detector.engine.position import Every
+from detector.engine.schedules import Phase
+from detector.evaluation.inference import EvaluationStopped
+
+__all__ = ["PeriodicEvaluation"]
+
+log = logging.getLogger("detector.train")
+
+
+class PeriodicEvaluation:
+    """COCO evaluation every ``period`` steps of a phase whose model is a whole detector
+    (``Phase.evaluable``), and once at the end of training; a stop request abandons it.
+
+    Args:
+        loader (DataLoader, optional): val batches (under torchrun: this rank's shard; detections
+            are gathered on rank 0); None: never evaluate.
+        period (int): phase iterations between evaluations; 0 = only at the end.
+        device (torch.device), precision (str), progress (bool): how to run the model.
+        logger (TrainLogger): where each result goes.
+        stop_signal (StopSignal): checked between val batches.
+    """
+
+    def __init__(self, *, loader: DataLoader | None, period: int, device: torch.device,
+                 precision: str, progress: bool, logger: TrainLogger,
+                 stop_signal: StopSignal) -> None:
+        self.loader, self.every = loader, Every(int(period))
+        self.device, self.precision, self.progress = device, precision, progress
+        self.logger, self.stop_signal = logger, stop_signal
+        self.last_metrics: dict | None = None
+        self.last_iteration: int | None = None
+
+    def due(self, phase: Phase, phase_iter: int) -> bool:
+        """Whether to evaluate after step ``phase_iter`` (1-based) of ``phase``."""
+        return self.loader is not None and self.every(phase_iter) and phase.evaluable
+
+    def final_due(self, phase: Phase, iteration: int) -> bool:
+        """Whether training that ended with ``phase`` at ``iteration`` still needs its final
+        evaluation (not done yet at this iteration)."""
+        return (self.loader is not None and phase.evaluable
+                and self.last_iteration != iteration)
+
+    def run(self, model: nn.Module, phase: Phase, iteration: int) -> dict | None:
+        """COCO metrics on the val set, or None when a stop request abandoned the evaluation
+        (logged as skipped; nothing is recorded for it)."""
+        t0 = time.perf_counter()
+        log.info("evaluation at iteration %d (%d val images)", iteration, len(self.loader.dataset))
+        try:
+            metrics, _ = dist.evaluate_sharded(
+                model, self.loader, device=self.device, precision=self.precision,
+                progress=self.progress, should_stop=lambda: self.stop_signal.requested)
+        except EvaluationStopped as stopped:
+            log.warning("evaluation at iteration %d skipped: %s arrived during it (%s after %s)",
+                        iteration, self.stop_signal.reason, stopped,
+                        format_duration(time.perf_counter() - t0))
+            return None
+        self.last_iteration = iteration
+        self.logger.eval_point(phase=phase.name, iteration=iteration, metrics=metrics)
+        log.info("evaluation took %s", format_duration(time.perf_counter() - t0))
+        self.last_metrics = metrics
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"last_metrics": self.last_metrics, "last_eval_iteration": self.last_iteration}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_metrics = state["last_metrics"]
+        self.last_iteration = state["last_eval_iteration"]
