@@ -145,6 +145,16 @@ def test_model_options_inherit_vgg16_bn_and_change_only_their_part(model_option,
     assert {key for key in base if option[key] != base[key]} == changed
 
 
+@pytest.mark.parametrize("model_option", ["vgg16_bn", "vgg16_bn_fc", "vgg16_bn_align",
+                                          "resnet50_c4"])
+def test_the_backbone_is_built_before_the_box_head(model_option, hydra_compose, tmp_path):
+    """Hydra builds a node's arguments in key order, and each draws its initial weights from the
+    seeded generator: the backbone first, then the box head, or a seed gives other weights (and
+    every measured figure moves) although the configuration is the same."""
+    keys = list(_train_cfg(hydra_compose, [f"model={model_option}"], tmp_path).model)
+    assert keys.index("backbone") < keys.index("box_head")
+
+
 def test_vgg16_bn_fc_is_vgg16_bn_with_vgg_fc_box_head(hydra_compose, tmp_path):
     fc = _train_cfg(hydra_compose, ["model=vgg16_bn_fc"], tmp_path)
     assert fc.model.box_head._target_ == "detector.modeling.box_head.VGGBoxHead"
