@@ -40,7 +40,13 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_callback  # noqa: E402, F401  (the ${job_folder:...} resolver of hydra.sweep.subdir)
-from cli import USER_ERRORS, check_command_line, exit_on_user_error, report_user_error  # noqa: E402
+from cli import (  # noqa: E402
+    USER_ERRORS,
+    check_command_line,
+    command_arg,
+    exit_on_user_error,
+    report_user_error,
+)
 from config_checks import ConfigError, check_train_config, resume_checkpoint  # noqa: E402
 
 from detector.checkpoint import save_checkpoint  # noqa: E402
@@ -147,7 +153,7 @@ def report(summary: dict, checkpoint: Path, output_dir: Path) -> None:
              summary["iterations"], minutes, summary["skipped_steps"], ap, ap50)
     log.info("checkpoint: %s", checkpoint)
     log.info("logs: %s (train_net.log, metrics.jsonl, tensorboard/, loss_curves.png)", output_dir)
-    log.info("evaluate it with: python tools/eval.py checkpoint=%s", checkpoint)
+    log.info("evaluate it with: python tools/eval.py %s", command_arg("checkpoint", checkpoint))
 
 
 def resume_command(cfg: DictConfig) -> str:
@@ -156,8 +162,8 @@ def resume_command(cfg: DictConfig) -> str:
     kept = [o for o in overrides if not o.lstrip("+~").startswith(("output_dir=", "resume="))]
     world = dist.get_world_size()
     launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
-    args = [*kept, f"output_dir={cfg.output_dir}", "resume=true"]
-    return " ".join([launcher, "tools/train_net.py", *map(shlex.quote, args)])
+    args = [*map(shlex.quote, kept), command_arg("output_dir", cfg.output_dir), "resume=true"]
+    return " ".join([launcher, "tools/train_net.py", *args])
 
 
 def run(cfg: DictConfig) -> int:

@@ -1,0 +1,120 @@
+"""Inputs of the tools as a user types them (issue 19, part 2): paths holding Hydra syntax (a
+sweep job's folder ``experiment=focal,optimizer.lr=0.001``), the commands the tools print, and
+bad values of the predict/serve/export keys. In process through the tools' ``main`` where the
+command line does not matter; one real subprocess for the command line itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from load_file import load_tool
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TOOLS = PROJECT_ROOT / "tools"
+TOOL_CONFIGS = ("eval", "inspect", "predict", "export", "serve", "train")
+SWEEP_JOB = "experiment=focal,optimizer.lr=0.001"
+# names Hydra's grammar reads as syntax: = , spaces, quotes, brackets, a backslash before a quote
+AWKWARD = [SWEEP_JOB, "a b", "it's", 'say "hi"', "[x]", "{y}", "back\\'slash", "end\\", "1.5"]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    load_tool("export.py", restore_sys_path=True)  # puts tools/ on sys.path to import cli
+    return sys.modules["cli"]
+
+
+@pytest.fixture(scope="module")
+def config():
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
+        yield lambda name, overrides: compose(name, overrides=overrides)
+
+
+def _path_keys(cfg: DictConfig, cli, prefix: str = "") -> list[str]:
+    """Every leaf key of ``cfg`` that the tools treat as a path (``cli.is_path_key``)."""
+    keys = []
+    for key in cfg:
+        full = f"{prefix}{key}"
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig):
+            keys += _path_keys(value, cli, f"{full}.")
+        elif cli.is_path_key(full):
+            keys.append(full)
+    return keys
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_hydra_quote_reads_back_exactly(cli, text):
+    parsed = OverridesParser.create().parse_override(f"key={cli.hydra_quote(text)}")
+    assert parsed.value() == text and not parsed.is_sweep_override()
+
+
+def test_every_path_key_of_every_tool_takes_a_sweep_job_path(cli, config, tmp_path):
+    for name in TOOL_CONFIGS:
+        keys = _path_keys(config(name, []), cli)
+        assert keys, name
+        for folder in AWKWARD:  # every path key of the tool at once, each with its own path
+            paths = {key: str(tmp_path / folder / key / "final.pth") for key in keys}
+            cfg = config(name, cli.quote_path_overrides([f"{k}={p}" for k, p in paths.items()]))
+            assert {key: OmegaConf.select(cfg, key) for key in keys} == paths, name
+
+
+def test_other_values_are_left_to_hydra(cli):
+    args = ["-m", "seed=0,1", "checkpoint=null", "resume=true", "input=photos/*.jpg",
+            "checkpoint='already=quoted'", "output_dir=${hydra:runtime.cwd}/x", "experiment=focal"]
+    assert cli.quote_path_overrides(args) == args
+
+
+def test_check_command_line_quotes_sys_argv(cli, tmp_path, monkeypatch):
+    path = str(tmp_path / SWEEP_JOB / "final.pth")
+    monkeypatch.setattr(sys, "argv", ["eval.py", f"checkpoint={path}", "batch_size=2"])
+    checked = []  # (Hydra is initialised by the config fixture: the composition is tested above)
+    monkeypatch.setattr(cli, "check_overrides", lambda args, config_name: checked.append(args))
+    cli.check_command_line("eval")
+    assert sys.argv == ["eval.py", f"checkpoint={cli.hydra_quote(path)}", "batch_size=2"]
+    assert checked == [sys.argv[1:]]
+
+
+def _pasted(command: str, tool: str, cli) -> list[str]:
+    """The overrides Hydra gets when ``command`` (printed by a tool) is pasted into a shell."""
+    words = shlex.split(command)
+    return cli.quote_path_overrides(words[words.index(f"tools/{tool}") + 1:])
+
+
+def test_printed_commands_paste_back(cli, config, tmp_path, caplog):
+    train_net = load_tool("train_net.py", restore_sys_path=True)
+    run_dir = tmp_path / "multirun" / SWEEP_JOB / "it's here"
+    checkpoint = run_dir / "checkpoints" / "final.pth"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    summary = {"metrics": None, "iterations": 3, "wall_time": 1.0, "skipped_steps": 0}
+    with caplog.at_level(logging.INFO):
+        train_net.report(summary, checkpoint, run_dir)
+    hint = next(r.getMessage() for r in caplog.records if "evaluate it with" in r.getMessage())
+    command = hint.split("evaluate it with: ", 1)[1]
+    assert config("eval", _pasted(command, "eval.py", cli)).checkpoint == str(checkpoint)
+    resume = train_net.resume_command(OmegaConf.create({"output_dir": str(run_dir)}))
+    pasted = config("train", _pasted(resume, "train_net.py", cli))
+    assert pasted.output_dir == str(run_dir) and pasted.resume is True
+
+
+def test_eval_command_line_takes_a_sweep_job_path(tmp_path):
+    """The real command line: the path reaches the tool intact (a corrupt file there, so the
+    tool's own one-line error names it, instead of Hydra's "mismatched input '='")."""
+    checkpoint = tmp_path / "multirun" / SWEEP_JOB / "checkpoints" / "final.pth"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run([sys.executable, str(TOOLS / "eval.py"), f"checkpoint={checkpoint}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert str(checkpoint) in line and "could not parse" not in line, line
