@@ -118,3 +118,34 @@ def test_eval_command_line_takes_a_sweep_job_path(tmp_path):
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert str(checkpoint) in line and "could not parse" not in line, line
+
+
+def _exits_2(main, cfg, capsys, text: str) -> str:
+    """``main(cfg)`` exits with code 2 and one line on stderr holding ``text``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(cfg)
+    (line,) = capsys.readouterr().err.strip("\n").split("\n")
+    assert info.value.code == 2 and line.startswith("error: ") and text in line, line
+    return line
+
+
+def test_predict_never_writes_over_its_inputs(config, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((16, 16, 3), np.uint8))
+    before = (folder / "a.png").read_bytes()
+    main = load_tool("predict.py", restore_sys_path=True).main
+    for output, text in ((folder, "inside the input folder"),
+                         (folder / "out", "inside the input folder")):
+        # refused before any model is looked for (there is none under outputs_root)
+        _exits_2(main, config("predict", [f"input={folder}", f"output={output}",
+                                          f"outputs_root={tmp_path / 'none'}"]), capsys, text)
+    _exits_2(main, config("predict", [f"input={folder / 'a.png'}", f"output={folder}",
+                                      f"outputs_root={tmp_path / 'none'}"]), capsys,
+             "would write over the input file")
+    assert (folder / "a.png").read_bytes() == before and sorted(folder.iterdir()) == [
+        folder / "a.png"]
