@@ -19,12 +19,14 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, command_arg, exit_on_user_error, resolve_checkpoint  # noqa: E402
+from config_checks import check_export_config  # noqa: E402
 
 from detector.predict.onnx_export import ExportError, export_checkpoint  # noqa: E402
 from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
 
 
 def run(cfg: DictConfig) -> Path:
+    check_export_config(cfg)
     checkpoint = resolve_checkpoint(cfg)
     output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(".onnx")
     start = time.perf_counter()

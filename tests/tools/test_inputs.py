@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from load_file import load_tool
@@ -149,3 +150,39 @@ def test_predict_never_writes_over_its_inputs(config, tmp_path, capsys):
              "would write over the input file")
     assert (folder / "a.png").read_bytes() == before and sorted(folder.iterdir()) == [
         folder / "a.png"]
+
+
+NO_CUDA = [] if torch.cuda.is_available() else [("device=cuda", "CUDA is not available")]
+BAD_VALUES = {
+    "predict": [("score_threshold=abc", "score_threshold must lie in [0, 1], got 'abc'"),
+                ("score_threshold=nan", "score_threshold must lie in [0, 1], got nan"),
+                ("score_threshold=1.5", "score_threshold must lie in [0, 1]"),
+                ("batch_size=0", "batch_size must be a positive integer"),
+                ("backend=tensorflow", "backend must be torch or onnxruntime"),
+                ("precision=fp8", "precision must be auto, fp32, bf16 or fp16"),
+                ("progress=maybe", "progress must be true or false"),
+                ("checkpoint=true", "checkpoint must be a path, got True"),
+                ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
+                (f"device=cuda:{torch.cuda.device_count()}", "CUDA")] + NO_CUDA,
+    "export": [("height=abc", "height must be a positive integer"),
+               ("width=0", "width must be a positive integer"),
+               ("output=false", "output must be a path")],
+    "serve": [("score_threshold=abc", "score_threshold must lie in [0, 1], got 'abc'"),
+              ("display_threshold=nan", "display_threshold must lie in [0, 1], got nan"),
+              ("max_megapixels=nan", "max_megapixels must be a positive number, got nan"),
+              ("max_upload_mb=inf", "max_upload_mb must be a positive number, got inf"),
+              ("threads=0", "threads must be an integer >= 1"),
+              ("num_samples=-1", "num_samples must be an integer >= 0"),
+              ("precision=fp8", "precision must be auto, fp32, bf16 or fp16")] + NO_CUDA,
+}
+
+
+@pytest.mark.parametrize(("tool", "override", "text"), [
+    (tool, override, text) for tool, cases in BAD_VALUES.items() for override, text in cases])
+def test_bad_values_are_one_line_before_any_work(tool, override, text, config, tiny_checkpoint,
+                                                 tmp_path, capsys):
+    main = load_tool(f"{tool}.py", restore_sys_path=True).main
+    given = {"predict": [f"input={tmp_path}"], "export": [], "serve": ["port=0"]}[tool]
+    cfg = config(tool, [*given, f"checkpoint={tiny_checkpoint}", override])
+    _exits_2(main, cfg, capsys, text)
+    assert sorted(tmp_path.iterdir()) == []  # nothing written, no output folder
