@@ -20,10 +20,12 @@ diverged and the sweep goes on; a bad config or missing data stops it (exit code
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -194,6 +196,25 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
+UNSTARTED = {".hydra", "train_net.log", "config.json"}  # what a run folder holds before training
+
+
+def remove_unstarted_run(run_dir: str | Path, *, name: str | None = None) -> None:
+    """Remove ``run_dir`` if it holds only what Hydra and the start of a run write
+    (``UNSTARTED``), and its parent when that is left empty and named ``name`` (the default
+    ``outputs/<name>/<date>``): a start that failed on a user error leaves no run behind. A
+    folder with anything else in it (a run to resume, a user's files) stays."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve():
+        return
+    if any(entry.name not in UNSTARTED for entry in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)  # under torchrun every rank may try
+    if name and run_dir.parent.name == name:
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only when empty
+
+
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -201,8 +222,14 @@ def main(cfg: DictConfig) -> None:
         job_dir = HydraConfig.get().runtime.output_dir  # absolute
         inside = Path(job_dir).is_relative_to(Path.cwd())
         cfg.output_dir = os.path.relpath(job_dir) if inside else job_dir
-    with exit_on_user_error():  # e.g. a DatasetError inside Hydra's InstantiationException
-        code = run(cfg)
+    try:
+        with exit_on_user_error():  # e.g. a DatasetError inside Hydra's InstantiationException
+            code = run(cfg)
+    except SystemExit as stop:
+        code = stop.code
+    if code == 2 and not multirun:  # a failed start: no run folder left behind
+        remove_unstarted_run(HydraConfig.get().runtime.output_dir if HydraConfig.initialized()
+                             else cfg.output_dir, name=cfg.get("name"))
     if code == 3 and multirun:  # a diverged job is an outcome of the sweep, not its end
         log.warning("job diverged (final_metrics.json: status diverged); the sweep goes on")
     elif code:

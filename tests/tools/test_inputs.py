@@ -186,3 +186,28 @@ def test_bad_values_are_one_line_before_any_work(tool, override, text, config, t
     cfg = config(tool, [*given, f"checkpoint={tiny_checkpoint}", override])
     _exits_2(main, cfg, capsys, text)
     assert sorted(tmp_path.iterdir()) == []  # nothing written, no output folder
+
+
+def test_a_failed_start_leaves_no_run_folder(config, tmp_path, capsys):
+    main = load_tool("train_net.py", restore_sys_path=True).main
+    started = tmp_path / "outputs" / "ce_end_to_end" / "2026-01-01_00-00-00"
+    kept = tmp_path / "outputs" / "ce_end_to_end" / "earlier"  # a run to resume: never removed
+    for run_dir in (started, kept):  # what Hydra writes before the task function runs
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text("{}")
+        (run_dir / "train_net.log").write_text("")
+    (kept / "checkpoints").mkdir()
+    for run_dir in (started, kept):
+        _exits_2(main, config("train", ["device=gpu", f"output_dir={run_dir}"]), capsys,
+                 "device must be")
+    assert not started.exists() and kept.is_dir() and (kept / "checkpoints").is_dir()
+
+
+def test_a_bad_device_on_the_command_line_leaves_no_outputs(tmp_path):
+    """The real start: Hydra makes outputs/<name>/<date>/ before the tool runs."""
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run([sys.executable, str(TOOLS / "train_net.py"), "device=gpu"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "device must be" in result.stderr, result.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("outputs")]
