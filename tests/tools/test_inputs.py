@@ -211,3 +211,14 @@ def test_a_bad_device_on_the_command_line_leaves_no_outputs(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "device must be" in result.stderr, result.stderr
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("outputs")]
+
+
+def test_resume_true_over_only_unreadable_checkpoints_says_so(config, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "iter_0000200.pth").write_bytes(b"cut short")
+    main = load_tool("train_net.py", restore_sys_path=True).main
+    line = _exits_2(main, config("train", ["resume=true", f"output_dir={run}"]), capsys,
+                    "all 1 iter_*.pth in")
+    assert "unreadable" in line and "holds no iter_" not in line
+    assert (run / "checkpoints" / "iter_0000200.pth").is_file()  # the run folder stays
