@@ -47,6 +47,7 @@ from cli import (  # noqa: E402
     check_command_line,
     command_arg,
     exit_on_user_error,
+    quote_path_overrides,  # noqa: F401  (tools/soak.py composes train.yaml with it)
     report_user_error,
 )
 from config_checks import ConfigError, check_train_config, resume_checkpoint  # noqa: E402
