@@ -136,11 +136,23 @@ def save_periodic_checkpoint(directory: str | Path, payload: dict, *, iteration:
 
 def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest (highest iteration) readable ``checkpoints/iter_*.pth`` of a run directory,
-    or None; newer unreadable ones (truncated, corrupt) are passed over with a warning."""
-    for path in reversed(list_periodic_checkpoints(Path(output_dir) / "checkpoints")):
+    or None when it has none; newer unreadable ones (truncated, corrupt) are passed over with a
+    warning.
+
+    Raises:
+        CheckpointError: there are ``iter_*.pth`` files, but none of them is readable.
+    """
+    periodic = list_periodic_checkpoints(Path(output_dir) / "checkpoints")
+    newest_problem = None
+    for path in reversed(periodic):
         problem = checkpoint_error(path)
         if problem is None:
             return path
+        newest_problem = newest_problem or f"{path.name}: {problem}"
         log.warning("skipping unreadable checkpoint %s (%s); trying the previous one", path,
                     problem)
+    if periodic:
+        raise CheckpointError(f"all {len(periodic)} iter_*.pth in {periodic[0].parent} are "
+                              f"unreadable (the newest, {newest_problem}); resume=PATH another "
+                              f"checkpoint, or start afresh without resume")
     return None

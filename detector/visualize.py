@@ -19,6 +19,7 @@ GT_COLOR: tuple[int, int, int] = (0, 255, 0)
 HALO_COLOR: tuple[int, int, int] = (24, 24, 24)  # edges drawn around boxes and caption tags
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GOLDEN = 0.618033988749895
+CAPTION_AREA = 0.2  # captions (tags) cover at most this fraction of the image; best scores first
 
 
 
@@ -41,9 +42,14 @@ def draw_detections(
     score_threshold: float = 0.0,
     gt_boxes: Any = None,
     thickness: int | None = None,
+    captions: bool = True,
 ) -> np.ndarray:
     """Draw detections (solid, class-coloured with a dark halo, captioned ``"name 0.93"`` on an
     opaque tag whose ink is black or white by the tag's luminance) and GT (dashed, green).
+
+    Captions never bury the image: their font shrinks on small images, and they are placed from
+    the highest score down, each only if it overlaps no caption placed before and all of them
+    stay within ``CAPTION_AREA`` of the image's pixels; the other boxes go uncaptioned.
 
     Args:
         image_rgb (ndarray[H, W, 3] uint8): the image; it is not modified.
@@ -55,6 +61,7 @@ def draw_detections(
         class_names: K names, ``class_names[label - 1]``; unknown labels print as numbers.
         gt_boxes (Tensor|ndarray[G, 4] | None): xyxy pixels, drawn dashed under the detections.
         thickness: line width in pixels; default grows with the image (1 px up to 600 px).
+        captions: False draws the boxes only.
 
     Returns:
         ndarray[H, W, 3] uint8: a drawn copy.
@@ -71,13 +78,19 @@ def draw_detections(
     order = np.arange(len(boxes_np)) if scores_np is None else np.argsort(scores_np, kind="stable")
     if scores_np is not None:
         order = order[scores_np[order] >= score_threshold]
-    for i, corners in zip(order, _pixel_corners(boxes_np[order]), strict=True):
+    corners = _pixel_corners(boxes_np[order])
+    for i, (top_left, bottom_right) in zip(order, corners, strict=True):
         color = class_color(labels_np[i])
         # a dark 1 px halo on both sides keeps bright outlines visible on light backgrounds
-        cv2.rectangle(canvas, corners[0], corners[1], HALO_COLOR, t + 2)
-        cv2.rectangle(canvas, corners[0], corners[1], color, t)
-        text = _caption(labels_np[i], None if scores_np is None else scores_np[i], class_names)
-        _draw_caption(canvas, text, corners[0], color, t)
+        cv2.rectangle(canvas, top_left, bottom_right, HALO_COLOR, t + 2)
+        cv2.rectangle(canvas, top_left, bottom_right, color, t)
+    if captions:
+        texts = [_caption(labels_np[i], None if scores_np is None else scores_np[i], class_names)
+                 for i in order]
+        tags = _caption_tags(canvas.shape, texts, [c[0] for c in corners], t)
+        for k, tag in enumerate(tags):  # lowest score first: the best caption ends on top
+            if tag is not None:
+                _paint_caption(canvas, texts[k], tag, class_color(labels_np[order[k]]), t)
     return canvas
 
 
@@ -106,21 +119,47 @@ def _caption(label: int, score: float | None, class_names: Sequence[str]) -> str
     return name if score is None else f"{name} {score:.2f}"
 
 
-def _draw_caption(
-    canvas: np.ndarray, text: str, top_left: tuple[int, int], color: tuple[int, int, int], t: int
-) -> None:
-    """Text on a filled ``color`` tag sitting on the box's top edge (inside it at the image top)."""
-    scale = 0.4 * t
-    (tw, th), base = cv2.getTextSize(text, _FONT, scale, t)
-    x, y = top_left
-    x = max(0, min(x, canvas.shape[1] - tw - 2))
-    bottom = y if y - th - base - 2 >= 0 else y + th + base + 2
-    top = bottom - th - base - 2
+def _font_scale(shape: tuple[int, ...], t: int) -> float:
+    """0.4 per line width from 300 px up; down to 0.3 on smaller images (about 7 px capitals)."""
+    return t * min(0.4, max(0.3, 0.4 * min(shape[:2]) / 300))
+
+
+def _caption_tags(shape: tuple[int, ...], texts: list[str], top_lefts: list[tuple[int, int]],
+                  t: int) -> list[tuple[int, int, int, int, int] | None]:
+    """Where each caption's tag goes: ``(x, top, bottom, text width, baseline)``, sitting on the
+    box's top edge (inside it at the image top), or None for a caption left out. Captions are
+    given in increasing score order and placed from the last one down (see ``draw_detections``)."""
+    height, width = shape[:2]
+    scale, budget = _font_scale(shape, t), CAPTION_AREA * height * width
+    placed: list[tuple[int, int, int, int]] = []  # x1, y1, x2, y2 of the tags with their halo
+    tags: list[tuple[int, int, int, int, int] | None] = [None] * len(texts)
+    for k in reversed(range(len(texts))):
+        (tw, th), base = cv2.getTextSize(texts[k], _FONT, scale, t)
+        x, y = top_lefts[k]
+        x = max(0, min(x, width - tw - 2))
+        bottom = y if y - th - base - 2 >= 0 else y + th + base + 2
+        top = bottom - th - base - 2
+        rect = (x - 1, top - 1, x + tw + 4, bottom + 2)
+        area = (rect[2] - rect[0]) * (rect[3] - rect[1])
+        if budget < area or any(rect[0] < o[2] and o[0] < rect[2] and rect[1] < o[3]
+                                and o[1] < rect[3] for o in placed):
+            continue
+        budget -= area
+        placed.append(rect)
+        tags[k] = (x, top, bottom, tw, base)
+    return tags
+
+
+def _paint_caption(canvas: np.ndarray, text: str, tag: tuple[int, int, int, int, int],
+                   color: tuple[int, int, int], t: int) -> None:
+    """Text on a filled ``color`` tag with a dark edge, where ``_caption_tags`` put it."""
+    x, top, bottom, tw, base = tag
     cv2.rectangle(canvas, (x - 1, top - 1), (x + tw + 3, bottom + 1), HALO_COLOR, 1)
     cv2.rectangle(canvas, (x, top), (x + tw + 2, bottom), color, cv2.FILLED)
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     ink = (0, 0, 0) if luminance > 128 else (255, 255, 255)
-    cv2.putText(canvas, text, (x + 1, bottom - base - 1), _FONT, scale, ink, t, cv2.LINE_AA)
+    cv2.putText(canvas, text, (x + 1, bottom - base - 1), _FONT, _font_scale(canvas.shape, t), ink,
+                t, cv2.LINE_AA)
 
 
 def _dashed_rectangle(

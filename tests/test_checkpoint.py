@@ -12,6 +12,7 @@ from detector import checkpoint as ckpt
 from detector.checkpoint import (
     CheckpointError,
     find_latest_checkpoint,
+    find_resume_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -133,3 +134,14 @@ def test_find_latest_checkpoint_without_candidates_is_none(tmp_path):
     assert find_latest_checkpoint(tmp_path / "missing") is None
     (tmp_path / "empty").mkdir()
     assert find_latest_checkpoint(tmp_path / "empty") is None
+
+
+def test_resume_in_a_folder_of_only_unreadable_checkpoints_says_so(tmp_path):
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    assert find_resume_checkpoint(tmp_path) is None  # no iter_*.pth at all: nothing to resume
+    for iteration in (2, 4):
+        (directory / f"iter_{iteration:07d}.pth").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="all 2 iter_.*unreadable") as caught:
+        find_resume_checkpoint(tmp_path)
+    assert "iter_0000004.pth" in str(caught.value) and "\n" not in str(caught.value)

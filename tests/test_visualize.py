@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.visualize import GT_COLOR, class_color, draw_detections, save_image
+from detector.visualize import CAPTION_AREA, GT_COLOR, class_color, draw_detections, save_image
 
 NAMES = ["cat", "dog"]
 GREY = 128
@@ -76,3 +76,32 @@ def test_save_image_round_trips_rgb(tmp_path):
     path = save_image(tmp_path / "sub" / "x.png", image)
     back = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert np.array_equal(cv2.cvtColor(back, cv2.COLOR_BGR2RGB), image)
+
+
+def test_captions_do_not_bury_a_small_image():
+    """128 px, 40 detections above a 0.1 threshold (an untrained or low-threshold run): the
+    caption tags cover at most CAPTION_AREA of the pixels, and the best detection keeps its."""
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 96, (40, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(12, 32, (40, 2))], axis=1).clip(0, 128)
+    scores = np.linspace(0.1, 0.9, 40)
+    labels = rng.integers(1, 3, 40)
+    kwargs = dict(class_names=["triangle", "rectangle"], score_threshold=0.1)
+    image = grey(128, 128)
+    captioned = draw_detections(image, boxes, labels, scores, **kwargs)
+    bare = draw_detections(image, boxes, labels, scores, captions=False, **kwargs)
+    covered = (captioned != bare).any(axis=2).mean()
+    assert 0 < covered <= CAPTION_AREA, covered
+    x1, y1 = np.rint(boxes[-1, :2]).astype(int)  # the 0.9 box: its tag sits on its top edge
+    assert (captioned[max(0, y1 - 8):y1 + 8, x1:x1 + 20] != bare[max(0, y1 - 8):y1 + 8,
+                                                                  x1:x1 + 20]).any()
+
+
+def test_separate_boxes_on_a_large_image_all_keep_their_captions():
+    boxes = np.array([[50.0, 100, 200, 200], [300, 100, 450, 200], [50, 400, 200, 500]])
+    kwargs = dict(class_names=NAMES)
+    image = grey(600, 600)
+    captioned = draw_detections(image, boxes, [1, 2, 1], [0.3, 0.6, 0.9], **kwargs)
+    bare = draw_detections(image, boxes, [1, 2, 1], [0.3, 0.6, 0.9], captions=False, **kwargs)
+    for x1, y1, _, _ in boxes.astype(int):
+        assert (captioned[y1 - 15:y1, x1:x1 + 30] != bare[y1 - 15:y1, x1:x1 + 30]).any()

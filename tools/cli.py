@@ -23,6 +23,15 @@ inside another (``hydra.utils.instantiate`` wraps what a constructor raised in a
 catches the errors itself. ``USER_ERRORS`` are the types every tool treats so.
 ``resolve_checkpoint(cfg)`` is the tools' shared ``checkpoint=`` rule: the given path, or the
 newest ``outputs/**/checkpoints/final.pth``.
+
+Paths as typed: a sweep job's folder is named by its overrides
+(``outputs/multirun/<date>/experiment=focal,optimizer.lr=0.001/``), and Hydra's override grammar
+reads ``=`` and ``,`` in a value as syntax. ``check_command_line`` therefore rewrites, in
+``sys.argv``, each path-valued ``key=value`` (``is_path_key``: checkpoint, input, output, ...,
+``*_dir``, ``*_file``, ``dataset.root``) whose value Hydra would not read back as exactly that
+string into a quoted Hydra string (``hydra_quote``); ``null``, ``true``/``false``, interpolations
+and values the user quoted for Hydra already are left alone. ``command_arg(key, value)`` is the
+shell-quoted ``key=value`` a tool prints in a command for the user to paste.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +51,16 @@ from detector.checkpoint import CheckpointError, find_latest_checkpoint
 from detector.data import DatasetError
 from detector.modeling.spec import SpecError
 
-__all__ = ["USER_ERRORS", "check_command_line", "exit_on_user_error", "report_user_error",
+__all__ = ["USER_ERRORS", "check_command_line", "command_arg", "exit_on_user_error",
+           "hydra_quote", "is_path_key", "quote_path_overrides", "report_user_error",
            "resolve_checkpoint", "user_error"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, CheckpointError,
                                                 SpecError, FileNotFoundError)
 EXIT_USER_ERROR = 2
+PATH_KEYS = ("checkpoint", "checkpoint_b", "input", "output", "output_dir", "outputs_root", "onnx",
+             "resume", "root", "dir")
+PATH_SUFFIXES = ("_dir", "_file", "_root", "_path")
 
 
 def full_error() -> bool:
@@ -100,11 +115,63 @@ def exit_on_user_error(*extra: type[BaseException]) -> Iterator[None]:
         sys.exit(report_user_error(found))
 
 
-def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
-    """Compose ``config_name`` with the command-line overrides before Hydra runs: an unknown
-    key, a missing group option or a syntax error becomes one line and exit code 2."""
+def is_path_key(key: str) -> bool:
+    """Whether the config key of an override (``+``/``~`` prefixes allowed) holds a path."""
+    name = key.lstrip("+~").rsplit(".", 1)[-1]
+    return name in PATH_KEYS or name.endswith(PATH_SUFFIXES)
+
+
+def hydra_quote(text: str) -> str:
+    """``text`` as a single-quoted string of Hydra's override grammar, which reads it back as
+    exactly ``text``: inside quotes only backslashes before a quote (or at the end) are escapes."""
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    trailing = len(body) - len(body.rstrip("\\"))
+    return "'" + body + "\\" * trailing + "'"
+
+
+def _reads_back(override: str, value: str) -> bool:
+    """Whether Hydra parses ``override`` into ``value`` itself, into null or a bool, or the user
+    quoted it for Hydra already."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import QuotedString
+    from hydra.errors import HydraException
+
     try:
-        check_overrides(sys.argv[1:] if argv is None else argv, config_name=config_name)
+        parsed = OverridesParser.create().parse_override(override)
+    except HydraException:
+        return False
+    if parsed.is_sweep_override():
+        return False
+    return (isinstance(parsed._value, QuotedString) or parsed.value() is None
+            or isinstance(parsed.value(), bool) or parsed.value() == value)
+
+
+def quote_path_overrides(argv: list[str]) -> list[str]:
+    """``argv`` with each path-valued ``key=value`` that Hydra would misread (``=``, ``,``,
+    brackets, quotes, a number, ...) turned into ``key='value'`` (see ``hydra_quote``)."""
+    quoted = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and is_path_key(key) and not _reads_back(arg, value):
+            arg = f"{key}={hydra_quote(value)}"
+        quoted.append(arg)
+    return quoted
+
+
+def command_arg(key: str, value: object) -> str:
+    """``key=value`` quoted for a shell: what a printed command holds, so that it pastes back."""
+    return shlex.quote(f"{key}={value}")
+
+
+def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
+    """Quote path values for Hydra (``quote_path_overrides``, in ``sys.argv`` when ``argv`` is
+    None), then compose ``config_name`` with the command-line overrides before Hydra runs: an
+    unknown key, a missing group option or a syntax error becomes one line and exit code 2."""
+    args = quote_path_overrides(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        sys.argv[1:] = args
+    try:
+        check_overrides(args, config_name=config_name)
     except ConfigError as error:
         sys.exit(report_user_error(error))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -12,8 +13,9 @@ from detector.runtime import resolve_device
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-__all__ = ["ConfigError", "check_dataset", "check_device", "check_eval_config", "check_overrides",
-           "check_reliability", "check_train_config", "resume_checkpoint"]
+__all__ = ["ConfigError", "check_dataset", "check_device", "check_eval_config", "check_export_config",
+           "check_number", "check_overrides", "check_path", "check_precision",
+           "check_predict_config", "check_reliability", "check_train_config", "resume_checkpoint"]
 
 
 class ConfigError(ValueError):
@@ -34,17 +36,73 @@ def check_device(name: str) -> None:
     if name != "auto" and not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     try:
-        resolve_device(name)
+        device = resolve_device(name)
     except (ValueError, RuntimeError) as error:
         raise ConfigError(str(error)) from None
+    import torch
+
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s)")
+
+
+def check_precision(value) -> None:
+    if value not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {value!r}")
+
+
+def check_number(cfg: DictConfig, key: str, *, low: float, high: float = math.inf,
+                 low_open: bool = False) -> None:
+    """``cfg[key]`` is a finite number in [low, high] (``low_open``: above low)."""
+    value = cfg[key]
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not (value > low if low_open else value >= low) or not value <= high:
+        where = (f"be a number above {low:g}" if low_open else f"be a number >= {low:g}"
+                 if high == math.inf else f"lie in [{low:g}, {high:g}]")
+        where = "be a positive number" if low_open and low == 0 and high == math.inf else where
+        raise ConfigError(f"{key} must {where}, got {value!r}")
+
+
+def check_path(cfg: DictConfig, key: str, *, required: str | None = None) -> None:
+    """``cfg[key]`` is a path (a string) or null; ``required``: the message when it is null."""
+    value = cfg[key]
+    if value is None and required:
+        raise ConfigError(required)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a path, got {value!r}")
+
+
+def check_predict_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value of tools/predict.py's config."""
+    check_path(cfg, "input", required="input=PATH is required: an image, a folder, a glob or a "
+                                      "video")
+    for key in ("checkpoint", "outputs_root", "output", "onnx"):
+        check_path(cfg, key)
+    check_number(cfg, "score_threshold", low=0.0, high=1.0)
+    _positive_int(cfg, "batch_size")
+    if cfg.backend not in ("torch", "onnxruntime"):
+        raise ConfigError(f"backend must be torch or onnxruntime, got {cfg.backend!r}")
+    if not isinstance(cfg.progress, bool):
+        raise ConfigError(f"progress must be true or false, got {cfg.progress!r}")
+    check_precision(cfg.precision)
+    if cfg.backend == "torch":  # onnxruntime runs on the CPU whatever device says
+        check_device(cfg.device)
+
+
+def check_export_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value of tools/export.py's config."""
+    for key in ("checkpoint", "outputs_root", "output"):
+        check_path(cfg, key)
+    for key in ("height", "width"):
+        if cfg[key] is not None:
+            _positive_int(cfg, key)
 
 
 def _common(cfg: DictConfig) -> None:
     """Keys shared by train.yaml and eval.yaml."""
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
-    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}")
+    check_precision(cfg.precision)
     check_device(cfg.device)
 
 

@@ -18,13 +18,15 @@ import hydra
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
+from cli import check_command_line, command_arg, exit_on_user_error, resolve_checkpoint  # noqa: E402
+from config_checks import check_export_config  # noqa: E402
 
 from detector.predict.onnx_export import ExportError, export_checkpoint  # noqa: E402
 from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
 
 
 def run(cfg: DictConfig) -> Path:
+    check_export_config(cfg)
     checkpoint = resolve_checkpoint(cfg)
     output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(".onnx")
     start = time.perf_counter()
@@ -35,7 +37,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"exported {checkpoint} in {seconds:.1f} s: input {height} x {width} (any batch), "
           f"{len(predictor.class_names)} classes, {result.path.stat().st_size / 2**20:.1f} MiB")
     print(f"wrote {result.path}; run it with: python tools/predict.py input=PATH "
-          f"backend=onnxruntime onnx={result.path}")
+          f"backend=onnxruntime {command_arg('onnx', result.path)}")
     return result.path
 
 

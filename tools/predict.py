@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # noqa: E402
-from config_checks import ConfigError  # noqa: E402
+from config_checks import ConfigError, check_predict_config  # noqa: E402
 
-from detector.predict.files import predict_files  # noqa: E402
+from detector.predict.files import output_paths, predict_files  # noqa: E402
 from detector.predict.inputs import InputError, collect_inputs  # noqa: E402
 from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
 from detector.predict.predictor import Predictor  # noqa: E402
@@ -40,13 +40,11 @@ def build_predictor(cfg: DictConfig):
 
 
 def run(cfg: DictConfig) -> None:
-    if cfg.input is None:
-        raise ConfigError("input=PATH is required: an image, a folder, a glob or a video")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    check_predict_config(cfg)
     inputs = collect_inputs(cfg.input)  # fails fast, before the model loads
-    predictor = build_predictor(cfg)
     output = Path(cfg.output or Path(cfg.outputs_root) / "predict" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    output_paths(inputs, output)  # never over an input file
+    predictor = build_predictor(cfg)
     source = predictor.info.get("model") or predictor.info.get("checkpoint")
     print(f"{len(inputs.images)} images, {len(inputs.videos)} videos from {cfg.input}; "
           f"model {source} ({cfg.backend})")

@@ -21,23 +21,39 @@ from omegaconf import DictConfig  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, exit_on_user_error  # noqa: E402
 from cli import resolve_checkpoint as cli_resolve_checkpoint  # noqa: E402
-from config_checks import ConfigError, check_device, check_overrides  # noqa: E402, F401
+from config_checks import (  # noqa: E402, F401
+    ConfigError,
+    check_device,
+    check_number,
+    check_overrides,
+    check_path,
+    check_precision,
+)
 
 from detector.modeling.spec import read_checkpoint  # noqa: E402
 from detector.predict.predictor import Predictor  # noqa: E402
 from detector.web import create_app, make_server, sample_images, server_url  # noqa: E402
 
 log = logging.getLogger("serve")
+
+
 def check_serve_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port must be an integer in 0..65535 (0 = any free port), "
                           f"got {cfg.port!r}")
-    for key in ("threads", "max_upload_mb", "max_megapixels"):
-        if not isinstance(cfg[key], int | float) or cfg[key] <= 0:
-            raise ConfigError(f"{key} must be a positive number, got {cfg[key]!r}")
+    for key, least in (("threads", 1), ("num_samples", 0)):
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
+    for key in ("max_upload_mb", "max_megapixels"):
+        check_number(cfg, key, low=0.0, low_open=True)
     for key in ("score_threshold", "display_threshold"):
-        if not isinstance(cfg[key], int | float) or not 0 <= cfg[key] <= 1:
-            raise ConfigError(f"{key} must lie in [0, 1], got {cfg[key]!r}")
+        check_number(cfg, key, low=0.0, high=1.0)
+    if not isinstance(cfg.host, str) or not cfg.host:
+        raise ConfigError(f"host must be a host name or address, got {cfg.host!r}")
+    for key in ("checkpoint", "outputs_root"):
+        check_path(cfg, key)
+    check_precision(cfg.precision)
     check_device(cfg.device)
 
 

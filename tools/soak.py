@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     overrides = ["experiment=focal", "device=cpu", f"schedule.iterations={own['iterations']}",
                  f"train.eval_period={own['eval_period']}", "train.progress=false",
-                 f"output_dir=outputs/soak/{stamp}", *rest]
+                 f"output_dir=outputs/soak/{stamp}", *train_net.quote_path_overrides(rest)]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     train_net.check_train_config(cfg)

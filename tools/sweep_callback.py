@@ -9,6 +9,7 @@ end it names them and the command that compares the runs. Single runs are left a
 from __future__ import annotations
 
 import logging
+import shlex
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -51,4 +52,4 @@ class SweepIndex(Callback):
         log.info("sweep done: %d jobs (%s); index %s/%s and %s/%s",
                  len(entries), ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
                  sweep_dir, INDEX_MD, sweep_dir, INDEX_JSONL)
-        log.info("compare them: python tools/compare.py %s", sweep_dir)
+        log.info("compare them: python tools/compare.py %s", shlex.quote(str(sweep_dir)))

@@ -20,10 +20,12 @@ diverged and the sweep goes on; a bad config or missing data stops it (exit code
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,7 +42,14 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_callback  # noqa: E402, F401  (the ${job_folder:...} resolver of hydra.sweep.subdir)
-from cli import USER_ERRORS, check_command_line, exit_on_user_error, report_user_error  # noqa: E402
+from cli import (  # noqa: E402
+    USER_ERRORS,
+    check_command_line,
+    command_arg,
+    exit_on_user_error,
+    quote_path_overrides,  # noqa: F401  (tools/soak.py composes train.yaml with it)
+    report_user_error,
+)
 from config_checks import ConfigError, check_train_config, resume_checkpoint  # noqa: E402
 
 from detector.checkpoint import save_checkpoint  # noqa: E402
@@ -150,7 +159,7 @@ def report(summary: dict, checkpoint: Path, output_dir: Path) -> None:
              summary["iterations"], minutes, summary["skipped_steps"], ap, ap50)
     log.info("checkpoint: %s", checkpoint)
     log.info("logs: %s (train_net.log, metrics.jsonl, tensorboard/, loss_curves.png)", output_dir)
-    log.info("evaluate it with: python tools/eval.py checkpoint=%s", checkpoint)
+    log.info("evaluate it with: python tools/eval.py %s", command_arg("checkpoint", checkpoint))
 
 
 def resume_command(cfg: DictConfig) -> str:
@@ -159,8 +168,8 @@ def resume_command(cfg: DictConfig) -> str:
     kept = [o for o in overrides if not o.lstrip("+~").startswith(("output_dir=", "resume="))]
     world = dist.get_world_size()
     launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
-    args = [*kept, f"output_dir={cfg.output_dir}", "resume=true"]
-    return " ".join([launcher, "tools/train_net.py", *map(shlex.quote, args)])
+    args = [*map(shlex.quote, kept), command_arg("output_dir", cfg.output_dir), "resume=true"]
+    return " ".join([launcher, "tools/train_net.py", *args])
 
 
 def run(cfg: DictConfig) -> int:
@@ -191,6 +200,25 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
+UNSTARTED = {".hydra", "train_net.log", "config.json"}  # what a run folder holds before training
+
+
+def remove_unstarted_run(run_dir: str | Path, *, name: str | None = None) -> None:
+    """Remove ``run_dir`` if it holds only what Hydra and the start of a run write
+    (``UNSTARTED``), and its parent when that is left empty and named ``name`` (the default
+    ``outputs/<name>/<date>``): a start that failed on a user error leaves no run behind. A
+    folder with anything else in it (a run to resume, a user's files) stays."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve():
+        return
+    if any(entry.name not in UNSTARTED for entry in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)  # under torchrun every rank may try
+    if name and run_dir.parent.name == name:
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only when empty
+
+
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -198,8 +226,14 @@ def main(cfg: DictConfig) -> None:
         job_dir = HydraConfig.get().runtime.output_dir  # absolute
         inside = Path(job_dir).is_relative_to(Path.cwd())
         cfg.output_dir = os.path.relpath(job_dir) if inside else job_dir
-    with exit_on_user_error():  # e.g. a DatasetError inside Hydra's InstantiationException
-        code = run(cfg)
+    try:
+        with exit_on_user_error():  # e.g. a DatasetError inside Hydra's InstantiationException
+            code = run(cfg)
+    except SystemExit as stop:
+        code = stop.code
+    if code == 2 and not multirun:  # a failed start: no run folder left behind
+        remove_unstarted_run(HydraConfig.get().runtime.output_dir if HydraConfig.initialized()
+                             else cfg.output_dir, name=cfg.get("name"))
     if code == 3 and multirun:  # a diverged job is an outcome of the sweep, not its end
         log.warning("job diverged (final_metrics.json: status diverged); the sweep goes on")
     elif code:

@@ -11,6 +11,7 @@ Generation is deterministic: image i of a split depends only on (seed, split, i)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from detector.data.transforms import DetectionTransforms
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "star")
 GENERATOR_VERSION = 2  # 2: shapes at least a quarter of the image across (was an eighth)
 SPLITS = ("train", "val")
+
+log = logging.getLogger(__name__)
 
 
 def _shape_polygon(kind: int, size: float, rng: np.random.Generator) -> np.ndarray:
@@ -189,7 +192,8 @@ def generate_shapes_dataset(
 
     The set is built in a temporary sibling folder and moved into place, so an interrupted run
     leaves no half-written dataset. An existing `root` is replaced only if it holds a manifest
-    from this generator (never a folder of someone else's files).
+    from this generator (never a folder of someone else's files). Generating logs a WARNING with
+    the absolute path: a mistyped root makes a new set, where the user meant an existing one.
 
     Returns:
         `root` as a Path.
@@ -202,6 +206,11 @@ def generate_shapes_dataset(
     if root.exists() and any(root.iterdir()) and _read_manifest(root) is None:
         raise DatasetError(f"{root} exists and was not written by the shapes generator; "
                            "refusing to overwrite it (choose another root)")
+    found = _read_manifest(root)
+    log.warning("generating the shapes dataset in %s (%d train + %d val images, %d px): %s; if "
+                "you meant an existing set, check the dataset root", root.resolve(), num_train,
+                num_val, image_size, "there is none there yet" if found is None else
+                "the set there was made with other parameters, it is replaced")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:

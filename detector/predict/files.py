@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from detector.data.report import DatasetError
-from detector.predict.inputs import Inputs, read_video_batches, video_info
+from detector.predict.inputs import InputError, Inputs, read_video_batches, video_info
 from detector.predict.predictor import Detections, load_image
 from detector.visualize import draw_detections, save_image
 
-__all__ = ["PredictionReport", "predict_files"]
+__all__ = ["PredictionReport", "output_paths", "predict_files"]
 
 DETECTIONS_FILE = "detections.json"
 
@@ -77,30 +78,69 @@ def _draw(image: np.ndarray, det: Detections, class_names: list[str]) -> np.ndar
     return draw_detections(image, det.boxes, det.labels, det.scores, class_names=class_names)
 
 
-def _image_output(output_dir: Path, relative: Path) -> Path:
-    """Annotated image path: the input's relative path, PNG unless it was a JPEG."""
-    suffix = ".jpg" if relative.suffix.lower() in (".jpg", ".jpeg") else ".png"
-    return output_dir / relative.with_suffix(suffix)
+def _plain_output(relative: Path, *, video: bool) -> Path:
+    """Annotated file of an input: its relative path, as .mp4 (videos), .jpg (JPEGs) or .png."""
+    if video:
+        return relative.with_suffix(".mp4")
+    return relative.with_suffix(".jpg" if relative.suffix.lower() in (".jpg", ".jpeg") else ".png")
+
+
+def output_paths(inputs: Inputs, output_dir: str | Path) -> dict[Path, Path]:
+    """Where the annotated file of each image and video of ``inputs`` goes in ``output_dir``:
+    the input's relative path (see ``_plain_output``); inputs that would share a name
+    (``a.png`` and ``a.bmp``) keep their own suffix in it (``a.png``, ``a.bmp.png``).
+
+    Raises:
+        InputError: ``output_dir`` is the input folder or inside it, or a file would be written
+            over an input file.
+    """
+    output_dir = Path(output_dir)
+    if inputs.folder is not None and output_dir.resolve().is_relative_to(inputs.folder.resolve()):
+        raise InputError(f"output={output_dir} is inside the input folder {inputs.folder}: pick "
+                         f"an output folder outside it (the inputs are never written over)")
+    videos = set(inputs.videos)
+    plain = {path: _plain_output(inputs.relative(path), video=path in videos)
+             for path in [*inputs.images, *inputs.videos]}
+    shared = Counter(plain.values())
+    taken = {Path(DETECTIONS_FILE)}
+    planned = {}
+    for path, relative in plain.items():
+        if shared[relative] > 1 and relative.name != path.name:
+            relative = relative.with_name(path.name + relative.suffix)
+        while relative in taken:  # e.g. an input really named a.bmp.png as well
+            relative = relative.with_name(f"{relative.stem}_{relative.suffix}")
+        taken.add(relative)
+        planned[path] = output_dir / relative
+    originals = {path.resolve(): path for path in plain}
+    for target in [*planned.values(), output_dir / DETECTIONS_FILE]:
+        if target.resolve() in originals:
+            raise InputError(f"output={output_dir} would write over the input file "
+                             f"{originals[target.resolve()]}: pick another output folder")
+    return planned
 
 
 def _read_batch(paths: list[Path], inputs: Inputs, report: PredictionReport):
-    """(RGB array, relative name) of each readable file; the others go to ``report.skipped``."""
+    """(RGB array, input path) of each readable file; the others go to ``report.skipped``."""
     loaded = []
     for path in paths:
         try:
-            loaded.append((load_image(path)[0], inputs.relative(path)))
+            loaded.append((load_image(path)[0], path))
         except (DatasetError, ValueError, OSError) as error:
-            report.skipped.append((str(inputs.relative(path)), _reason(error, path)))
+            name = str(inputs.relative(path))
+            report.skipped.append((name, _reason(error, path, name)))
     return loaded
 
 
-def _reason(error: Exception, path: Path) -> str:
-    """The error message without the file name (the summary prints the name already)."""
-    return str(error).replace(f"image file {path} is ", "").replace(str(path), "").strip(" :") \
-        or type(error).__name__
+def _reason(error: Exception, path: Path, name: str) -> str:
+    """Why ``path`` was not read, naming it as the summary does (``name``): the operating
+    system's reason for a file that cannot be read, else the reader's message."""
+    cause = error if isinstance(error, OSError) else error.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"{name} cannot be read: {cause.strerror}"
+    return str(error).replace(str(path), name) or type(error).__name__
 
 
-def _predict_images(predictor, inputs: Inputs, output_dir: Path, threshold: float,
+def _predict_images(predictor, inputs: Inputs, outputs: dict[Path, Path], threshold: float,
                     report: PredictionReport, bar) -> list[dict]:
     entries = []
     step = max(1, int(predictor.batch_size))
@@ -108,10 +148,12 @@ def _predict_images(predictor, inputs: Inputs, output_dir: Path, threshold: floa
         paths = inputs.images[start:start + step]
         loaded = _read_batch(paths, inputs, report)
         results = predictor([array for array, _ in loaded]) if loaded else []
-        for (array, relative), det in zip(loaded, results, strict=True):
+        for (array, path), det in zip(loaded, results, strict=True):
             det = det.above(threshold)
-            save_image(_image_output(output_dir, relative), _draw(array, det, predictor.class_names))
-            entries.append({"file": relative.as_posix(), "height": det.image_size[0],
+            save_image(outputs[path], _draw(array, det, predictor.class_names))
+            entries.append({"file": inputs.relative(path).as_posix(),
+                            "output": outputs[path].relative_to(report.output_dir).as_posix(),
+                            "height": det.image_size[0],
                             "width": det.image_size[1],
                             "detections": _records(det, predictor.label_to_cat_id)})
             report.images += 1
@@ -129,14 +171,13 @@ def _open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWrit
     return writer
 
 
-def _predict_video(predictor, path: Path, inputs: Inputs, output_dir: Path, threshold: float,
+def _predict_video(predictor, path: Path, inputs: Inputs, out_path: Path, threshold: float,
                    report: PredictionReport, bar) -> dict | None:
     relative = inputs.relative(path)
     info = video_info(path)
     if info is None or info.width == 0:
         report.skipped.append((str(relative), "OpenCV cannot open it as a video"))
         return None
-    out_path = output_dir / relative.with_suffix(".mp4")
     writer = _open_writer(out_path, info.fps, (info.width, info.height))
     frames: list[dict] = []
     try:
@@ -153,7 +194,8 @@ def _predict_video(predictor, path: Path, inputs: Inputs, output_dir: Path, thre
     finally:
         writer.release()
     report.videos += 1
-    return {"file": relative.as_posix(), "output": out_path.relative_to(output_dir).as_posix(),
+    return {"file": relative.as_posix(),
+            "output": out_path.relative_to(report.output_dir).as_posix(),
             "height": info.height, "width": info.width, "fps": info.fps, "frames": frames}
 
 
@@ -161,28 +203,34 @@ def predict_files(predictor: Any, inputs: Inputs, output_dir: str | Path, *,
                   score_threshold: float = 0.5, progress: bool = True,
                   metadata: dict | None = None) -> PredictionReport:
     """Run ``predictor`` on every image and video frame of ``inputs``; write into ``output_dir``
-    the annotated images (same relative paths as the inputs), annotated videos (``.mp4``) and
-    ``detections.json``.
+    the annotated images (same relative paths as the inputs, see ``output_paths``), annotated
+    videos (``.mp4``) and ``detections.json``. Nothing is written over an input file.
 
     Args:
         score_threshold: detections below it are neither drawn nor listed.
         progress: show a tqdm bar (images and frames).
         metadata: extra entries for the top of ``detections.json`` (e.g. the checkpoint).
 
-    ``detections.json``: ``{"images": [{"file", "height", "width", "detections": [{"bbox":
-    [x, y, w, h], "score", "category_id", "category"}]}], "videos": [{"file", "output", "height",
-    "width", "fps", "frames": [{"frame", "detections"}]}], "skipped": [{"file", "reason"}], ...}``.
+    ``detections.json``: ``{"images": [{"file", "output", "height", "width", "detections":
+    [{"bbox": [x, y, w, h], "score", "category_id", "category"}]}], "videos": [{"file", "output",
+    "height", "width", "fps", "frames": [{"frame", "detections"}]}], "skipped": [{"file",
+    "reason"}], ...}``.
+
+    Raises:
+        InputError: ``output_dir`` is inside the input folder, or would hold a file over an input
+            (before anything is written).
     """
     output_dir = Path(output_dir)
+    outputs = output_paths(inputs, output_dir)  # refuses to write over an input
     output_dir.mkdir(parents=True, exist_ok=True)
     threshold = float(score_threshold)
     report = PredictionReport(output_dir=output_dir, skipped=list(inputs.skipped))
     total = len(inputs.images) + sum(info.frames for v in inputs.videos if (info := video_info(v)))
     start = time.perf_counter()
     with tqdm(total=total or None, unit="img", desc="predict", disable=not progress) as bar:
-        images = _predict_images(predictor, inputs, output_dir, threshold, report, bar)
+        images = _predict_images(predictor, inputs, outputs, threshold, report, bar)
         videos = [entry for path in inputs.videos if (entry := _predict_video(
-            predictor, path, inputs, output_dir, threshold, report, bar)) is not None]
+            predictor, path, inputs, outputs[path], threshold, report, bar)) is not None]
     report.seconds = time.perf_counter() - start
     document = {**(metadata or {}), "score_threshold": threshold, "images": images,
                 "videos": videos,

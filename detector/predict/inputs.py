@@ -8,6 +8,7 @@ lists of image and video files, plus reading a video's frames in batches.
 from __future__ import annotations
 
 import glob
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +37,17 @@ class Inputs:
             fixed prefix, or the file's own folder).
         images (list[Path]): image files, sorted.
         videos (list[Path]): video files, sorted.
-        skipped (list[tuple[str, str]]): (file, reason) of files that are not images or videos.
+        skipped (list[tuple[str, str]]): (file, reason) of files that are not images or videos,
+            broken symbolic links and entries that are no regular files (FIFOs, sockets, ...).
+        folder (Path | None): the input folder, when the input was one (nothing is written
+            inside it: see ``detector.predict.files.output_paths``).
     """
 
     root: Path
     images: list[Path] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    folder: Path | None = None
 
     def relative(self, path: Path) -> Path:
         """``path`` relative to ``root`` (its bare name when outside it)."""
@@ -56,12 +61,30 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` (not a folder) cannot be read as a file; None for a regular file."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return "broken symbolic link (its target does not exist)"
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return f"cannot be examined: {error.strerror or error}"
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) \
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special"
+    return f"not a regular file: {kind}"
+
+
 def _sort_files(files: list[Path], root: Path, *, explicit: bool) -> Inputs:
-    """Split files into images, videos and skipped ones. ``explicit``: a named file is tried as
-    an image whatever its extension (a counted skip if it is none)."""
+    """Split files into images, videos and skipped ones (among them entries that are no regular
+    files). ``explicit``: a named file is tried as an image whatever its extension (a counted
+    skip if it is none)."""
     inputs = Inputs(root=root)
     for path in sorted(files):
-        if _is_video(path):
+        if (reason := _not_a_file(path)) is not None:
+            inputs.skipped.append((str(inputs.relative(path)), reason))
+        elif _is_video(path):
             inputs.videos.append(path)
         elif explicit or path.suffix.lower() in IMAGE_EXTENSIONS:
             inputs.images.append(path)
@@ -93,17 +116,20 @@ def collect_inputs(path: str | Path) -> Inputs:
     text = str(path)
     if any(c in text for c in _GLOB_CHARS) and not Path(text).exists():
         matches = [Path(p) for p in glob.glob(text, recursive=True)]
-        files = [p for p in matches if p.is_file()]
+        files = [p for p in matches if not p.is_dir()]
         if not files:
             raise InputError(f"no files match {text}")
         inputs = _sort_files(files, _glob_root(text), explicit=False)
     elif Path(text).is_dir():
         root = Path(text)
-        files = [p for p in root.rglob("*") if p.is_file()
+        files = [p for p in root.rglob("*") if not p.is_dir()
                  and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         inputs = _sort_files(files, root, explicit=False)
+        inputs.folder = root
     elif Path(text).is_file():
         inputs = _sort_files([Path(text)], Path(text).parent, explicit=True)
+    elif Path(text).exists() or Path(text).is_symlink():  # a FIFO, a broken link, ...
+        raise InputError(f"{text}: {_not_a_file(Path(text))}")
     else:
         raise InputError(f"{text} does not exist (expected an image, a folder, a glob or a video)")
     if not inputs.images and not inputs.videos:

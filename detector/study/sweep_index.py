@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def index_markdown(sweep_dir: str | os.PathLike, entries: Sequence[dict[str, Any
              for e in entries]
     shared = f"Overrides of every job: {' '.join(common)}\n\n" if common else ""
     return (f"# Sweep {sweep_dir}\n\n{shared}{markdown_table(rows)}\n\n"
-            f"Compare the runs: python tools/compare.py {sweep_dir}\n")
+            f"Compare the runs: python tools/compare.py {shlex.quote(str(sweep_dir))}\n")
 
 
 def record_job(sweep_dir: str | os.PathLike, entry: dict[str, Any]) -> Path:

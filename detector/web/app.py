@@ -8,7 +8,8 @@
 Routes:
     GET  /                 the page (templates/index.html, static/app.js, static/style.css)
     POST /api/detect       multipart field ``image`` (or a raw ``image/*`` body); optional form
-                           field ``score_threshold`` -> {detections, image, inference_ms, ...}
+                           field (or query parameter) ``score_threshold``
+                           -> {detections, image, inference_ms, ...}
     GET  /api/model        classes (with their drawing colours), metrics, checkpoint, samples
     GET  /api/health       {"status": "ok"}
     GET  /samples/<i>      the i-th sample image
@@ -102,7 +103,8 @@ def _upload_bytes() -> bytes:
 
 
 def _threshold_field() -> float | None:
-    raw = request.form.get("score_threshold")
+    """The form field ``score_threshold``, else the query parameter (a raw-body request)."""
+    raw = request.form.get("score_threshold", request.args.get("score_threshold"))
     if raw in (None, ""):
         return None
     try:

@@ -1,6 +1,7 @@
 """The generated shapes dataset: deterministic, idempotent, loads through the COCO code path."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -91,3 +92,18 @@ def test_default_set_shape_and_coco_code_path(default_root):
     assert read_image_rgb(train.records[0].path).shape == (128, 128, 3)
     sample = val[0]
     assert sample["image"].shape == (3, 128, 128) and sample["image_id"] == val.image_ids[0]
+
+
+def test_generating_a_set_is_a_warning_with_the_path(tmp_path, caplog):
+    root = tmp_path / "mistyped" / "shapes"
+    with caplog.at_level(logging.WARNING, logger="detector.data.shapes"):
+        generate_shapes_dataset(root=root, **SMALL)
+    (record,) = [r for r in caplog.records if r.name == "detector.data.shapes"]
+    assert record.levelno == logging.WARNING and str(root.resolve()) in record.getMessage()
+    assert "none there yet" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detector.data.shapes"):
+        generate_shapes_dataset(root=root, **SMALL)  # already there: nothing to say
+        assert caplog.records == []
+        generate_shapes_dataset(root=root, **{**SMALL, "num_val": 2})
+    assert "other parameters" in caplog.records[0].getMessage()

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.predict.files import DETECTIONS_FILE, predict_files
-from detector.predict.inputs import collect_inputs, read_video_batches
+from detector.predict.files import DETECTIONS_FILE, output_paths, predict_files
+from detector.predict.inputs import InputError, Inputs, collect_inputs, read_video_batches
 from detector.predict.predictor import Predictor
 
 
@@ -95,3 +95,49 @@ def test_video_run_keeps_every_frame(predictor, tmp_path):
     for record, det in zip(entry["frames"], predictor(frames), strict=True):
         np.testing.assert_allclose([d["bbox"] for d in record["detections"]],
                                    _xywh(det.boxes).reshape(-1, 4), atol=0.01)
+
+
+@pytest.mark.parametrize("inside", [".", "sub", "sub/deep"])
+def test_output_in_the_input_folder_is_refused(predictor, folder, inside):
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match="inside the input folder") as caught:
+        predict_files(predictor, collect_inputs(folder), folder / inside, progress=False)
+    assert "\n" not in str(caught.value)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_output_over_an_input_file_is_refused(predictor, folder):
+    original = (folder / "b.png").read_bytes()  # one named file, output = its own folder
+    with pytest.raises(InputError, match="would write over the input file .*b.png"):
+        predict_files(predictor, collect_inputs(folder / "b.png"), folder, progress=False)
+    assert (folder / "b.png").read_bytes() == original and not (folder / DETECTIONS_FILE).exists()
+    assert output_paths(collect_inputs(folder / "b.png"), folder / "out") == {
+        folder / "b.png": folder / "out" / "b.png"}
+
+
+def test_inputs_with_the_same_stem_keep_both(predictor, tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for seed, name in enumerate(("a.png", "a.bmp", "a.PNG", "b.jpg", "b.jpeg")):
+        cv2.imwrite(str(root / name), _noise(seed, 40 + 8 * seed, 48))
+    out = tmp_path / "out"
+    report = predict_files(predictor, collect_inputs(root), out, progress=False)
+    document = json.loads((out / DETECTIONS_FILE).read_text())
+    outputs = {e["file"]: e["output"] for e in document["images"]}
+    assert report.images == 5 and len(set(outputs.values())) == 5
+    assert outputs["a.png"] == "a.png" and outputs["a.bmp"] == "a.bmp.png"
+    assert outputs["b.jpg"] == "b.jpg" and outputs["b.jpeg"] == "b.jpeg.jpg"
+    for entry in document["images"]:  # each annotated file is the drawing of its own input
+        assert cv2.imread(str(out / entry["output"])).shape[0] == entry["height"]
+
+
+def test_an_unreadable_file_is_named_in_its_reason(predictor, tmp_path):
+    root = tmp_path / "in"
+    (root / "folder.png").mkdir(parents=True)  # np.fromfile fails on it with an OSError
+    cv2.imwrite(str(root / "ok.png"), _noise(0, 32, 32))
+    inputs = Inputs(root=root, images=[root / "folder.png", root / "ok.png"])
+    report = predict_files(predictor, inputs, tmp_path / "out", progress=False)
+    assert report.images == 1
+    ((name, reason),) = report.skipped
+    assert name == "folder.png" and reason.startswith("folder.png cannot be read: ")
+    assert "''" not in reason and "  " not in reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -80,3 +81,17 @@ def test_video_frames_come_in_batches_as_rgb(tmp_path):
     blue = [float(f[..., 2].mean()) for f in frames]  # RGB: blue is the last channel
     assert blue == sorted(blue) and blue[-1] > 150 and frames[-1][..., 0].mean() < 10
     assert video_info(tmp_path / "missing.mp4") is None
+
+
+def test_broken_links_and_fifos_are_named_among_the_skipped(folder):
+    os.symlink(folder / "gone.png", folder / "dangling.png")
+    os.mkfifo(folder / "pipe.jpg")  # never opened: reading it would block
+    expected = {"dangling.png": "broken symbolic link", "pipe.jpg": "FIFO"}
+    for inputs in (collect_inputs(folder), collect_inputs(f"{folder}/*.*")):
+        skipped = dict(inputs.skipped)
+        for name, reason in expected.items():
+            assert reason in skipped[name]
+        assert {"dangling.png", "pipe.jpg"}.isdisjoint(p.name for p in inputs.images)
+    for name, reason in expected.items():  # named on the command line: one clear error
+        with pytest.raises(InputError, match=reason):
+            collect_inputs(folder / name)

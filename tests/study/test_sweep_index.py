@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 from detector.study.sweep_index import (
     INDEX_MD,
+    index_markdown,
     job_entry,
     job_folder_name,
     read_index,
@@ -52,3 +54,10 @@ def test_jobs_are_indexed_as_they_end_with_their_outcome(tmp_path):
     assert "| 1 | optimizer.lr=10.0 | optimizer.lr=10.0 | diverged at it 7 (lr 9.5e+00) | 6 |" in table
     assert "failed: RuntimeError: out of memory" in table
     assert f"python tools/compare.py {sweep}" in table
+
+
+def test_the_compare_command_in_sweep_md_pastes_back(tmp_path):
+    sweep = tmp_path / "my sweeps" / "2026-01-01_00-00-00"
+    entry = {"job": 0, "overrides": ["seed=0"], "dir": "seed=0", "status": "finished"}
+    command = index_markdown(sweep, [entry]).split("Compare the runs: ", 1)[1].strip()
+    assert shlex.split(command) == ["python", "tools/compare.py", str(sweep)]

@@ -49,6 +49,19 @@ def test_a_raw_image_body_works_like_a_form_field(client, noise_image, png_bytes
     assert raw.json["detections"] == _post(client, data).json["detections"]
 
 
+def test_a_raw_body_takes_score_threshold_from_the_query(client, noise_image, png_bytes):
+    data = png_bytes(noise_image(64, 64, seed=2))
+    scores = sorted(d["score"] for d in _post(client, data).json["detections"])
+    cut = scores[len(scores) // 2]
+    raw = client.post(f"/api/detect?score_threshold={cut}", data=data, content_type="image/png")
+    assert raw.status_code == 200 and raw.json["score_threshold"] == cut
+    assert all(d["score"] >= cut for d in raw.json["detections"])
+    for bad in ("abc", "nan", "2"):
+        raw = client.post(f"/api/detect?score_threshold={bad}", data=data,
+                          content_type="image/png")
+        assert raw.status_code == 400 and "score_threshold" in raw.json["error"], bad
+
+
 def test_score_threshold_field_filters(client, noise_image, png_bytes):
     data = png_bytes(noise_image(64, 96, seed=3))
     everything = _post(client, data).json["detections"]

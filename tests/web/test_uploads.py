@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.web.uploads import UploadError, decode_upload, image_header_size
+from detector.web.uploads import UploadError, decode_upload, image_header_size, sniff_format
 
 
 def _encode(rgb: np.ndarray, fmt: str, **kwargs) -> bytes:
@@ -92,3 +92,31 @@ def test_the_limit_is_inclusive():
     assert decode_upload(_encode(rgb, "PNG"), max_pixels=100).shape == (10, 10, 3)
     with pytest.raises(UploadError, match="10 x 10 pixels"):
         decode_upload(_encode(rgb, "PNG"), max_pixels=99)
+
+
+def _ico() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, format="ICO")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PCX", "ICO", "PPM", "EPS"])
+def test_formats_outside_the_six_named_are_refused_unparsed(fmt, monkeypatch):
+    if fmt == "ICO":
+        data = _ico()
+    elif fmt == "EPS":  # Pillow hands EPS to Ghostscript: it must never get that far
+        data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    else:
+        data = _encode(np.zeros((8, 8, 3), np.uint8), fmt)
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or 1 / 0)
+    with pytest.raises(UploadError, match="JPEG, PNG, BMP, WebP, GIF or TIFF") as info:
+        decode_upload(data)
+    assert info.value.status == 400 and opened == []
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF"])
+def test_the_six_named_formats_are_accepted(fmt):
+    rgb = np.full((12, 20, 3), 200, np.uint8)
+    assert sniff_format(_encode(rgb, fmt)) == fmt
+    assert decode_upload(_encode(rgb, fmt)).shape == (12, 20, 3)
