@@ -52,6 +52,7 @@ class CheckpointingMixin:
                 "phase_iterations": [p.iterations for p in self.phases],
                 "skipped_steps": self.skipped_steps, "last_metrics": self.last_metrics,
                 "last_eval_iteration": self._last_eval_iteration,
+                "divergence": self.divergence.state_dict(),
             },
             "data": cursor["data"] if cursor else self.stream.state_dict(),
             "rng": dist.all_gather_objects(rng),
@@ -101,6 +102,7 @@ class CheckpointingMixin:
         self.phase_begun, self.skipped_steps = saved["phase_begun"], saved["skipped_steps"]
         self.last_metrics, self._last_eval_iteration = (saved["last_metrics"],
                                                         saved["last_eval_iteration"])
+        self.divergence.load_state_dict(saved.get("divergence"))  # (older checkpoints: none)
         self._saved_iteration = self.iteration
         self.stream.load_state_dict(state["data"])
         self.stream.start()  # before restoring the generators: opening a loader may draw

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from detector.engine import distributed as dist
 from detector.engine.guard import (
     NONFINITE_HINT,
+    DivergenceGuard,
     NonFiniteError,
     StopSignal,
     describe_nonfinite,
@@ -100,6 +101,9 @@ class Trainer(CheckpointingMixin):
         histogram_period (int): TensorBoard histograms of each block's weights and gradients every
             this many iterations (0: never). Each log point also logs the per-block
             gradient-to-weight norm ratios (``detector.engine.monitor``).
+        divergence (DivergenceGuard, optional): stops a run whose logged loss explodes (raises
+            ``DivergedError``); default: ``DivergenceGuard()`` (100 x the first step's loss at 3
+            log points in a row).
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class Trainer(CheckpointingMixin):
         checkpoint_extra: dict | None = None, on_nonfinite: str = "stop",
         max_consecutive_skips: int = 20, stop_signal: StopSignal | None = None,
         channels_last: bool = False, histogram_period: int = 0,
+        divergence: DivergenceGuard | None = None,
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -135,6 +140,8 @@ class Trainer(CheckpointingMixin):
         self.on_nonfinite, self.max_consecutive_skips = on_nonfinite, int(max_consecutive_skips)
         self.stop_signal = stop_signal or StopSignal()
         self.histogram_period = int(histogram_period)
+        self.divergence = divergence or DivergenceGuard()  # (divergence hook)
+        self.last_detections: list[dict] | None = None  # of the newest evaluation
         # what the model itself leaves trainable (e.g. frozen backbone blocks) is never unfrozen;
         # keyed by name so that it also holds for the step-1 copy of the 4-step schedule
         self._trainable = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -251,6 +258,7 @@ class Trainer(CheckpointingMixin):
         while self.phase_iter < phase.iterations:
             lr = self._optimizer.param_groups[0]["lr"]
             losses, norm, stop = self._step(trained, phase)
+            self.divergence.observe_step(losses)  # (divergence hook: the first step's loss)
             with warnings.catch_warnings():  # after a skipped first step: "step() before ..."
                 warnings.simplefilter("ignore", UserWarning)
                 self._scheduler.step()
@@ -273,6 +281,8 @@ class Trainer(CheckpointingMixin):
                     memory=memory_mb(self.device), grad_norm=grad_norm,
                     grad_ratios=grad_weight_ratios(self.models[phase.model]))
                 bar.set_postfix(loss=f"{sum(averaged.values()):.3f}", lr=f"{lr:.1e}")
+                self.divergence.check(loss=sum(averaged.values()), iteration=self.iteration,
+                                      lr=lr, terms=averaged)  # (divergence hook)
                 window, window_start, window_len, norms = {}, time.perf_counter(), 0, []
             if self.histogram_period and self.iteration % self.histogram_period == 0:
                 self.logger.histograms(self.models[phase.model], self.iteration)
@@ -386,7 +396,7 @@ class Trainer(CheckpointingMixin):
         log.info("evaluation at iteration %d (%d val images)", self.iteration,
                  len(self.val_loader.dataset))
         try:
-            metrics, _ = dist.evaluate_sharded(
+            metrics, self.last_detections = dist.evaluate_sharded(
                 self.models["main"], self.val_loader, device=self.device,
                 precision=self.precision, progress=self.progress,
                 should_stop=lambda: self.stop_signal.requested)
