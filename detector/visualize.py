@@ -41,6 +41,8 @@ def draw_detections(
     score_threshold: float = 0.0,
     gt_boxes: Any = None,
     thickness: int | None = None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+    gt_color: tuple[int, int, int] = GT_COLOR,
 ) -> np.ndarray:
     """Draw detections (solid, class-coloured with a dark halo, captioned ``"name 0.93"`` on an
     opaque tag whose ink is black or white by the tag's luminance) and GT (dashed, green).
@@ -55,6 +57,8 @@ def draw_detections(
         class_names: K names, ``class_names[label - 1]``; unknown labels print as numbers.
         gt_boxes (Tensor|ndarray[G, 4] | None): xyxy pixels, drawn dashed under the detections.
         thickness: line width in pixels; default grows with the image (1 px up to 600 px).
+        colors: an RGB colour per detection instead of its class colour (e.g. by error type).
+        gt_color: the RGB colour of the dashed ground truth boxes.
 
     Returns:
         ndarray[H, W, 3] uint8: a drawn copy.
@@ -64,7 +68,7 @@ def draw_detections(
     t = thickness or max(1, round(min(canvas.shape[:2]) / 600))
     if gt_boxes is not None:
         for corners in _pixel_corners(_as_array(gt_boxes)):
-            _dashed_rectangle(canvas, corners, GT_COLOR, t)
+            _dashed_rectangle(canvas, corners, gt_color, t)
     boxes_np = _as_array(boxes).reshape(-1, 4)
     labels_np = _as_array(labels).reshape(-1).astype(np.int64)
     scores_np = None if scores is None else _as_array(scores).reshape(-1).astype(np.float64)
@@ -72,7 +76,7 @@ def draw_detections(
     if scores_np is not None:
         order = order[scores_np[order] >= score_threshold]
     for i, corners in zip(order, _pixel_corners(boxes_np[order]), strict=True):
-        color = class_color(labels_np[i])
+        color = class_color(labels_np[i]) if colors is None else tuple(colors[i])
         # a dark 1 px halo on both sides keeps bright outlines visible on light backgrounds
         cv2.rectangle(canvas, corners[0], corners[1], HALO_COLOR, t + 2)
         cv2.rectangle(canvas, corners[0], corners[1], color, t)

@@ -16,11 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "detector"
 
 LAYERS: dict[str, int] = {
     # 0: tensor primitives, file formats and run settings; data, drawing and run-folder reading
-    "ops": 0, "checkpoint": 0, "runtime": 0, "data": 0, "visualize": 0, "study": 0,
+    "ops": 0, "checkpoint": 0, "runtime": 0, "data": 0, "visualize": 0,
     # 1: the model and its evaluation
     "modeling": 1, "evaluation": 1,
     # 2: using a trained model, looking into one, benchmarking one
-    "predict": 2, "inspection": 2, "benchmark": 2,
+    "predict": 2, "inspection": 2, "benchmark": 2, "study": 2,
     # 3: training and the web demo
     "engine": 3, "web": 3,
 }
