@@ -39,7 +39,7 @@ from detector.study.errors import (
     error_dap,
     ground_truth,
 )
-from detector.study.outcome import FINAL_RESULTS
+from detector.study.outcome import FINAL_RESULTS, FINISHED
 from detector.study.runs import Run, StudyError, check_same_dataset, find_runs
 from detector.study.summary import Study, build_study
 
@@ -149,8 +149,9 @@ def _inputs(run: Run) -> tuple[list, dict, Path, dict | None]:
     note) when something is missing."""
     found = find_detections(run)
     if found is None:
-        raise StudyError(f"no detections ({FINAL_RESULTS}, or checkpoints/*_val_results.json "
-                         f"from tools/eval.py)")
+        why = "" if run.status == FINISHED else f"{run.label}, "
+        raise StudyError(f"{why}no detections ({FINAL_RESULTS}, or "
+                         f"checkpoints/*_val_results.json from tools/eval.py)")
     results_path, split = found
     files = split_files(run.config, split)
     if files is None:

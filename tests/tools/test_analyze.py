@@ -123,10 +123,15 @@ def test_one_run_from_tools_eval_output(tool, dataset, tmp_path, capsys):
     assert "| 1 / +" in text  # one background error
 
 
-def test_a_folder_of_runs_without_detections_is_listed_not_a_crash(tool, dataset, tmp_path):
-    run = _run(tmp_path / "run", dataset, loss="ce", seed=0, results=None)
-    assert tool.main([str(run), "--out", str(tmp_path / "out")]) == 0
-    assert "(0 analysed)" in (tmp_path / "out" / "analysis.md").read_text()
+def test_runs_without_detections_are_listed_not_a_crash(tool, dataset, tmp_path):
+    _run(tmp_path / "runs" / "a", dataset, loss="ce", seed=0, results=None)
+    diverged = _run(tmp_path / "runs" / "b", dataset, loss="ce", seed=1, results=None)
+    (diverged / "final_metrics.json").write_text(json.dumps(
+        {"status": "diverged", "iteration": 60, "lr": 1000.0, "reason": "loss 7e+09 = ..."}))
+    assert tool.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "analysis.md").read_text()
+    assert "(0 analysed)" in text and "| a | 0 | not analysed: no detections" in text
+    assert "| b | 1 | not analysed: diverged at it 60 (lr 1.0e+03), loss exploded, no det" in text
     assert all((tmp_path / "out" / name).is_file() for name in FIGURES)
 
 
