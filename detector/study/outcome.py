@@ -55,7 +55,9 @@ def diverged_record(*, iteration: int, lr: float, terms: Mapping[str, float],
             "iteration": int(iteration), "lr": float(lr), "nonfinite": nonfinite,
             "values": {k: float(v) if math.isfinite(v) else str(v) for k, v in terms.items()},
             "last_finite": last_logged_losses(metrics_jsonl),
-            "iterations": int(iteration) - 1, "wall_time_s": float(wall_time_s),
+            # a non-finite step is never applied; a loss found exploded at a log point was
+            "iterations": int(iteration) - (1 if nonfinite else 0),
+            "wall_time_s": float(wall_time_s),
             "checkpoint": None if checkpoint is None else str(checkpoint)}
 
 

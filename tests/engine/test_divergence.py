@@ -86,6 +86,10 @@ def test_diverged_record_keeps_the_reason_and_finite_values(tmp_path):
     assert record["status"] == "diverged" and record["reason"].startswith("loss 7e+09")
     assert record["values"] == {"loss_cls": 7e9, "grad_norm": "inf"}
     assert record["nonfinite"] == {"grad_norm": "inf"}
+    assert record["iterations"] == 59  # a non-finite step is never applied
+    exploded = diverged_record(iteration=60, lr=1e3, terms={"loss_cls": 7e9}, reason="loss 7e9",
+                               metrics_jsonl=tmp_path / "none.jsonl", wall_time_s=1.0)
+    assert exploded["iterations"] == 60 and exploded["nonfinite"] == {}
     nan = diverged_record(iteration=3, lr=0.1, terms={"loss_box": math.nan},
                           metrics_jsonl=tmp_path / "none.jsonl", wall_time_s=1.0)
     assert nan["reason"] == "non-finite loss_box"
