@@ -230,6 +230,7 @@ def plot_pr_curves(study: Study, out_png: str | os.PathLike) -> Path:
         for line in ax.get_lines():
             handles.setdefault(line.get_label().split(" (n=")[0], line)
     if handles:
-        fig.legend(list(handles.values()), list(handles), fontsize="small", loc="upper right",
+        fig.legend(list(handles.values()), [h.get_label() for h in handles.values()],
+                   fontsize="small", loc="upper right",
                    bbox_to_anchor=(1.0, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, out_png)
