@@ -119,7 +119,7 @@ def analysis_text(study: Study, analyses: Mapping[str, RunAnalysis],
              f"oracle). D-ECE: |precision - confidence| over {options.bins} bins of the "
              f"detections scored >= {options.calib_min_score:g}, weighted by count.", "",
              "## Runs", "", markdown_table(_run_rows(study, analyses))]
-    if len(study.groups) > 1 or any(len(g.runs) > 1 for g in study.groups):
+    if any(len(g.runs) > 1 for g in study.groups):
         parts += ["", "## Groups (runs that differ only by seed: mean +- std over analysed runs)",
                   "", markdown_table(_group_rows(study, analyses))]
     diffs = _difference_lines(study, analyses)
