@@ -165,9 +165,7 @@ def plot_class_ap(study: Study, analyses: Mapping[str, RunAnalysis], path: Path)
                 continue
             freq = np.mean([a.frequency.get(name, 0) for a in done])
             ax.errorbar([freq], [np.mean(aps)], yerr=[np.std(aps, ddof=1) if len(aps) > 1 else 0],
-                        marker="o", color=f"C{g % 10}", capsize=3,
-                        label=group.label if not plotted or name == done[0].class_names[0]
-                        else None)
+                        marker="o", color=f"C{g % 10}", capsize=3, label=group.label)
             ax.annotate(name, (freq, np.mean(aps)), textcoords="offset points", xytext=(5, 4),
                         fontsize=8)
             plotted = True
@@ -177,7 +175,7 @@ def plot_class_ap(study: Study, analyses: Mapping[str, RunAnalysis], path: Path)
         low, high = ax.get_xlim()
         if low > 0 and high / low > 10:
             ax.set_xscale("log")
-        handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))  # 1/group
         fig.legend(handles.values(), handles.keys(), loc="outside right upper",
                    fontsize="small")
     ax.set(title="per-class AP50 against training frequency",
