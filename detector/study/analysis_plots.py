@@ -109,7 +109,8 @@ def plot_calibration(study: Study, analyses: Mapping[str, RunAnalysis], path: Pa
                   label=f"{group.label}: true positives")
         hist.hist(scores[~is_tp], bins=bins, histtype="step", color=f"C{g % 10}",
                   linestyle="--", label=f"{group.label}: false positives")
-    ax.axvline(options.calib_min_score, color="0.7", linewidth=0.8)
+    ax.axvline(options.calib_min_score, color="0.7", linewidth=0.8,
+               label=f"D-ECE counts scores >= {options.calib_min_score:g}")
     ax.set(title="reliability (IoU 0.5)", xlabel="confidence (mean score in bin)",
            ylabel="precision in bin", xlim=(0, 1), ylim=(0, 1.02))
     ax.grid(True, alpha=0.3)
