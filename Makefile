@@ -15,7 +15,7 @@ ifneq ($(wildcard $(SHARED_DATA_DIR)/.),)
 export DETECTOR_SHARED_DATA ?= $(SHARED_DATA_DIR)
 endif
 
-.PHONY: install test test-fast test-browser lint train eval bench gpu-checks study demo clean
+.PHONY: install test test-fast test-browser lint train eval bench gpu-checks study study-imbalanced demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,7 +66,16 @@ study: install  ## CE vs focal, 2 seeds each, 120 iterations (~25 min on a 2-cor
 		schedule.iterations=$(STUDY_ITERATIONS) train.eval_period=$(STUDY_EVAL_PERIOD) \
 		hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
 	$(BIN)/python tools/compare.py $(STUDY_DIR) --out $(STUDY_DIR)/compare
-	@echo "study report: $(STUDY_DIR)/compare (summary.md, curves.png, pr_curves.png)"
+	$(BIN)/python tools/analyze.py $(STUDY_DIR) --out $(STUDY_DIR)/analysis
+	@echo "study report: $(STUDY_DIR)/compare (summary.md, curves.png, pr_curves.png) and $(STUDY_DIR)/analysis (analysis.md, errors.png, calibration.png, ...)"
+
+study-imbalanced: install  ## CE vs focal on the imbalanced shapes set (star ~1/10 of each other shape), 3 seeds each, then compare + analyze
+	$(BIN)/python tools/train_net.py -m experiment=ce_imbalanced,focal_imbalanced seed=0,1,2 \
+		schedule.iterations=$(STUDY_ITERATIONS) train.eval_period=$(STUDY_EVAL_PERIOD) \
+		hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
+	$(BIN)/python tools/compare.py $(STUDY_DIR) --out $(STUDY_DIR)/compare
+	$(BIN)/python tools/analyze.py $(STUDY_DIR) --out $(STUDY_DIR)/analysis
+	@echo "study report: $(STUDY_DIR)/compare and $(STUDY_DIR)/analysis"
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

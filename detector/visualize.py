@@ -43,6 +43,8 @@ def draw_detections(
     gt_boxes: Any = None,
     thickness: int | None = None,
     captions: bool = True,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+    gt_color: tuple[int, int, int] = GT_COLOR,
 ) -> np.ndarray:
     """Draw detections (solid, class-coloured with a dark halo, captioned ``"name 0.93"`` on an
     opaque tag whose ink is black or white by the tag's luminance) and GT (dashed, green).
@@ -62,6 +64,8 @@ def draw_detections(
         gt_boxes (Tensor|ndarray[G, 4] | None): xyxy pixels, drawn dashed under the detections.
         thickness: line width in pixels; default grows with the image (1 px up to 600 px).
         captions: False draws the boxes only.
+        colors: an RGB colour per detection instead of its class colour (e.g. by error type).
+        gt_color: the RGB colour of the dashed ground truth boxes.
 
     Returns:
         ndarray[H, W, 3] uint8: a drawn copy.
@@ -71,16 +75,16 @@ def draw_detections(
     t = thickness or max(1, round(min(canvas.shape[:2]) / 600))
     if gt_boxes is not None:
         for corners in _pixel_corners(_as_array(gt_boxes)):
-            _dashed_rectangle(canvas, corners, GT_COLOR, t)
+            _dashed_rectangle(canvas, corners, gt_color, t)
     boxes_np = _as_array(boxes).reshape(-1, 4)
     labels_np = _as_array(labels).reshape(-1).astype(np.int64)
     scores_np = None if scores is None else _as_array(scores).reshape(-1).astype(np.float64)
     order = np.arange(len(boxes_np)) if scores_np is None else np.argsort(scores_np, kind="stable")
     if scores_np is not None:
         order = order[scores_np[order] >= score_threshold]
+    box_colors = [class_color(labels_np[i]) if colors is None else tuple(colors[i]) for i in order]
     corners = _pixel_corners(boxes_np[order])
-    for i, (top_left, bottom_right) in zip(order, corners, strict=True):
-        color = class_color(labels_np[i])
+    for (top_left, bottom_right), color in zip(corners, box_colors, strict=True):
         # a dark 1 px halo on both sides keeps bright outlines visible on light backgrounds
         cv2.rectangle(canvas, top_left, bottom_right, HALO_COLOR, t + 2)
         cv2.rectangle(canvas, top_left, bottom_right, color, t)
@@ -90,7 +94,7 @@ def draw_detections(
         tags = _caption_tags(canvas.shape, texts, [c[0] for c in corners], t)
         for k, tag in enumerate(tags):  # lowest score first: the best caption ends on top
             if tag is not None:
-                _paint_caption(canvas, texts[k], tag, class_color(labels_np[order[k]]), t)
+                _paint_caption(canvas, texts[k], tag, box_colors[k], t)
     return canvas
 
 

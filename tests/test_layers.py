@@ -17,12 +17,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "detector"
 LAYERS: dict[str, int] = {
     # 0: how a file is written (atomically, following the umask), for the file formats above it
     "fileio": 0,
-    # 1: tensor primitives, file formats and run settings; data, drawing and run-folder reading
-    "ops": 1, "checkpoint": 1, "runtime": 1, "data": 1, "visualize": 1, "study": 1,
+    # 1: tensor primitives, file formats and run settings; data and drawing
+    "ops": 1, "checkpoint": 1, "runtime": 1, "data": 1, "visualize": 1,
     # 2: the model and its evaluation
     "modeling": 2, "evaluation": 2,
-    # 3: using a trained model, looking into one, benchmarking one
-    "predict": 3, "inspection": 3, "benchmark": 3,
+    # 3: using a trained model, looking into one or into run folders (studies), benchmarking one
+    "predict": 3, "inspection": 3, "benchmark": 3, "study": 3,
     # 4: training and the web demo
     "engine": 4, "web": 4,
 }

@@ -156,9 +156,15 @@ def _non_negative_int(cfg: DictConfig, key: str) -> None:
 
 def check_reliability(cfg: DictConfig) -> None:
     """Checkpointing, resume, the NaN guard and memory-format keys of train.yaml."""
-    for key in ("train.checkpoint_period", "train.eval_period", "train.histogram_period"):
+    for key in ("train.checkpoint_period", "train.eval_period", "train.histogram_period",
+                "train.divergence_window"):
         _non_negative_int(cfg, key)
     _positive_int(cfg, "train.keep_checkpoints")
+    factor = cfg.train.divergence_factor
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float)
+                               or not factor > 1):
+        raise ConfigError(f"train.divergence_factor must be a number > 1 or null (off), got "
+                          f"{factor!r}")
     if cfg.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"train.on_nonfinite must be stop or skip, got {cfg.train.on_nonfinite!r}")
     if not isinstance(cfg.train.channels_last, bool):

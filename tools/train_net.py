@@ -3,13 +3,15 @@
 Composes configs/train.yaml, builds datasets, model and criterion with hydra.utils.instantiate,
 runs the schedule (end-to-end or 4-step) and writes everything into the run directory:
 .hydra/ (resolved config), train_net.log, metrics.jsonl, tensorboard/, checkpoints/iter_*.pth
-(every train.checkpoint_period iterations), checkpoints/final.pth, loss_curves.png and
-final_metrics.json.
+(every train.checkpoint_period iterations), checkpoints/final.pth, loss_curves.png,
+final_metrics.json and final_results.json (the final evaluation's detections, COCO results:
+what tools/analyze.py reads).
 
 Reliability: resume=true (with output_dir=<run>) or resume=PATH continues a run exactly;
 SIGINT/SIGTERM finish the current step, write a checkpoint and print the command that resumes
 (exit code 130/143); a NaN/Inf loss or gradient stops with one line after saving the last good
-state (exit code 3; train.on_nonfinite=skip skips such steps); a bad config is one line (exit
+state (exit code 3; train.on_nonfinite=skip skips such steps), and so does a finite loss that
+explodes (train.divergence_factor/divergence_window); a bad config is one line (exit
 code 2). Multi-GPU / multi-node: torchrun --nproc_per_node=N tools/train_net.py ...
 
 Sweeps: python tools/train_net.py -m experiment=ce,focal seed=0,1 runs one job per combination,
@@ -55,13 +57,18 @@ from config_checks import ConfigError, check_train_config, resume_checkpoint  # 
 from detector.checkpoint import save_checkpoint  # noqa: E402
 from detector.data import build_dataloader  # noqa: E402
 from detector.engine import distributed as dist  # noqa: E402
-from detector.engine.guard import NonFiniteError, StopSignal  # noqa: E402
+from detector.engine.guard import DivergedError, DivergenceGuard, StopSignal  # noqa: E402
 from detector.engine.logger import TrainLogger  # noqa: E402
 from detector.engine.position import Cadence, StepOptions  # noqa: E402
 from detector.engine.trainer import Trainer  # noqa: E402
-from detector.evaluation import format_coco_table, save_metrics  # noqa: E402
+from detector.evaluation import (  # noqa: E402
+    detections_to_coco_results,
+    format_coco_table,
+    save_metrics,
+    save_results,
+)
 from detector.runtime import resolve_device, resolve_precision, seed_everything  # noqa: E402
-from detector.study import diverged_record, finished_record  # noqa: E402
+from detector.study import FINAL_RESULTS, diverged_record, finished_record  # noqa: E402
 from detector.study.curves import plot_metrics  # noqa: E402
 
 log = logging.getLogger("train_net")
@@ -112,7 +119,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                           "class_names": list(train_set.class_names),
                           "label_to_cat_id": dict(train_set.label_to_cat_id)},
-        stop_signal=stop_signal)
+        stop_signal=stop_signal,
+        divergence=DivergenceGuard(factor=t.divergence_factor, window=t.divergence_window))
 
 
 def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
@@ -141,6 +149,10 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
             **trainer.checkpointer.extra, "model": trainer.models["main"].state_dict(),
             "iteration": summary["iterations"]})
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "loss_curves.png")
+        detections = trainer.evaluation.last_detections
+        if detections is not None:  # what tools/analyze.py reads
+            save_results(output_dir / FINAL_RESULTS, detections_to_coco_results(
+                detections, label_to_cat_id=trainer.checkpointer.extra["label_to_cat_id"]))
         report(summary, summary["final"], output_dir)
     return summary
 
@@ -182,11 +194,11 @@ def run(cfg: DictConfig) -> int:
             summary = train(cfg, stop)
     except USER_ERRORS as error:  # one line on stderr (wrapped ones: see main)
         return report_user_error(error)
-    except NonFiniteError as error:
+    except DivergedError as error:  # a non-finite value, or a loss that exploded
         log.error("training diverged: %s %s", error, NONFINITE_KEYS)
         if dist.is_main():  # an outcome a study reads, like the metrics of a finished run
             save_metrics(Path(cfg.output_dir) / "final_metrics.json", diverged_record(
-                iteration=error.iteration, lr=error.lr, terms=error.terms,
+                iteration=error.iteration, lr=error.lr, terms=error.terms, reason=error.reason,
                 metrics_jsonl=Path(cfg.output_dir) / "metrics.jsonl",
                 wall_time_s=time.perf_counter() - start, checkpoint=error.checkpoint))
         return 3

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -97,14 +98,31 @@ def _place(polygon: np.ndarray, size: int, boxes: list, rng: np.random.Generator
     return None
 
 
+def class_probabilities(class_ratios: Sequence[float] | None) -> np.ndarray | None:
+    """``class_ratios`` (one non-negative weight per shape, not all 0) as probabilities, or None
+    for balanced classes (None, or all ratios equal). Raises DatasetError (one line) otherwise."""
+    if class_ratios is None:
+        return None
+    ratios = np.asarray(list(class_ratios), dtype=np.float64)
+    if ratios.shape != (len(CLASS_NAMES),) or not np.isfinite(ratios).all() or (
+            ratios < 0).any() or ratios.sum() <= 0:
+        raise DatasetError(f"class_ratios must be {len(CLASS_NAMES)} non-negative numbers (one per "
+                         f"shape: {', '.join(CLASS_NAMES)}), not all 0; got {list(class_ratios)}")
+    if (ratios == ratios[0]).all():
+        return None
+    return ratios / ratios.sum()
+
+
 def render_shapes_image(
     rng: np.random.Generator, *, image_size: int = 128, max_objects: int = 4,
     empty_fraction: float = 0.1, object_size: tuple[float, float] = (0.25, 0.625),
-    max_overlap: float = 0.25,
+    max_overlap: float = 0.25, class_probs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image and its annotations.
 
     Args:
+        class_probs (ndarray[4] | None): probability of each shape (see `class_probabilities`);
+            None: uniform (the same random stream as before this knob existed).
         object_size: shape diameter range as fractions of `image_size`. The default (32-80 px
             in a 128 px image) keeps every shape at least two cells of a stride-16 feature map
             across; with an eighth (16 px, one cell) as the lower end, version 1 of this set made
@@ -118,7 +136,8 @@ def render_shapes_image(
     boxes: list[np.ndarray] = []
     labels = []
     for _ in range(count):
-        kind = int(rng.integers(len(CLASS_NAMES)))
+        kind = (int(rng.integers(len(CLASS_NAMES))) if class_probs is None
+                else int(rng.choice(len(CLASS_NAMES), p=class_probs)))
         diameter = rng.uniform(*object_size) * image_size
         polygon = _place(_shape_polygon(kind, diameter, rng), image_size, boxes, rng, max_overlap)
         if polygon is not None:
@@ -140,13 +159,15 @@ def _split_dict(images: list[dict], annotations: list[dict]) -> dict:
             "images": images, "annotations": annotations, "categories": categories}
 
 
-def _write_split(root: Path, split: str, count: int, *, seed: int, image_size: int) -> None:
+def _write_split(root: Path, split: str, count: int, *, seed: int, image_size: int,
+                 class_probs: np.ndarray | None = None) -> None:
     """Render and write `count` images of `split` with their COCO JSON."""
     (root / split).mkdir(parents=True)
     images, annotations = [], []
     for index in range(count):
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
-        pixels, boxes, labels = render_shapes_image(rng, image_size=image_size)
+        pixels, boxes, labels = render_shapes_image(rng, image_size=image_size,
+                                                    class_probs=class_probs)
         name = f"{index:06d}.png"
         cv2.imwrite(str(root / split / name), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
         images.append({"id": index + 1, "file_name": name, "width": image_size,
@@ -187,8 +208,12 @@ def generate_shapes_dataset(
     num_val: int = 150,
     image_size: int = 128,
     seed: int = 0,
+    class_ratios: Sequence[float] | None = None,
 ) -> Path:
     """Write the shapes dataset under `root` unless it is already there with these parameters.
+
+    ``class_ratios``: relative frequency of each shape in the train split (None: balanced; see
+    `class_probabilities`); the val split is always balanced.
 
     The set is built in a temporary sibling folder and moved into place, so an interrupted run
     leaves no half-written dataset. An existing `root` is replaced only if it holds a manifest
@@ -201,6 +226,9 @@ def generate_shapes_dataset(
     root = Path(root)
     params = {"generator": "shapes", "version": GENERATOR_VERSION, "num_train": num_train,
               "num_val": num_val, "image_size": image_size, "seed": seed}
+    probs = class_probabilities(class_ratios)
+    if probs is not None:  # balanced sets keep the manifest (and files) they always had
+        params["class_ratios"] = [float(r) for r in class_ratios]
     if _read_manifest(root) == params:
         return root
     if root.exists() and any(root.iterdir()) and _read_manifest(root) is None:
@@ -216,7 +244,8 @@ def generate_shapes_dataset(
     try:
         (tmp / "annotations").mkdir()
         for split, count in zip(SPLITS, (num_train, num_val), strict=True):
-            _write_split(tmp, split, count, seed=seed, image_size=image_size)
+            _write_split(tmp, split, count, seed=seed, image_size=image_size,
+                         class_probs=probs if split == "train" else None)
         (tmp / "manifest.json").write_text(json.dumps(params, indent=1))
         _move_into_place(tmp, root, params)
     finally:
@@ -230,7 +259,7 @@ class ShapesDetection(CocoDetection):
     Args:
         root: where the set lives (generated there if absent or made with other parameters).
         split: ``"train"`` or ``"val"``.
-        num_train, num_val, image_size, seed: generator parameters (see
+        num_train, num_val, image_size, seed, class_ratios: generator parameters (see
             `generate_shapes_dataset`).
         transforms, keep_empty, on_bad: as in `CocoDetection`.
     """
@@ -244,6 +273,7 @@ class ShapesDetection(CocoDetection):
         num_val: int = 150,
         image_size: int = 128,
         seed: int = 0,
+        class_ratios: Sequence[float] | None = None,
         transforms: DetectionTransforms | None = None,
         keep_empty: bool = True,
         on_bad: OnBad = "error",
@@ -251,6 +281,6 @@ class ShapesDetection(CocoDetection):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         generate_shapes_dataset(root=root, num_train=num_train, num_val=num_val,
-                                image_size=image_size, seed=seed)
+                                image_size=image_size, seed=seed, class_ratios=class_ratios)
         super().__init__(root=root, split=split, transforms=transforms, keep_empty=keep_empty,
                          on_bad=on_bad)

@@ -1,9 +1,12 @@
-"""Stopping training safely: on a non-finite loss or gradient, and on SIGINT/SIGTERM.
+"""Stopping training safely: on a non-finite loss or gradient, on a loss that explodes
+(``DivergenceGuard``), and on SIGINT/SIGTERM.
 
 The trainer checks, once per step and with a single host sync, that every loss term and the
 gradient norm are finite. ``on_nonfinite="stop"`` writes the last good state (the step is checked
 before the optimiser applies it) and raises ``NonFiniteError``; ``"skip"`` drops the step,
-counts it and goes on. A ``StopSignal`` is a flag that SIGINT/SIGTERM set while it is
+counts it and goes on. A finite loss can diverge too (7e9 and rising at a learning rate of
+1e3): ``DivergenceGuard`` stops a run whose logged loss stays far above its first step's (the
+rule is in its docstring) with ``DivergedError``, the parent of ``NonFiniteError``. A ``StopSignal`` is a flag that SIGINT/SIGTERM set while it is
 ``installed()``; the trainer finishes the current step (or abandons an evaluation after the
 current batch), writes a checkpoint and returns.
 """
@@ -21,8 +24,8 @@ import torch
 
 from detector.engine import distributed as dist
 
-__all__ = ["NONFINITE_HINT", "NonFiniteError", "StopSignal", "describe_nonfinite",
-           "gather_values", "grad_norm", "step_flags"]
+__all__ = ["NONFINITE_HINT", "DivergedError", "DivergenceGuard", "NonFiniteError", "StopSignal",
+           "describe_nonfinite", "gather_values", "grad_norm", "step_flags"]
 
 log = logging.getLogger("detector.train")
 
@@ -32,20 +35,96 @@ NONFINITE_HINT = (
     "steps instead of stopping")
 
 
-class NonFiniteError(FloatingPointError):
-    """Training stopped because a loss term or the gradient norm is NaN or infinite.
+class DivergedError(FloatingPointError):
+    """Training stopped because it diverged.
 
     Attributes:
-        terms (dict[str, float]): the offending values by name (``loss_*``, ``grad_norm``).
-        iteration (int): the 1-based iteration of the failed step.
-        lr (float): its learning rate.
-        checkpoint (Path | None): the last good state, written before raising.
+        reason (str): how, in a few words (e.g. ``loss 3.1e+09 = 1.2e+09 x the first step's``).
+        terms (dict[str, float]): the values that tell (loss terms, ``grad_norm``) by name.
+        iteration (int): the 1-based iteration where it was found.
+        lr (float): the learning rate there.
+        checkpoint (Path | None): the last good state, if one was written before raising.
     """
+
+    def __init__(self, message: str, *, reason: str, terms: dict[str, float], iteration: int,
+                 lr: float, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.terms, self.iteration = reason, terms, iteration
+        self.lr, self.checkpoint = lr, checkpoint
+
+
+class NonFiniteError(DivergedError):
+    """Training stopped because a loss term or the gradient norm is NaN or infinite
+    (``terms``: the offending values; ``checkpoint``: the last good state, written before
+    raising)."""
 
     def __init__(self, message: str, *, terms: dict[str, float], iteration: int, lr: float,
                  checkpoint: Path | None) -> None:
-        super().__init__(message)
-        self.terms, self.iteration, self.lr, self.checkpoint = terms, iteration, lr, checkpoint
+        reason = "non-finite " + (", ".join(terms) or "value")
+        super().__init__(message, reason=reason, terms=terms, iteration=iteration, lr=lr,
+                         checkpoint=checkpoint)
+
+
+class DivergenceGuard:
+    """Tells a run whose loss explodes from one that only fluctuates.
+
+    The rule: the reference is the total loss of the first training step, taken before any
+    update (so no learning rate has touched it; under torchrun, its mean over ranks). At each
+    log point the logged total loss (the mean over the log window) is compared with it. When that
+    loss is above ``factor`` x the reference, or non-finite, at ``window`` log points in a row,
+    the run has diverged and ``check`` raises ``DivergedError`` naming the loss, the ratio and
+    the iteration. A single spike is averaged over its log window and forgiven at the next
+    point; a healthy run's loss falls below its start. ``factor=None`` or ``window=0``: off.
+
+    After a resume the reference comes back with ``load_state_dict`` (or, without one, is the
+    first step after the resume).
+    """
+
+    def __init__(self, *, factor: float | None = 100.0, window: int = 3) -> None:
+        if factor is not None and not factor > 1:
+            raise ValueError(f"the divergence factor must be > 1 (or None: off), got {factor}")
+        self.factor, self.window = factor, max(0, int(window))
+        self.reference: float | None = None
+        self.strikes = 0  # log points in a row above the limit
+
+    @property
+    def enabled(self) -> bool:
+        return self.factor is not None and self.window > 0
+
+    def observe_step(self, losses: dict[str, torch.Tensor] | None) -> None:
+        """Called after every step with its loss terms (None: a skipped step); takes the
+        first finite one's total as the reference (one host sync, once)."""
+        if self.reference is not None or not losses or not self.enabled:
+            return
+        total = torch.stack([v.detach().float() for v in losses.values()]).sum()
+        self.reference = float(dist.all_reduce(total.reshape(1)))
+
+    def check(self, *, loss: float, iteration: int, lr: float,
+              terms: dict[str, float] | None = None) -> None:
+        """At a log point: count it if ``loss`` (the logged total) is above the limit or
+        non-finite; raise ``DivergedError`` at the ``window``-th such point in a row."""
+        if not self.enabled or self.reference is None:
+            return
+        limit = self.factor * self.reference
+        over = not math.isfinite(loss) or (self.reference > 0 and loss > limit)
+        self.strikes = self.strikes + 1 if over else 0
+        if self.strikes < self.window:
+            return
+        what = (f"loss {loss:.3g} non-finite" if not math.isfinite(loss) else
+                f"loss {loss:.3g} = {loss / self.reference:.3g} x the first step's "
+                f"{self.reference:.3g}")
+        reason = f"{what} at {self.window} log points in a row (limit {self.factor:g} x)"
+        raise DivergedError(
+            f"{reason}, at iteration {iteration}, learning rate {lr:.3g}. "
+            f"{NONFINITE_HINT.split('; or')[0]}", reason=reason,
+            terms=dict(terms or {"loss": loss}), iteration=iteration, lr=lr)
+
+    def state_dict(self) -> dict:
+        return {"reference": self.reference, "strikes": self.strikes}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state:
+            self.reference, self.strikes = state.get("reference"), int(state.get("strikes", 0))
 
 
 def describe_nonfinite(values: dict[str, float], *, iteration: int, phase: str, phase_iter: int,

@@ -61,6 +61,7 @@ class Checkpointer:
             put a new "rpn" model in.
         optimization (PhaseOptimizer): optimiser, scheduler and scaler.
         evaluation (Stateful): the last evaluation (``PeriodicEvaluation``).
+        divergence (Stateful): the divergence guard (``DivergenceGuard``: its reference loss).
         stream (BatchStream): the training batches.
         metrics_path (Path, optional): ``metrics.jsonl``; resume drops its records after the
             checkpoint's iteration.
@@ -69,12 +70,13 @@ class Checkpointer:
     def __init__(self, *, directory: Path, period: int, keep: int, extra: dict | None,
                  phases: list[Phase], position: TrainingPosition,
                  models: dict[str, nn.Module | None], optimization: PhaseOptimizer,
-                 evaluation: Stateful, stream: BatchStream,
+                 evaluation: Stateful, divergence: Stateful, stream: BatchStream,
                  metrics_path: Path | None = None) -> None:
         self.directory, self.every, self.keep = Path(directory), Every(int(period)), int(keep)
         self.extra = dict(extra or {})
         self.phases, self.position, self.models = phases, position, models
         self.optimization, self.evaluation, self.stream = optimization, evaluation, stream
+        self.divergence = divergence
         self.metrics_path = metrics_path
         self.last: Path | None = None  # the newest checkpoint written
         self.saved_iteration: int | None = None
@@ -116,6 +118,7 @@ class Checkpointer:
                 **position, "phases": [p.name for p in self.phases],
                 "phase_iterations": [p.iterations for p in self.phases],
                 **self.evaluation.state_dict(),
+                "divergence": self.divergence.state_dict(),
             },
             "data": cursor["data"] if cursor else self.stream.state_dict(),
             "rng": dist.all_gather_objects(rng),
@@ -146,6 +149,7 @@ class Checkpointer:
         self.optimization.load_state_dict(state)
         self.position.load_state_dict({**state["trainer"], "iteration": state["iteration"]})
         self.evaluation.load_state_dict(state["trainer"])
+        self.divergence.load_state_dict(state["trainer"].get("divergence"))  # older: none
         self.saved_iteration = self.position.iteration
         self.stream.load_state_dict(state["data"])
         self.stream.start()  # before restoring the generators: opening a loader may draw

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from detector.engine import distributed as dist
 from detector.engine.guard import (
     NONFINITE_HINT,
+    DivergenceGuard,
     NonFiniteError,
     StopSignal,
     describe_nonfinite,
@@ -76,6 +77,9 @@ class Trainer:
             ``config``, ``class_names``, ``label_to_cat_id``).
         stop_signal (StopSignal, optional): checked after every step; when set, the trainer
             writes a checkpoint and returns with ``interrupted`` in its summary.
+        divergence (DivergenceGuard, optional): stops a run whose logged loss explodes (raises
+            ``DivergedError``); default: ``DivergenceGuard()`` (100 x the first step's loss at 3
+            log points in a row).
     """
 
     def __init__(
@@ -84,7 +88,7 @@ class Trainer:
         device: torch.device, output_dir: str | Path, val_loader: DataLoader | None = None,
         cadence: Cadence | None = None, step: StepOptions | None = None, progress: bool = True,
         logger: TrainLogger | None = None, checkpoint_extra: dict | None = None,
-        stop_signal: StopSignal | None = None,
+        stop_signal: StopSignal | None = None, divergence: DivergenceGuard | None = None,
     ) -> None:
         cadence, step = cadence or Cadence(), step or StepOptions()
         self.step_options, self.device, self.phases = step, device, phases
@@ -101,6 +105,7 @@ class Trainer:
         output_dir = Path(output_dir)
         self.logger = logger or TrainLogger(output_dir=output_dir, enabled=dist.is_main())
         self.stop_signal = stop_signal or StopSignal()
+        self.divergence = divergence or DivergenceGuard()
         self.log_period = max(1, int(cadence.log_period))
         self.histograms = Every(int(cadence.histogram_period))
         self.position = TrainingPosition()
@@ -116,7 +121,7 @@ class Trainer:
             directory=output_dir / "checkpoints", period=cadence.checkpoint_period,
             keep=cadence.keep_checkpoints, extra=checkpoint_extra, phases=phases,
             position=self.position, models=self.models, optimization=self.optimization,
-            evaluation=self.evaluation, stream=self.stream,
+            evaluation=self.evaluation, divergence=self.divergence, stream=self.stream,
             metrics_path=getattr(self.logger, "metrics_path", None))
         self._consecutive_skips = 0
 
@@ -234,6 +239,7 @@ class Trainer:
         while self.position.phase_iter < phase.iterations:
             lr = self.optimization.lr
             losses, norm, stop = self._step(trained, phase)
+            self.divergence.observe_step(losses)  # remembers the first step's loss
             self.optimization.step_scheduler()
             self.position.advance()
             bar.update()
@@ -276,6 +282,8 @@ class Trainer:
             grad_ratios=grad_weight_ratios(self.models[phase.model]))
         bar.set_postfix(loss=f"{sum(averaged.values()):.3f}", lr=f"{lr:.1e}")
         window.reset()
+        self.divergence.check(loss=sum(averaged.values()), iteration=position.iteration, lr=lr,
+                              terms=averaged)
 
     def _stopped_in_final_evaluation(self) -> str:
         """After a stop during the final evaluation: write the (finished) state, which resumes

@@ -42,6 +42,7 @@ class PeriodicEvaluation:
         self.logger, self.stop_signal = logger, stop_signal
         self.last_metrics: dict | None = None
         self.last_iteration: int | None = None
+        self.last_detections: list[dict] | None = None  # of the newest evaluation (rank 0)
 
     def due(self, phase: Phase, phase_iter: int) -> bool:
         """Whether to evaluate after step ``phase_iter`` (1-based) of ``phase``."""
@@ -59,7 +60,7 @@ class PeriodicEvaluation:
         t0 = time.perf_counter()
         log.info("evaluation at iteration %d (%d val images)", iteration, len(self.loader.dataset))
         try:
-            metrics, _ = dist.evaluate_sharded(
+            metrics, self.last_detections = dist.evaluate_sharded(
                 model, self.loader, device=self.device, precision=self.precision,
                 progress=self.progress, should_stop=lambda: self.stop_signal.requested)
         except EvaluationStopped as stopped:

@@ -54,13 +54,25 @@ def plot_block_histograms(rows: list[tuple[str, dict[str, Tensor]]], path: Path,
                 ax.hist(values[run], bins=bins, color=f"C{c}", label=run)
                 ax.set_yscale("log")
                 ax.yaxis.set_minor_locator(NullLocator())
+            ax.set_xlim(bins[0], bins[-1])  # the data's range, whatever else is drawn
             if "gamma" in label:
-                for x in (-gamma_threshold, gamma_threshold):
-                    ax.axvline(x, color="k", linestyle="--", linewidth=0.8)
+                _threshold_lines(ax, gamma_threshold, bins[0], bins[-1])
             ax.set_title(f"{label} - {run}", fontsize=9)
             ax.set_xlabel("weight value" if "gamma" not in label else "gamma")
             ax.set_ylabel("count (log)")
     return _save(fig, path)
+
+
+def _threshold_lines(ax, threshold: float, low: float, high: float) -> None:
+    """The prunable band +-``threshold`` as dashed lines where it falls inside [low, high]
+    (a gamma row's data); otherwise a note, so the axis stays on the gammas (at init, all 1:
+    lines at +-0.01 would squeeze their one bar to a sliver)."""
+    inside = [x for x in (-threshold, threshold) if low <= x <= high]
+    for x in inside:
+        ax.axvline(x, color="k", linestyle="--", linewidth=0.8)
+    if not inside:
+        ax.text(0.02, 0.95, f"none in the prunable band |gamma| < {threshold:g}",
+                transform=ax.transAxes, fontsize=7, va="top", color="0.3")
 
 
 def plot_gamma_distribution(gammas: dict[str, dict[str, Tensor]], path: Path, *,
@@ -93,7 +105,7 @@ def plot_gamma_distribution(gammas: dict[str, dict[str, Tensor]], path: Path, *,
     ax.set_ylabel("|gamma|")
     ax.set_xlabel("BN layer")
     ax.set_title("BN gamma distribution")
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside right upper", fontsize=8)  # off the boxes
     return _save(fig, path)
 
 
@@ -118,9 +130,9 @@ def plot_activations(activations: dict[str, list[ActivationStats]], path: Path) 
             xs = [j + (i - (len(runs) - 1) / 2) * width for j, la in enumerate(layers)
                   if la in by_label]
             ax.bar(xs, [by_label[la] for la in layers if la in by_label], width=width,
-                   color=f"C{i}", label=run)
+                   color=f"C{i}", label=run if p == 0 else None)
         ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(title)
         ax.set_xlabel("layer")
-        ax.legend(fontsize=8)
+    fig.legend(loc="outside upper center", ncols=min(len(runs), 4), fontsize=8)  # off the bars
     return _save(fig, path)

@@ -27,13 +27,17 @@ CURVE_KEYS = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "g
               "AP", "AP50")
 
 
-def _figure(panels: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, int]:
+def _figure(panels: int, ncols: int, size: tuple[float, float],
+            legend_in: float = 0.0) -> tuple[Figure, int]:
+    """A figure for ``panels`` panels of ``size`` inches, ``ncols`` a row, and ``legend_in``
+    inches on the right for a legend off the data."""
     ncols = max(1, min(ncols, panels))
     nrows = max(1, math.ceil(panels / ncols))
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    width = size[0] * ncols + legend_in
+    fig = Figure(figsize=(width, size[1] * nrows))
     FigureCanvasAgg(fig)
     # fixed margins: a constrained layout measures every tick label again (seconds per figure)
-    fig.subplots_adjust(left=1.0 / (size[0] * ncols), right=1 - 0.2 / (size[0] * ncols),
+    fig.subplots_adjust(left=1.0 / width, right=1 - (0.2 + legend_in) / width,
                         bottom=0.55 / (size[1] * nrows), top=1 - 0.35 / (size[1] * nrows),
                         wspace=0.45, hspace=0.5)
     return fig, ncols
@@ -111,6 +115,8 @@ def plot_curves(study: Study, out_png: str | os.PathLike) -> Path:
                         rotation=90, va="top", color="0.3")
         if key.startswith("loss") or key == "grad_norm":
             ax.set_yscale("log")
+        elif key.startswith("AP"):
+            ax.set_ylim(bottom=0)
         ax.set(title=key, xlabel="iteration", ylabel=key)
         ax.grid(True, alpha=0.3)
         if ax.get_lines():
@@ -142,8 +148,9 @@ def numeric_key(study: Study) -> str | None:
 def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str = "AP50") -> Path:
     """Final ``metric`` against ``key`` (log x when all values are positive); one line per
     combination of the other keys, mean over seeds with the runs as dots; diverged runs as red
-    crosses at the bottom, labelled with the iteration where they diverged."""
-    fig, _ = _figure(1, 1, (7.0, 4.5))
+    crosses on the axis (AP 0), labelled with the iteration where they diverged; the legend
+    beside the axes."""
+    fig, _ = _figure(1, 1, (7.0, 4.5), legend_in=2.6)
     ax = fig.add_subplot(1, 1, 1)
     others = [k for k in study.keys if k not in (key, SEED_KEY)]
     series: dict[str, list[Run]] = {}
@@ -161,16 +168,19 @@ def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str =
             ax.scatter(*zip(*points, strict=True), color=color, s=12, alpha=0.5)
         for run in (r for r in runs if r.status == DIVERGED):
             x = _as_float(value_of(run, key))
-            ax.scatter([x], [0.0], marker="x", s=80, color="red", zorder=3)
+            ax.plot([x], [0.0], marker="x", markersize=10, markeredgewidth=2, color="red",
+                    linestyle="none", zorder=3, clip_on=False)
             ax.annotate(f"diverged\nit {run.final.get('iteration')}", (x, 0.0), fontsize=7,
                         textcoords="offset points", xytext=(0, 8), ha="center", color="red")
     if all(_as_float(value_of(r, key)) > 0 for r in study.runs):
         ax.set_xscale("log")
-    ax.scatter([], [], marker="x", color="red", label="diverged (NaN/Inf)")
+    if any(r.status == DIVERGED for r in study.runs):  # a legend entry that shows the cross
+        ax.plot([], [], marker="x", markersize=10, markeredgewidth=2, color="red",
+                linestyle="none", label="diverged (reason: summary.md)")
     ax.set(title=f"final {metric} against {key}", xlabel=key, ylabel=f"final {metric}")
-    ax.set_ylim(bottom=-0.05)
+    ax.set_ylim(bottom=0, top=max(0.05, ax.get_ylim()[1]))
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, out_png)
 
 
@@ -196,7 +206,7 @@ def has_pr_data(study: Study) -> bool:
 def plot_pr_curves(study: Study, out_png: str | os.PathLike) -> Path:
     """Precision against recall at IoU 0.5 (COCOeval's interpolated curve), a panel per class,
     one line per group (mean over its runs, +-std band)."""
-    fig, ncols = _figure(max(1, len(study.classes)), 4, (3.6, 3.2))
+    fig, ncols = _figure(max(1, len(study.classes)), 4, (3.6, 3.2), legend_in=2.4)
     for i, name in enumerate(study.classes):
         ax = fig.add_subplot(math.ceil(len(study.classes) / ncols), ncols, i + 1)
         for g, group in enumerate(study.groups):
@@ -213,8 +223,14 @@ def plot_pr_curves(study: Study, out_png: str | os.PathLike) -> Path:
         ax.set(title=f"{name} (IoU 0.5)", xlabel="recall", ylabel="precision", xlim=(0, 1),
                ylim=(0, 1.02))
         ax.grid(True, alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize="x-small", loc="lower left")
-        else:  # no ground truth of this class in the val set (COCOeval: undefined)
+        if not ax.get_lines():  # no ground truth of this class in the val set (undefined)
             ax.text(0.5, 0.5, "no curve (no GT)", ha="center", va="center", color="0.4")
+    handles = {}  # one legend for all panels, beside them (the groups are the same in each)
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            handles.setdefault(line.get_label().split(" (n=")[0], line)
+    if handles:
+        fig.legend(list(handles.values()), [h.get_label() for h in handles.values()],
+                   fontsize="small", loc="upper right",
+                   bbox_to_anchor=(1.0, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, out_png)

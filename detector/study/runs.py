@@ -82,7 +82,9 @@ class Run:
     def label(self) -> str:
         """A short description of the outcome for tables: e.g. ``diverged at it 12 (lr 3e-02)``."""
         if self.status == DIVERGED:
-            return f"diverged at it {self.final.get('iteration')} (lr {self.final.get('lr', 0):.1e})"
+            exploded = str(self.final.get("reason", "")).startswith("loss")
+            return (f"diverged at it {self.final.get('iteration')} (lr "
+                    f"{self.final.get('lr', 0):.1e})" + (", loss exploded" if exploded else ""))
         if self.status == INCOMPLETE:
             it = self.iterations
             return "no final metrics" + ("" if it is None else f" (last logged it {it})")

@@ -107,3 +107,41 @@ def test_generating_a_set_is_a_warning_with_the_path(tmp_path, caplog):
         assert caplog.records == []
         generate_shapes_dataset(root=root, **{**SMALL, "num_val": 2})
     assert "other parameters" in caplog.records[0].getMessage()
+
+
+def _train_counts(root) -> np.ndarray:
+    coco = json.loads((root / "annotations" / "instances_train.json").read_text())
+    return np.bincount([a["category_id"] for a in coco["annotations"]], minlength=5)[1:]
+
+
+def test_class_ratios_zero_leaves_classes_out_and_val_stays_balanced(tmp_path):
+    root = generate_shapes_dataset(root=tmp_path / "s", class_ratios=[1, 1, 0, 0], **SMALL)
+    counts = _train_counts(root)
+    assert counts[0] > 0 and counts[1] > 0 and counts[2] == counts[3] == 0
+    val = json.loads((root / "annotations" / "instances_val.json").read_text())
+    balanced = generate_shapes_dataset(root=tmp_path / "b", **SMALL)
+    assert val == json.loads((balanced / "annotations" / "instances_val.json").read_text())
+    assert json.loads((root / "manifest.json").read_text())["class_ratios"] == [1, 1, 0, 0]
+
+
+def test_class_ratios_give_the_requested_frequencies_deterministically(tmp_path):
+    params = {"num_train": 400, "num_val": 1, "image_size": 64, "class_ratios": [1, 1, 1, 0.1]}
+    a = generate_shapes_dataset(root=tmp_path / "a", **params)
+    b = generate_shapes_dataset(root=tmp_path / "b", **params)
+    assert _contents(a) == _contents(b)
+    counts = _train_counts(a)
+    # ~1000 objects: a star is drawn with p = 0.1 / 3.1; the commonest classes agree to ~10 %
+    assert counts.sum() > 800
+    common = counts[:3]
+    assert common.min() > 0.8 * common.max()
+    assert 0.05 < counts[3] / common.mean() < 0.17
+
+
+def test_equal_ratios_are_the_balanced_set_and_bad_ratios_one_line(tmp_path):
+    equal = generate_shapes_dataset(root=tmp_path / "e", class_ratios=[2, 2, 2, 2], **SMALL)
+    default = generate_shapes_dataset(root=tmp_path / "d", **SMALL)
+    assert _contents(equal) == _contents(default)
+    for bad in ([1, 1, 1], [1, -1, 1, 1], [0, 0, 0, 0], [1, float("nan"), 1, 1]):
+        with pytest.raises(DatasetError, match="class_ratios must be 4 non-negative") as info:
+            generate_shapes_dataset(root=tmp_path / "bad", class_ratios=bad, **SMALL)
+        assert "\n" not in str(info.value)

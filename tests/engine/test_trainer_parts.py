@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from detector.checkpoint import list_periodic_checkpoints, load_checkpoint
-from detector.engine.guard import StopSignal
+from detector.engine.guard import DivergenceGuard, StopSignal
 from detector.engine.logger import LogWindow, mean_max
 from detector.engine.optim import PhaseOptimizer
 from detector.engine.position import Cadence, Every, StepOptions, TrainingPosition
@@ -170,7 +170,8 @@ def _checkpointer(tmp_path, *, period=3, keep=2, phases=None, seed=0):
         directory=tmp_path / "checkpoints", period=period, keep=keep,
         extra={"class_names": ["a", "b"]}, phases=phases or end_to_end(iterations=8),
         position=TrainingPosition(), models={"main": nn.Linear(2, 1), "rpn": None},
-        optimization=_optimization(), evaluation=Remembered(), stream=BatchStream(loader))
+        optimization=_optimization(), evaluation=Remembered(),
+        divergence=DivergenceGuard(), stream=BatchStream(loader))
 
 
 def test_checkpointer_fires_every_period_and_at_the_end(tmp_path):
@@ -198,6 +199,7 @@ def test_checkpointer_round_trip_puts_every_part_back(tmp_path):
     source.position.load_state_dict({"iteration": 5, "phase_index": 0, "phase_iter": 5,
                                      "phase_begun": True, "skipped_steps": 1})
     source.evaluation.state = {"last_metrics": {"AP": 0.25}, "last_eval_iteration": 4}
+    source.divergence.load_state_dict({"reference": 2.5, "strikes": 1})
     next(source.stream)
     path = source.save()
     state = load_checkpoint(path)
@@ -209,6 +211,7 @@ def test_checkpointer_round_trip_puts_every_part_back(tmp_path):
     target.resume(path)
     assert target.position == source.position and target.saved_iteration == 5
     assert target.evaluation.state == source.evaluation.state
+    assert target.divergence.state_dict() == {"reference": 2.5, "strikes": 1}
     assert target.stream.state_dict() == source.stream.state_dict()
     for key, value in source.models["main"].state_dict().items():
         assert torch.equal(target.models["main"].state_dict()[key], value), key

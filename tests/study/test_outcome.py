@@ -32,8 +32,8 @@ def test_a_diverged_run_counts_the_iterations_it_finished(tmp_path):
     path.write_text('{"iter": 2, "loss": 2.0}\n{"iter": 4, "loss": 1.5, "loss_cls": 1.0}\n')
     record = diverged_record(iteration=7, lr=0.01, terms={"loss_cls": float("nan")},
                              metrics_jsonl=path, wall_time_s=1.5)
-    assert record == {"status": DIVERGED, "iteration": 7, "lr": 0.01,
-                      "nonfinite": {"loss_cls": "nan"},
+    assert record == {"status": DIVERGED, "reason": "non-finite loss_cls", "iteration": 7,
+                      "lr": 0.01, "nonfinite": {"loss_cls": "nan"}, "values": {"loss_cls": "nan"},
                       "last_finite": {"iter": 4, "loss": 1.5, "loss_cls": 1.0},
                       "iterations": 6, "wall_time_s": 1.5, "checkpoint": None}
     json.dumps(record, allow_nan=False)  # valid JSON

@@ -113,6 +113,8 @@ def _check_run(run_dir: Path, *, iterations: int, phases: list[str]) -> dict:
     assert set(STAT_NAMES) <= final.keys()
     assert final["AP"] == pytest.approx(evals[0]["AP"])
     assert (run_dir / "loss_curves.png").read_bytes().startswith(PNG_MAGIC)
+    results = json.loads((run_dir / "final_results.json").read_text())  # tools/analyze.py's
+    assert all({"image_id", "category_id", "bbox", "score"} <= r.keys() for r in results)
     assert (run_dir / "train_net.log").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     return state
@@ -255,6 +257,8 @@ BAD_TRAIN = [
     ("precision=fp8", "precision must be auto, fp32, bf16 or fp16, got 'fp8'"),
     ("schedule.iterations=0", "schedule.iterations must be a positive integer"),
     ("train.eval_batch_size=0", "train.eval_batch_size must be a positive integer"),
+    ("train.divergence_factor=1", "train.divergence_factor must be a number > 1 or null"),
+    ("train.divergence_window=-1", "train.divergence_window must be an integer >= 0"),
 ]
 if not torch.cuda.is_available():
     BAD_TRAIN.append(("device=cuda", "CUDA is not available"))

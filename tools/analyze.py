@@ -1,0 +1,61 @@
+"""Where and why runs differ: python tools/analyze.py RUN_OR_SWEEP [...] [--out DIR]
+
+Arguments are run folders, sweep folders (outputs/multirun/<date_time>) or globs, as for
+tools/compare.py. Each finished run is analysed from the detections its evaluation wrote
+(final_results.json, or checkpoints/*_val_results.json from tools/eval.py): the TIDE error types
+(cls, loc, both, dupe, bkg, miss) with their counts and the AP50 gained by fixing each, the
+detection calibration error (D-ECE) with a reliability diagram, the confusion matrix, per-class
+AP50 against the class's frequency in the train split, and a gallery of the worst images. Runs
+that differ only by seed are grouped (mean +- std); for two groups the differences come with a
+95 % t-interval. Writes analysis.md, errors.png, calibration.png, confusion.png,
+class_ap_vs_frequency.png and worst/ into --out (default: <the one folder given>/analysis, or
+outputs/analysis/<date_time>) and prints analysis.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from detector.study import StudyError  # noqa: E402
+from detector.study.analysis import AnalysisOptions, analyze  # noqa: E402
+
+
+def default_out(paths: list[str]) -> Path:
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        return Path(paths[0]) / "analysis"
+    return Path("outputs") / "analysis" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
+    parser.add_argument("--out", type=Path, default=None, help="report folder")
+    parser.add_argument("--min-score", type=float, default=0.5,
+                        help="operating point of the error counts, confusion and gallery")
+    parser.add_argument("--worst", type=int, default=6, help="gallery images per run")
+    args = parser.parse_args(argv)
+    if not 0 <= args.min_score <= 1 or args.worst < 0:
+        print("error: --min-score must be in [0, 1] and --worst >= 0", file=sys.stderr)
+        return 2
+    out = args.out or default_out(args.runs)
+    try:
+        report = analyze(args.runs, out, AnalysisOptions(min_score=args.min_score,
+                                                         worst=args.worst))
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.text)
+    print("report:", report.out_dir, "(" + ", ".join(p.name for p in report.files) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
