@@ -162,11 +162,22 @@ def _skip_without_launcher(args: list[str]) -> None:
                 pytest.skip(f"{arg} needs the optional extra: pip install -e '.[{extra}]'")
 
 
+def _tools_cli():
+    """``tools/cli.py`` (it imports its siblings, so ``tools/`` is on ``sys.path`` meanwhile)."""
+    saved = sys.path[:]
+    sys.path.insert(0, str(TOOLS))
+    try:
+        return load_tool("cli.py")
+    finally:
+        sys.path[:] = saved
+
+
 def _compose_all(config_name: str, args: list[str]) -> int:
     """Compose ``config_name`` with every job's overrides and resolve it; returns the job count."""
     flags = {"-m", "--multirun"}
     multirun = any(arg in flags for arg in args)
-    overrides = [arg for arg in args if arg not in flags]
+    # as the tools do before Hydra parses their command line: paths with = or , as typed
+    overrides = _tools_cli().quote_path_overrides([arg for arg in args if arg not in flags])
     assert not [a for a in overrides if a.startswith("-")], f"unknown Hydra flags in {args}"
     _skip_without_launcher(overrides)
     jobs = _expand_sweeps(overrides, multirun=multirun)
