@@ -1,6 +1,7 @@
 """tools/train_net.py and tools/eval.py for real: tiny runs as subprocesses (end-to-end CE,
 4-step, focal; marked slow), each evaluated; checkpoint discovery; bad input ends with exit code 2
-and one line (one subprocess each, the other cases in process through the tools' ``main``).
+and one line (whole command lines in process with tests/run_tool.py, the other cases through the
+tools' ``main``; tests/tools/test_reliability.py keeps a real subprocess for the command line).
 
 Every run shares one generated shapes set (16 + 8 images of 64 px) and a few iterations, so the
 module stays within seconds per process; most of that is importing torch.
@@ -18,6 +19,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from load_file import load_tool
+from run_tool import run_tool
 
 from detector.checkpoint import load_checkpoint
 from detector.data import generate_shapes_dataset
@@ -213,16 +215,14 @@ def _one_line_error(result: subprocess.CompletedProcess, text: str) -> None:
     assert lines[0].startswith("error: ") and text in lines[0]
 
 
-@pytest.mark.slow
 def test_train_bad_value_exits_2_with_one_line(workdir, shapes_root):
-    result = _tool("train_net.py", [f"dataset.root={shapes_root}", *TINY, "batch_size=0",
-                                    f"output_dir={workdir / 'bad'}"], workdir)
+    result = run_tool("train_net.py", [f"dataset.root={shapes_root}", *TINY, "batch_size=0",
+                                       f"output_dir={workdir / 'bad'}"], cwd=workdir)
     _one_line_error(result, "batch_size must be a positive integer, got 0")
 
 
-@pytest.mark.slow
 def test_unknown_key_fails_with_hydras_message(workdir):
-    result = _tool("train_net.py", ["foo=1", f"output_dir={workdir / 'unknown'}"], workdir)
+    result = run_tool("train_net.py", ["foo=1", f"output_dir={workdir / 'unknown'}"], cwd=workdir)
     assert result.returncode != 0
     assert "Could not override 'foo'" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
