@@ -13,7 +13,8 @@ Python itself does). It returns a ``subprocess.CompletedProcess`` like
 ``subprocess.run(..., capture_output=True, text=True)``, without the seconds a new interpreter
 spends importing torch. Afterwards the process is as before: ``sys.argv``, ``sys.path``, the
 environment, the working directory, the loggers, torch's float32 matmul precision, thread count
-and CPU random state, and Hydra's global state are restored.
+and CPU random state, and Hydra's global state (a test's open ``initialize_config_dir``
+included) are restored.
 
 Not the same as a real process: output written to the file descriptors directly (C code, a
 warning printed while a module is first imported) is not captured, and the tool shares this
@@ -90,8 +91,9 @@ def _process_state(cwd: Path | None) -> Iterator[None]:
     argv, path, here = sys.argv[:], sys.path[:], Path.cwd()
     matmul, threads, rng = (torch.get_float32_matmul_precision(), torch.get_num_threads(),
                             torch.get_rng_state())
-    hydra_config = HydraConfig.instance().cfg
+    hydra_config, hydra = HydraConfig.instance().cfg, GlobalHydra.instance().hydra
     try:
+        GlobalHydra.instance().clear()  # e.g. a test's open initialize_config_dir(...)
         if cwd is not None:
             os.chdir(cwd)
         yield
@@ -102,6 +104,7 @@ def _process_state(cwd: Path | None) -> Iterator[None]:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
         GlobalHydra.instance().clear()
+        GlobalHydra.instance().hydra = hydra
         HydraConfig.instance().cfg = hydra_config
 
 
