@@ -19,8 +19,10 @@ included) are restored.
 Not the same as a real process: output written to the file descriptors directly (C code, a
 warning printed while a module is first imported) is not captured, and the tool shares this
 process's torch settings (one thread, see conftest.py). Keep one real subprocess test per tool
-for those. ``env`` sets (a string) or unsets (None) environment variables for the run;
-``HYDRA_FULL_ERROR`` is unset unless ``env`` names it, as the subprocess tests do.
+for those. Under a tracer (a debugger, coverage) Hydra re-raises the errors it would print,
+and run_tool reports them as a traceback with exit code 1. ``env`` sets (a string) or unsets
+(None) environment variables for the run; ``HYDRA_FULL_ERROR`` is unset unless ``env`` names
+it, as the subprocess tests do. ``script`` is a name in tools/ or an absolute path.
 """
 
 from __future__ import annotations
