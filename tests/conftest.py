@@ -76,6 +76,7 @@ def _register(name: str) -> None:
 
 
 _register("load_file")
+_register("run_tool")
 _register("tiny_checkpoint")
 
 

@@ -7,7 +7,7 @@
 # ${OUT:-outputs}/gpu_checks.log), then a summary of the two speedup lines of every benchmark.
 #
 #   make gpu-checks                      # on the GPU machine (the venv is made by make install)
-#   SMOKE=1 bash tools/gpu_checks.sh     # tiny sizes on the CPU: checks the script itself (under a minute)
+#   SMOKE=1 bash tools/gpu_checks.sh     # tiny sizes in fp32 on the CPU: checks the script itself
 #
 # Budget on an H100/H200 (estimated, not yet measured): a few minutes; COMPILE=1 adds the
 # compile warm-up. Each step is capped, so even a run that hangs everywhere ends within ~22
@@ -21,17 +21,21 @@ LOG=${LOG:-$OUT_DIR/gpu_checks.log}
 : >"$LOG"
 export NO_ALBUMENTATIONS_UPDATE=1
 
-if [ "${SMOKE:-0}" = 1 ]; then  # the same steps, CPU-sized
-    DEVICE=cpu; BIG="--batch 1 --height 64 --width 96 --steps 1"; SMALL="$BIG"
-    OPS="--batch 1 --height 128 --width 160 --runs 1 --warmup 0 --cpu-only"; LOADER=2; LIMIT=300
+if [ "${SMOKE:-0}" = 1 ]; then  # the same steps, CPU-sized: one thread, one step, 2 classes, and
+    # fp32 for the bf16 ones (a CPU without bf16 emulates it: minutes even at 64x96)
+    DEVICE=cpu; BF16=fp32; BIG="--batch 1 --height 64 --width 96 --num-classes 2 --steps 1 --warmup 0"
+    BIG="$BIG --threads 1"; SMALL="$BIG"
+    OPS="--batch 1 --height 128 --width 160 --runs 1 --warmup 0 --threads 1 --cpu-only"; LIMIT=300
+    LOADER=(--loader 2 --batch 2 dataset.num_train=4 dataset.num_val=2 dataset.image_size=64
+            num_workers=0 "dataset.root=$OUT_DIR/shapes")
 else
     if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "gpu_checks: no CUDA device here (SMOKE=1 bash tools/gpu_checks.sh tries the steps on the CPU)" >&2
         exit 2
     fi
-    DEVICE=cuda; BIG="--batch 8 --height 600 --width 1000 --steps 20 --warmup 3"
+    DEVICE=cuda; BF16=bf16; BIG="--batch 8 --height 600 --width 1000 --steps 20 --warmup 3"
     SMALL="--batch 2 --height 600 --width 1000 --steps 20 --warmup 3"
-    OPS="--runs 20"; LOADER=20; LIMIT=150
+    OPS="--runs 20"; LOADER=(--loader 20 --batch 8); LIMIT=150
 fi
 
 failures=0
@@ -58,15 +62,15 @@ if [ "$DEVICE" = cuda ]; then
     step "gpu tests" 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider
 fi
 step "target assignment" 90 "$PY" tools/bench_ops.py $OPS
-bench "bf16 b8" $BIG --precision bf16
-bench "bf16 b8 channels-last" $BIG --precision bf16 --channels-last
-bench "bf16 b8 sparse roi_align" $BIG --precision bf16 --roi-align sparse
-bench "bf16 b2" $SMALL --precision bf16
+bench "bf16 b8" $BIG --precision $BF16
+bench "bf16 b8 channels-last" $BIG --precision $BF16 --channels-last
+bench "bf16 b8 sparse roi_align" $BIG --precision $BF16 --roi-align sparse
+bench "bf16 b2" $SMALL --precision $BF16
 bench "fp32 b2" $SMALL --precision fp32
 if [ "${COMPILE:-0}" = 1 ]; then
-    bench "bf16 b8 compile" $BIG --precision bf16 --compile --warmup 5
+    bench "bf16 b8 compile" $BIG --precision $BF16 --compile --warmup 5
 fi
-step "loader" 90 "$PY" tools/bench_model.py --loader "$LOADER" --batch 8
+step "loader" 90 "$PY" tools/bench_model.py "${LOADER[@]}"
 
 echo "=== summary (ours vs torchvision)" | tee -a "$LOG"
 awk '/^### / {name = substr($0, 5)} /_speedup_vs_torchvision/ {print name ": " $0}' "$LOG" \

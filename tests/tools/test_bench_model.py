@@ -1,5 +1,6 @@
-"""tools/bench_model.py at tiny sizes: it runs end to end and its last two lines are the
-machine-readable speedups; its loader mode times a tiny generated shapes set."""
+"""tools/bench_model.py at tiny sizes: it runs end to end (in a new interpreter) and its last two
+lines are the machine-readable speedups; its loader mode (in process) times a tiny generated
+shapes set."""
 
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_tool import run_tool
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--height", "64", "--width", "96", "--batch", "1", "--steps", "1", "--warmup", "0",
         "--num-classes", "2", "--threads", "1"]
 
 
-def _run(args: list[str], workdir: Path) -> list[str]:
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "tools" / "bench_model.py"), *args], cwd=workdir,
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+def _run(args: list[str], workdir: Path, *, in_process: bool = False) -> list[str]:
+    """The tool's output lines: in a new interpreter, or ``in_process`` (tests/run_tool.py)."""
+    if in_process:
+        result = run_tool("bench_model.py", args, cwd=workdir)
+    else:
+        result = subprocess.run(
+            [sys.executable, str(PROJECT_ROOT / "tools" / "bench_model.py"), *args],
+            cwd=workdir, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"), capture_output=True,
+            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip().splitlines()
 
@@ -42,6 +47,6 @@ def test_bench_model_prints_a_table_and_two_speedup_lines(tmp_path):
 def test_bench_model_loader_mode_reports_images_per_second(tmp_path):
     lines = _run(["--loader", "2", "--batch", "2", "dataset.num_train=4", "dataset.num_val=2",
                   "dataset.image_size=64", "num_workers=0", f"dataset.root={tmp_path / 'shapes'}"],
-                 tmp_path)
+                 tmp_path, in_process=True)
     assert len(lines) == 1
     assert re.match(r"loader: \d+\.\d images/s \(dataset shapes, batch 2, 0 workers", lines[0])

@@ -1,6 +1,7 @@
 """tools/predict.py and tools/export.py: runs on a tiny checkpoint, in process through the tools'
 ``main`` (fast) plus one subprocess for the one-line exit-2 path; the real export -> onnxruntime
-prediction round trip as subprocesses is marked slow."""
+prediction round trip (export.py in a new interpreter, predict.py's command line in process) is
+marked slow."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from load_file import load_tool
+from run_tool import run_tool
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"
@@ -110,9 +112,9 @@ def test_export_then_predict_with_onnxruntime(tiny_checkpoint, images, tmp_path)
     exported = _tool("export.py", [f"checkpoint={tiny_checkpoint}", f"output={model}"], tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert model.is_file() and str(model) in exported.stdout
-    predicted = _tool("predict.py", [f"input={images}", "backend=onnxruntime", f"onnx={model}",
-                                     f"output={tmp_path / 'out'}", "score_threshold=0.05"],
-                      tmp_path)
+    predicted = run_tool("predict.py", [f"input={images}", "backend=onnxruntime", f"onnx={model}",
+                                        f"output={tmp_path / 'out'}", "score_threshold=0.05"],
+                         cwd=tmp_path)  # in process: predict.py's command line is the test above
     assert predicted.returncode == 0, predicted.stderr
     document = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert document["backend"] == "onnxruntime" and len(document["images"]) == 2

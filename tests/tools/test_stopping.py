@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hydra.errors import InstantiationException
 from load_file import load_file
+from run_tool import run_tool
 
 from detector.checkpoint import find_resume_checkpoint, load_checkpoint
 from detector.data import DatasetError
@@ -137,13 +138,10 @@ def _voc(root: Path, xml: str = "<annotation><object>") -> Path:
     return root
 
 
-@pytest.mark.slow
 def test_a_bad_dataset_is_one_line_on_stderr_without_hydras_wrapping(tmp_path):
     root = _voc(tmp_path / "voc")
-    done = subprocess.run([sys.executable, str(rel.TOOLS / "train_net.py"), "dataset=voc",
-                           f"dataset.root={root}", "device=cpu", f"output_dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=rel._env(), capture_output=True, text=True,
-                          timeout=300)
+    done = run_tool("train_net.py", ["dataset=voc", f"dataset.root={root}", "device=cpu",
+                                     f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: annotation file ") and "a.xml is not valid XML" in line

@@ -1,9 +1,12 @@
-"""tools/train_net.py and tools/eval.py for real: tiny runs as subprocesses (end-to-end CE,
+"""tools/train_net.py and tools/eval.py for real: tiny runs of whole command lines (end-to-end CE,
 4-step, focal; marked slow), each evaluated; checkpoint discovery; bad input ends with exit code 2
-and one line (one subprocess each, the other cases in process through the tools' ``main``).
+and one line (whole command lines, or the other cases through the tools' ``main``).
 
-Every run shares one generated shapes set (16 + 8 images of 64 px) and a few iterations, so the
-module stays within seconds per process; most of that is importing torch.
+The command lines run in this process (tests/run_tool.py) but one, eval.py finding the newest
+run, in a new interpreter; test_reliability, test_stopping and test_sweep train in real ones.
+
+Every run shares one generated shapes set (16 + 8 images of 64 px) and a few iterations, so each
+takes seconds; a new interpreter spends about as long importing torch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from load_file import load_tool
+from run_tool import run_tool
 
 from detector.checkpoint import load_checkpoint
 from detector.data import generate_shapes_dataset
@@ -65,9 +69,12 @@ def _ok(result: subprocess.CompletedProcess) -> str:
 
 
 def _train(name: str, workdir: Path, shapes_root: Path) -> tuple[Path, str]:
+    """The whole command line in this process (tests/run_tool.py): an interpreter importing torch
+    costs more than such a run; the slow tests of test_reliability, test_stopping and test_sweep
+    train in real processes."""
     run_dir = workdir / "outputs" / name
-    result = _tool("train_net.py", [f"dataset.root={shapes_root}", *TINY, *RUNS[name],
-                                    f"output_dir={run_dir}"], workdir)
+    result = run_tool("train_net.py", [f"dataset.root={shapes_root}", *TINY, *RUNS[name],
+                                       f"output_dir={run_dir}"], cwd=workdir)
     return run_dir, _ok(result)
 
 
@@ -182,8 +189,8 @@ def _check_eval(checkpoint: Path, annotations: Path, num_images: int, count: int
 def test_eval_of_a_run(run, request, workdir, shapes_root):
     run_dir, _ = request.getfixturevalue(run)
     checkpoint = run_dir / "checkpoints" / "final.pth"
-    output = _ok(_tool("eval.py", [f"checkpoint={checkpoint}", "num_workers=0", "batch_size=8",
-                                   "num_visualize=3"], workdir))
+    output = _ok(run_tool("eval.py", [f"checkpoint={checkpoint}", "num_workers=0", "batch_size=8",
+                                      "num_visualize=3"], cwd=workdir))
     _check_eval(checkpoint, shapes_root / "annotations" / "instances_val.json", num_images=8,
                 count=3)
     assert "Average Precision" in output
@@ -193,7 +200,8 @@ def test_eval_of_a_run(run, request, workdir, shapes_root):
 @pytest.mark.slow
 def test_eval_without_checkpoint_evaluates_the_newest_run(end_to_end_run, two_stage_run,
                                                           focal_run, workdir, shapes_root):
-    """The focal run's evaluation, found as the newest final.pth under outputs_root."""
+    """The focal run's evaluation, found as the newest final.pth under outputs_root (eval.py's
+    real command line, in a new interpreter)."""
     newest = focal_run[0] / "checkpoints" / "final.pth"
     for age, run in enumerate((focal_run, end_to_end_run, two_stage_run)):
         mtime = 2_000_000_000 - 100 * age  # focal newest, whatever order the runs finished in
@@ -215,16 +223,14 @@ def _one_line_error(result: subprocess.CompletedProcess, text: str) -> None:
     assert lines[0].startswith("error: ") and text in lines[0]
 
 
-@pytest.mark.slow
 def test_train_bad_value_exits_2_with_one_line(workdir, shapes_root):
-    result = _tool("train_net.py", [f"dataset.root={shapes_root}", *TINY, "batch_size=0",
-                                    f"output_dir={workdir / 'bad'}"], workdir)
+    result = run_tool("train_net.py", [f"dataset.root={shapes_root}", *TINY, "batch_size=0",
+                                       f"output_dir={workdir / 'bad'}"], cwd=workdir)
     _one_line_error(result, "batch_size must be a positive integer, got 0")
 
 
-@pytest.mark.slow
 def test_unknown_key_fails_with_hydras_message(workdir):
-    result = _tool("train_net.py", ["foo=1", f"output_dir={workdir / 'unknown'}"], workdir)
+    result = run_tool("train_net.py", ["foo=1", f"output_dir={workdir / 'unknown'}"], cwd=workdir)
     assert result.returncode != 0
     assert "Could not override 'foo'" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
