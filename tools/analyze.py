@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -25,12 +24,7 @@ matplotlib.use("Agg")
 
 from detector.study import StudyError  # noqa: E402
 from detector.study.analysis import AnalysisOptions, analyze  # noqa: E402
-
-
-def default_out(paths: list[str]) -> Path:
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        return Path(paths[0]) / "analysis"
-    return Path("outputs") / "analysis" / time.strftime("%Y-%m-%d_%H-%M-%S")
+from detector.study.runs import report_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.min_score <= 1 or args.worst < 0:
         print("error: --min-score must be in [0, 1] and --worst >= 0", file=sys.stderr)
         return 2
-    out = args.out or default_out(args.runs)
+    out = args.out or report_dir(args.runs, "analysis")
     try:
         report = analyze(args.runs, out, AnalysisOptions(min_score=args.min_score,
                                                          worst=args.worst))

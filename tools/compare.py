@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -20,12 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from detector.study import StudyError, compare  # noqa: E402
-
-
-def default_out(paths: list[str]) -> Path:
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        return Path(paths[0]) / "compare"
-    return Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+from detector.study.runs import report_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
     parser.add_argument("--out", type=Path, default=None, help="report folder")
     args = parser.parse_args(argv)
-    out = args.out or default_out(args.runs)
+    out = args.out or report_dir(args.runs, "compare")
     try:
         report = compare(args.runs, out)
     except StudyError as error:

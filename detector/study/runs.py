@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ import yaml
 from detector.study.curves import read_metrics_jsonl
 from detector.study.outcome import DIVERGED, FINISHED, INCOMPLETE
 
-__all__ = ["Run", "StudyError", "check_same_dataset", "find_runs", "flatten", "load_run"]
+__all__ = ["Run", "StudyError", "check_same_dataset", "find_runs", "flatten", "load_run",
+           "report_dir"]
 
 RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json", ".hydra")
 IGNORED_OVERRIDES = ("output_dir", "resume", "hydra")  # never what a comparison is about
@@ -186,3 +188,11 @@ def check_same_dataset(runs: Sequence[Run]) -> None:
                     f"({other_name or '?'}: {', '.join(other_classes) or '?'} vs "
                     f"{name or '?'}: {', '.join(classes) or '?'}); compare runs of one dataset")
         seen.setdefault((name, classes), run.name)
+
+
+def report_dir(arguments: Sequence[str | os.PathLike], kind: str) -> Path:
+    """Where a report of ``kind`` ("compare", "analysis") on ``arguments`` goes by default:
+    ``<folder>/<kind>`` for one folder (a sweep), else ``outputs/<kind>/<date_time>``."""
+    if len(arguments) == 1 and Path(arguments[0]).is_dir():
+        return Path(arguments[0]) / kind
+    return Path("outputs") / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
