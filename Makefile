@@ -69,10 +69,12 @@ study: install  ## CE vs focal, 2 seeds each, 120 iterations (~25 min on a 2-cor
 	$(BIN)/python tools/analyze.py $(STUDY_DIR) --out $(STUDY_DIR)/analysis
 	@echo "study report: $(STUDY_DIR)/compare (summary.md, curves.png, pr_curves.png) and $(STUDY_DIR)/analysis (analysis.md, errors.png, calibration.png, ...)"
 
-study-imbalanced: install  ## CE vs focal on the imbalanced shapes set (star ~1/10 of each other shape), 3 seeds each, then compare + analyze
+IMBALANCED_ITERATIONS ?= 300
+IMBALANCED_EVAL_PERIOD ?= 150
+study-imbalanced: install  ## CE vs focal on the imbalanced shapes set (star ~1/10 of each other shape), 3 seeds, RoIAlign, 300 iterations (~20 min with bf16 on 2 cores), then compare + analyze
 	$(BIN)/python tools/train_net.py -m experiment=ce_imbalanced,focal_imbalanced seed=0,1,2 \
-		schedule.iterations=$(STUDY_ITERATIONS) train.eval_period=$(STUDY_EVAL_PERIOD) \
-		hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
+		model=vgg16_bn_align schedule.iterations=$(IMBALANCED_ITERATIONS) \
+		train.eval_period=$(IMBALANCED_EVAL_PERIOD) hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
 	$(BIN)/python tools/compare.py $(STUDY_DIR) --out $(STUDY_DIR)/compare
 	$(BIN)/python tools/analyze.py $(STUDY_DIR) --out $(STUDY_DIR)/analysis
 	@echo "study report: $(STUDY_DIR)/compare and $(STUDY_DIR)/analysis"
