@@ -97,7 +97,9 @@ class DivergenceGuard:
         if self.reference is not None or not losses or not self.enabled:
             return
         total = torch.stack([v.detach().float() for v in losses.values()]).sum()
-        self.reference = float(dist.all_reduce(total.reshape(1)))
+        reference = float(dist.all_reduce(total.reshape(1)))
+        if math.isfinite(reference):  # a NaN first step (then skipped) is no yardstick
+            self.reference = reference
 
     def check(self, *, loss: float, iteration: int, lr: float,
               terms: dict[str, float] | None = None) -> None:

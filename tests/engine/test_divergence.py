@@ -24,6 +24,7 @@ def _guard(reference: float, **options) -> DivergenceGuard:
 def test_the_first_step_is_the_reference_and_later_steps_do_not_move_it():
     guard = DivergenceGuard()
     guard.observe_step(None)  # a skipped step is no reference
+    guard.observe_step({"a": torch.tensor(float("nan")), "b": torch.tensor(0.5)})  # nor a NaN
     assert guard.reference is None
     guard.observe_step({"a": torch.tensor(1.5), "b": torch.tensor(0.5)})
     guard.observe_step({"a": torch.tensor(100.0)})
