@@ -215,6 +215,10 @@ def _check(command: Command, monkeypatch) -> None:
         args = ["experiment=focal", *(a for a in args if a.split("=", 1)[0] not in own)]
         _compose_all("train", args)
         return
+    if command.tool == "profile_step.py":  # its options (argparse), then overrides of train.yaml
+        parsed = load_tool("profile_step.py", restore_sys_path=True).parse_args(args)
+        _compose_all("train", ["experiment=focal", *parsed.overrides])
+        return
     config_name = _hydra_config_name(command.tool)
     if config_name is not None:
         _compose_all(config_name, args)
@@ -230,7 +234,7 @@ def test_the_docs_show_commands_of_every_kind():
     tools = {c.tool for c in COMMANDS}
     assert {"train_net.py", "eval.py", "predict.py", "export.py", "serve.py", "compare.py",
             "inspect_model.py", "bench_model.py", "bench_ops.py", "bench_export.py",
-            "soak.py"} <= tools
+            "soak.py", "profile_step.py"} <= tools
     assert any("-m" in c.args for c in COMMANDS)
     assert any(c.text.startswith("torchrun") for c in COMMANDS)
     assert any(c.rejected for c in COMMANDS)

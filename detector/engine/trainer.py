@@ -41,7 +41,7 @@ from detector.engine.resume import Checkpointer
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
 from detector.engine.state import BatchStream, capture_rng_state
 from detector.engine.validation import PeriodicEvaluation
-from detector.runtime import autocast, to_device
+from detector.runtime import apply_layout, autocast, to_device
 
 __all__ = ["Trainer"]
 
@@ -80,6 +80,9 @@ class Trainer:
         divergence (DivergenceGuard, optional): stops a run whose logged loss explodes (raises
             ``DivergedError``); default: ``DivergenceGuard()`` (100 x the first step's loss at 3
             log points in a row).
+        on_step (Callable[[int], None], optional): called after every optimiser step with the
+            iteration just finished (a profiler's clock, a custom probe); it may request a stop
+            through ``stop_signal``.
     """
 
     def __init__(
@@ -89,12 +92,14 @@ class Trainer:
         cadence: Cadence | None = None, step: StepOptions | None = None, progress: bool = True,
         logger: TrainLogger | None = None, checkpoint_extra: dict | None = None,
         stop_signal: StopSignal | None = None, divergence: DivergenceGuard | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         cadence, step = cadence or Cadence(), step or StepOptions()
         self.step_options, self.device, self.phases = step, device, phases
-        self.memory_format = (torch.channels_last if step.channels_last
-                              else torch.contiguous_format)
-        model = model.to(device, memory_format=self.memory_format)
+        layout = step.channels_last if isinstance(step.channels_last, str) else (
+            "channels_last" if step.channels_last else "contiguous")
+        model = model.to(device)
+        self.memory_format = apply_layout(model, layout)  # the images' format
         self.models: dict[str, nn.Module | None] = {"main": model, "rpn": None}
         # what the model itself leaves trainable (e.g. frozen backbone blocks) is never unfrozen;
         # keyed by name so that it also holds for the step-1 copy of the 4-step schedule
@@ -124,6 +129,7 @@ class Trainer:
             evaluation=self.evaluation, divergence=self.divergence, stream=self.stream,
             metrics_path=getattr(self.logger, "metrics_path", None))
         self._consecutive_skips = 0
+        self.on_step = on_step
 
     # ------------------------------------------------------------------ shortcuts
     @property
@@ -244,6 +250,9 @@ class Trainer:
             self.position.advance()
             bar.update()
             window.add(losses, norm)
+            if self.on_step is not None:  # e.g. tools/profile_step.py's profiler and clock
+                self.on_step(self.position.iteration)
+                stop = stop or self.stop_signal.requested
             stop = self._after_step(phase, window, lr, bar) or stop
             if stop:
                 bar.close()
