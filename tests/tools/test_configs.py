@@ -17,7 +17,7 @@ from detector.data import DetectionDataset
 from detector.engine.optim import param_groups
 from detector.engine.schedules import Phase
 from detector.modeling import FasterRCNN, FasterRCNNCriterion
-from detector.modeling.pooler import RoIAlign
+from detector.modeling.pooler import RoIAlign, RoIPool
 from detector.ops.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def test_the_documented_options_exist():
     found = set(GROUP_OPTIONS)
     for option in (("dataset", "shapes"), ("dataset", "coco"), ("dataset", "voc"),
                    ("model", "vgg16_bn"), ("model", "vgg16_bn_align"), ("model", "vgg16_bn_fc"),
-                   ("model", "resnet50_c4"),
+                   ("model", "vgg16_bn_roipool"), ("model", "resnet50_c4"),
                    ("loss", "ce"),
                    ("loss", "focal"), ("optimizer", "sgd"), ("optimizer", "adam"),
                    ("schedule", "end_to_end"), ("schedule", "two_stage")):
@@ -118,25 +118,29 @@ def test_group_option_composes_and_instantiates(group, option, hydra_compose, tm
         assert det["boxes"].shape[1:] == (4,)
 
 
-@pytest.mark.parametrize("model_option", ["vgg16_bn", "vgg16_bn_fc"])
-def test_the_documented_roi_align_switch(model_option, hydra_compose, tmp_path):
-    """The model configs' comment: RoIAlign by overriding the pooler's target."""
-    cfg = _train_cfg(hydra_compose, [
-        f"model={model_option}", "model.pooler._target_=detector.modeling.pooler.RoIAlign",
-        "+model.pooler.aligned=true"], tmp_path)
-    pooler = _check_parts(cfg).roi_head.pooler
+def test_roi_align_is_the_default_and_roi_pool_one_word_away(hydra_compose, tmp_path):
+    """The default model pools with RoIAlign (7 x 7, 2 x 2 samples, aligned); the paper's RoIPool
+    is model=vgg16_bn_roipool or model/pooler=roi_pool, the same pooler either way; the paper's
+    configs (fc6/fc7 head, 4-step schedule) keep RoIPool; vgg16_bn_align is the default now."""
+    pooler = _check_parts(_train_cfg(hydra_compose, [], tmp_path)).roi_head.pooler
     assert isinstance(pooler, RoIAlign)
     assert (pooler.output_size, pooler.sampling_ratio, pooler.aligned) == ((7, 7), 2, True)
-    shortcut = _check_parts(_train_cfg(hydra_compose, ["model=vgg16_bn_align"], tmp_path))
-    assert repr(shortcut.roi_head.pooler) == repr(pooler)  # the option is that same override
+    alias = _check_parts(_train_cfg(hydra_compose, ["model=vgg16_bn_align"], tmp_path))
+    assert repr(alias.roi_head.pooler) == repr(pooler)
+    pools = [_check_parts(_train_cfg(hydra_compose, overrides, tmp_path)).roi_head.pooler
+             for overrides in (["model=vgg16_bn_roipool"], ["model/pooler=roi_pool"],
+                               ["model=vgg16_bn_fc"], ["experiment=two_stage"])]
+    assert all(isinstance(pool, RoIPool) and pool.output_size == (7, 7) for pool in pools)
 
 
-@pytest.mark.parametrize("model_option", ["vgg16_bn_fc", "vgg16_bn_align", "resnet50_c4"])
+@pytest.mark.parametrize("model_option", ["vgg16_bn_fc", "vgg16_bn_align", "vgg16_bn_roipool",
+                                          "resnet50_c4"])
 def test_model_options_inherit_vgg16_bn_and_change_only_their_part(model_option, hydra_compose,
                                                                    tmp_path):
     """Options are vgg16_bn plus their differences (``defaults``), so they cannot drift from it
     (vgg16_bn_fc, once a copy, had lost ``output_stride``)."""
-    changed = {"vgg16_bn_fc": {"box_head"}, "vgg16_bn_align": {"pooler"},
+    changed = {"vgg16_bn_fc": {"box_head", "pooler"}, "vgg16_bn_align": set(),
+               "vgg16_bn_roipool": {"pooler"},
                "resnet50_c4": {"backbone", "box_head"}}[model_option]
     base = OmegaConf.to_container(_train_cfg(hydra_compose, [], tmp_path).model)
     option = OmegaConf.to_container(
@@ -146,7 +150,7 @@ def test_model_options_inherit_vgg16_bn_and_change_only_their_part(model_option,
 
 
 @pytest.mark.parametrize("model_option", ["vgg16_bn", "vgg16_bn_fc", "vgg16_bn_align",
-                                          "resnet50_c4"])
+                                          "vgg16_bn_roipool", "resnet50_c4"])
 def test_the_backbone_is_built_before_the_box_head(model_option, hydra_compose, tmp_path):
     """Hydra builds a node's arguments in key order, and each draws its initial weights from the
     seeded generator: the backbone first, then the box head, or a seed gives other weights (and
@@ -155,12 +159,12 @@ def test_the_backbone_is_built_before_the_box_head(model_option, hydra_compose, 
     assert keys.index("backbone") < keys.index("box_head")
 
 
-def test_vgg16_bn_fc_is_vgg16_bn_with_vgg_fc_box_head(hydra_compose, tmp_path):
+def test_vgg16_bn_fc_is_vgg16_bn_with_the_papers_head_and_pooler(hydra_compose, tmp_path):
     fc = _train_cfg(hydra_compose, ["model=vgg16_bn_fc"], tmp_path)
     assert fc.model.box_head._target_ == "detector.modeling.box_head.VGGBoxHead"
     assert fc.model.backbone.output_stride == 16
     assert fc.model.box_head.dropout == 0.5
-    same = _train_cfg(hydra_compose, ["model/box_head=vgg_fc"], tmp_path)
+    same = _train_cfg(hydra_compose, ["model/box_head=vgg_fc", "model/pooler=roi_pool"], tmp_path)
     assert OmegaConf.to_container(same.model) == OmegaConf.to_container(fc.model)
 
 
