@@ -167,8 +167,8 @@ def check_reliability(cfg: DictConfig) -> None:
                           f"{factor!r}")
     if cfg.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"train.on_nonfinite must be stop or skip, got {cfg.train.on_nonfinite!r}")
-    if not isinstance(cfg.train.channels_last, bool):
-        raise ConfigError(f"train.channels_last must be true or false, got "
+    if not isinstance(cfg.train.channels_last, bool) and cfg.train.channels_last != "auto":
+        raise ConfigError(f"train.channels_last must be true, false or auto, got "
                           f"{cfg.train.channels_last!r}")
     resume = cfg.resume
     if not isinstance(resume, bool | None) and str(resume).lower() not in ("true", "false"):

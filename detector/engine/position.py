@@ -91,7 +91,8 @@ class StepOptions:
 
     Args:
         precision (str): "fp32", "bf16" or "fp16" (autocast on CUDA; fp16 with a GradScaler).
-        channels_last (bool): channels-last memory format for the model and images.
+        channels_last (bool | str): the memory layout of the model and images: True
+            (channels-last), False (standard NCHW) or "mixed" (``detector.runtime.apply_layout``).
         clip_grad_norm (float, optional): max total gradient norm.
         on_nonfinite (str): "stop" (write the last good state, raise ``NonFiniteError``) or
             "skip" (drop the step, count it) when a loss term or the gradient norm is NaN/Inf.
@@ -99,7 +100,7 @@ class StepOptions:
     """
 
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | str = False
     clip_grad_norm: float | None = None
     on_nonfinite: str = "stop"
     max_consecutive_skips: int = 20

@@ -92,7 +92,7 @@ def test_hydra_rejections_become_one_line(override, message):
     ("train.on_nonfinite=ignore", "train.on_nonfinite must be stop or skip"),
     ("train.checkpoint_period=-1", "train.checkpoint_period must be an integer >= 0"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be a positive integer"),
-    ("train.channels_last=maybe", "train.channels_last must be true or false"),
+    ("train.channels_last=maybe", "train.channels_last must be true, false or auto"),
     ("train.eval_period=-5", "train.eval_period must be an integer >= 0"),
     ("resume=/nowhere/iter_0000010.pth", "resume=/nowhere/iter_0000010.pth: no such checkpoint"),
 ])
@@ -173,8 +173,8 @@ def _last_logged_iteration(run: Path) -> int:
 @pytest.mark.slow
 def test_sigterm_then_kill_9_then_resume_ends_like_an_uninterrupted_run(overrides, tmp_path,
                                                                        one_thread):
-    run, period, total = tmp_path / "run", 2, 60
-    args = [*overrides, "schedule.iterations=60", f"train.checkpoint_period={period}",
+    run, period, total = tmp_path / "run", 2, 30
+    args = [*overrides, f"schedule.iterations={total}", f"train.checkpoint_period={period}",
             f"output_dir={run}"]
     command = [sys.executable, str(TOOLS / "train_net.py"), *args]
     popen = dict(cwd=PROJECT_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
