@@ -24,11 +24,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the tests run one torch thread each (tests/conftest.py): two processes keep both cores of a
+# small machine busy (pytest-xdist); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 test: install  ## the whole suite (CPU; GPU tests skip without CUDA)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(ARGS)
 
 test-fast: install  ## everything but the slow (real training run) tests
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(ARGS)
 
 test-browser: install  ## the page in headless chromium (installs Debian's chromium + chromedriver)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
