@@ -7,7 +7,8 @@ Builds exactly the run ``python tools/train_net.py experiment=focal key=value ..
 (the same config, model, data loader and Trainer; any train.yaml key can be overridden) in a
 temporary folder, then trains ``--warmup`` steps (not measured: allocator pools, oneDNN kernels,
 data workers warming up), ``--timed`` steps on the clock alone (median and mean seconds per step,
-the number to compare) and ``--profiled`` steps under ``torch.profiler`` (CPU time by operator,
+the number to compare), one step of the profiler's own warm-up and ``--profiled`` steps under
+``torch.profiler`` (CPU time by operator,
 grouped: convolutions forward and backward, batch norm, matrix products, RoI pooling, the
 optimiser, waiting for data, ...), and stops without the final evaluation. The learning-rate
 schedule is the configured run's, so the steps are the first steps of that run.
@@ -98,7 +99,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
-    total = args.warmup + args.timed + args.profiled
+    # one more step between the timed and the profiled ones: the profiler's own warm-up
+    total = args.warmup + args.timed + (1 + args.profiled if args.profiled else 0)
     with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
         overrides = ["experiment=focal", "train.progress=false", f"output_dir={tmp}/run",
                      *train_net.quote_path_overrides(args.overrides)]
@@ -106,8 +108,10 @@ def main(argv: list[str]) -> int:
             cfg = compose("train", overrides=overrides)
         train_net.check_train_config(cfg)
         if cfg.schedule.iterations < total:
-            raise SystemExit(f"profile_step: the run has {cfg.schedule.iterations} iterations, "
-                             f"fewer than the {total} steps asked for")
+            print(f"error: the run has {cfg.schedule.iterations} iterations, fewer than the "
+                  f"{total} steps asked for (schedule.iterations=, --warmup/--timed/--profiled)",
+                  file=sys.stderr)
+            return 2
         device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
         stop = StopSignal()
@@ -116,28 +120,29 @@ def main(argv: list[str]) -> int:
         profiler = torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU]
             + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []),
-            schedule=torch.profiler.schedule(wait=args.warmup + args.timed, warmup=0,
-                                             active=args.profiled, repeat=1),
+            schedule=torch.profiler.schedule(wait=args.warmup + args.timed, warmup=1,
+                                             active=max(1, args.profiled), repeat=1),
             record_shapes=args.by_shape)
 
         def on_step(iteration: int) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             clock.append(time.perf_counter())
-            profiler.step()
+            if args.profiled:
+                profiler.step()
             if iteration >= total:
                 stop.request("profile done")
 
         trainer.on_step = on_step
         print(f"profiling {cfg.name}: device {device}, precision "
               f"{resolve_precision(cfg.precision, device)}, {torch.get_num_threads()} threads, "
-              f"batch {cfg.batch_size}, {args.warmup} + {args.timed} + {args.profiled} steps",
+              f"batch {cfg.batch_size}, {args.warmup} + {args.timed} + 1 + {args.profiled} steps",
               flush=True)
         with profiler:
             trainer.train()
     seconds = [b - a for a, b in zip(clock[:-1], clock[1:], strict=True)]
     timed = seconds[args.warmup:args.warmup + args.timed]
-    profiled = seconds[args.warmup + args.timed:total]
+    profiled = seconds[total - args.profiled:total] if args.profiled else []
     if timed:
         print(f"s/it (timed, {len(timed)} steps): median {statistics.median(timed):.3f}, "
               f"mean {statistics.fmean(timed):.3f}, min {min(timed):.3f}")
