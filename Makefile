@@ -41,7 +41,7 @@ test-browser: install  ## the page in headless chromium (installs Debian's chrom
 lint: install
 	$(BIN)/ruff check detector tools tests datasets
 
-train: install  ## focal-loss Faster R-CNN on the generated shapes set (CPU: ~9 min with bf16, ~40 min fp32 on AVX2)
+train: install  ## focal-loss Faster R-CNN on the generated shapes set (2-core CPU: ~9 min with bf16, ~25 min fp32 on AVX2)
 	$(BIN)/python tools/train_net.py experiment=focal $(ARGS)
 
 eval: install  ## COCO mAP of the newest training run
