@@ -73,7 +73,8 @@ def operator_groups(events, steps: int) -> tuple[dict[str, float], list[tuple[st
         ms = event.self_cpu_time_total / 1000 / steps
         if ms <= 0:
             continue
-        groups[group_of(event.key)] = groups.get(group_of(event.key), 0.0) + ms
+        group = group_of(event.key)
+        groups[group] = groups.get(group, 0.0) + ms
         ops.append((event.key, ms))
     ordered = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
     return ordered, sorted(ops, key=lambda kv: -kv[1])
