@@ -60,11 +60,11 @@ bench: install  ## target assignment, then the whole model (CPU: a few minutes),
 gpu-checks: install  ## on a GPU machine: GPU tests + every GPU benchmark, one log (tools/gpu_checks.sh)
 	bash tools/gpu_checks.sh
 
-STUDY_ITERATIONS ?= 120
-STUDY_EVAL_PERIOD ?= 60
+STUDY_ITERATIONS ?= 300
+STUDY_EVAL_PERIOD ?= 150
 STUDY_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 STUDY_DIR ?= outputs/study/$(STUDY_STAMP)
-study: install  ## CE vs focal, 2 seeds each, 120 iterations (~25 min on a 2-core AVX2 CPU), then tools/compare.py
+study: install  ## CE vs focal, 2 seeds each, 300 iterations (~30 min on a 2-core AVX2 CPU), then compare.py + analyze.py
 	$(BIN)/python tools/train_net.py -m experiment=ce,focal seed=0,1 \
 		schedule.iterations=$(STUDY_ITERATIONS) train.eval_period=$(STUDY_EVAL_PERIOD) \
 		hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
