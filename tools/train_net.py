@@ -67,7 +67,7 @@ from detector.evaluation import (  # noqa: E402
     save_metrics,
     save_results,
 )
-from detector.runtime import resolve_device, resolve_layout, resolve_precision, seed_everything  # noqa: E402
+from detector.runtime import resolve_device, resolve_precision, seed_everything  # noqa: E402
 from detector.study import FINAL_RESULTS, diverged_record, finished_record  # noqa: E402
 from detector.study.curves import plot_metrics  # noqa: E402
 
@@ -98,7 +98,6 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
     shard = dict(num_workers=cfg.num_workers, seed=cfg.seed, num_replicas=dist.get_world_size(),
                  rank=dist.get_rank())
     t = cfg.train
-    precision = resolve_precision(cfg.precision, device)
     return Trainer(
         model=model, criterion=hydra.utils.instantiate(cfg.loss.criterion),
         train_loader=build_dataloader(dataset=train_set, batch_size=cfg.batch_size, train=True,
@@ -113,9 +112,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
         cadence=Cadence(log_period=t.log_period, eval_period=t.eval_period,
                         checkpoint_period=t.checkpoint_period,
                         keep_checkpoints=t.keep_checkpoints, histogram_period=t.histogram_period),
-        step=StepOptions(precision=precision,
-                         channels_last=resolve_layout(t.channels_last, device, precision),
-                         clip_grad_norm=t.clip_grad_norm,
+        step=StepOptions(precision=resolve_precision(cfg.precision, device),
+                         channels_last=t.channels_last, clip_grad_norm=t.clip_grad_norm,
                          on_nonfinite=t.on_nonfinite),
         progress=t.progress, logger=TrainLogger(output_dir=output_dir, enabled=dist.is_main()),
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),

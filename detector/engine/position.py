@@ -92,7 +92,8 @@ class StepOptions:
     Args:
         precision (str): "fp32", "bf16" or "fp16" (autocast on CUDA; fp16 with a GradScaler).
         channels_last (bool | str): the memory layout of the model and images: True
-            (channels-last), False (standard NCHW) or "mixed" (``detector.runtime.apply_layout``).
+            (channels-last), False (standard NCHW) or "auto" (``detector.runtime.resolve_layout``:
+            the mixed layout on a CPU in fp32, channels-last otherwise).
         clip_grad_norm (float, optional): max total gradient norm.
         on_nonfinite (str): "stop" (write the last good state, raise ``NonFiniteError``) or
             "skip" (drop the step, count it) when a loss term or the gradient norm is NaN/Inf.

@@ -41,7 +41,7 @@ from detector.engine.resume import Checkpointer
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
 from detector.engine.state import BatchStream, capture_rng_state
 from detector.engine.validation import PeriodicEvaluation
-from detector.runtime import apply_layout, autocast, to_device
+from detector.runtime import apply_layout, autocast, resolve_layout, to_device
 
 __all__ = ["Trainer"]
 
@@ -96,9 +96,8 @@ class Trainer:
     ) -> None:
         cadence, step = cadence or Cadence(), step or StepOptions()
         self.step_options, self.device, self.phases = step, device, phases
-        layout = step.channels_last if isinstance(step.channels_last, str) else (
-            "channels_last" if step.channels_last else "contiguous")
         model = model.to(device)
+        layout = resolve_layout(step.channels_last, device, step.precision)
         self.memory_format = apply_layout(model, layout)  # the images' format
         self.models: dict[str, nn.Module | None] = {"main": model, "rpn": None}
         # what the model itself leaves trainable (e.g. frozen backbone blocks) is never unfrozen;

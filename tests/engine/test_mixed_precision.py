@@ -32,6 +32,20 @@ def test_channels_last_on_the_cpu_trains_the_same_model(shapes_root, tmp_path):
                                    atol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize(("precision", "images_format"), [
+    ("fp32", torch.contiguous_format), ("bf16", torch.channels_last)])
+def test_auto_layout_is_resolved_by_the_trainer(shapes_root, tmp_path, precision, images_format):
+    """channels_last="auto" (train.yaml's default) reaches the Trainer as it is: on a CPU in fp32
+    the leading convolutions stay NCHW with the images, with bf16 everything is channels-last."""
+    trainer = tiny.make_trainer(shapes_root, tmp_path, phases=tiny.end_to_end(1),
+                                precision=precision, channels_last="auto")
+    assert trainer.memory_format == images_format
+    first = _conv_weights(trainer.models["main"])[0]
+    assert first.is_contiguous(memory_format=images_format)
+    if images_format == torch.contiguous_format:  # a 3-channel 3x3 weight is both otherwise
+        assert not first.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_fp16_on_the_cpu_has_no_scaler(shapes_root, tmp_path):
     trainer = tiny.make_trainer(shapes_root, tmp_path, phases=tiny.end_to_end(1),
                                 precision="fp16")
