@@ -1,7 +1,7 @@
 """Where a training step's time goes, by operator group:
 
     python tools/profile_step.py                          # the make train run (experiment=focal)
-    python tools/profile_step.py model=vgg16_bn_align precision=fp32 --timed 10 --profiled 5
+    python tools/profile_step.py model=vgg16_bn_roipool precision=fp32 --timed 10 --profiled 5
 
 Builds exactly the run ``python tools/train_net.py experiment=focal key=value ...`` would build
 (the same config, model, data loader and Trainer; any train.yaml key can be overridden) in a
