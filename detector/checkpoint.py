@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from detector.errors import UserError
 from detector.fileio import atomic_writer
 
 __all__ = [
@@ -37,7 +38,7 @@ _PERIODIC = re.compile(r"iter_(\d+)\.pth")
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file exists but cannot be read."""
 
 

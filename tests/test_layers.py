@@ -15,8 +15,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "detector"
 
 LAYERS: dict[str, int] = {
-    # 0: how a file is written (atomically, following the umask), for the file formats above it
-    "fileio": 0,
+    # 0: how a file is written (atomically, following the umask), for the file formats above it;
+    # the base of the errors that are the user's to fix
+    "fileio": 0, "errors": 0,
     # 1: tensor primitives, file formats and run settings; data and drawing
     "ops": 1, "checkpoint": 1, "runtime": 1, "data": 1, "visualize": 1,
     # 2: the model and its evaluation

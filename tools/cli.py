@@ -17,7 +17,8 @@ The API (import it as the tools do: ``sys.path.insert(0, <tools dir>)``, then ``
             run(cfg)
 
 A tool whose library raises errors of its own kind passes them along:
-``cli.exit_on_user_error(InputError, SpecError)``. ``user_error(error)`` finds the user's error
+``cli.exit_on_user_error(SomeError)`` (the library's own derive from
+``detector.errors.UserError`` and need no naming). ``user_error(error)`` finds the user's error
 inside another (``hydra.utils.instantiate`` wraps what a constructor raised in an
 ``InstantiationException``); ``report_user_error(error)`` prints it and returns 2, for code that
 catches the errors itself. ``USER_ERRORS`` are the types every tool treats so.
@@ -47,16 +48,15 @@ from pathlib import Path
 
 from config_checks import ConfigError, check_overrides
 
-from detector.checkpoint import CheckpointError, find_latest_checkpoint
-from detector.data import DatasetError
-from detector.modeling.spec import SpecError
+from detector.checkpoint import find_latest_checkpoint
+from detector.errors import UserError
 
 __all__ = ["USER_ERRORS", "check_command_line", "command_arg", "exit_on_user_error",
            "hydra_quote", "is_path_key", "quote_path_overrides", "report_user_error",
            "resolve_checkpoint", "user_error"]
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, CheckpointError,
-                                                SpecError, FileNotFoundError)
+# every error the library raises for the user to fix derives from UserError (ConfigError too)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 EXIT_USER_ERROR = 2
 PATH_KEYS = ("checkpoint", "checkpoint_b", "input", "output", "output_dir", "outputs_root", "onnx",
              "resume", "root", "dir")

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from detector.checkpoint import find_resume_checkpoint
 from detector.engine.schedules import STEP2_BACKBONES, STEP2_LOSSES
+from detector.errors import UserError
 from detector.runtime import resolve_device
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -18,7 +19,7 @@ __all__ = ["ConfigError", "check_dataset", "check_device", "check_eval_config", 
            "check_predict_config", "check_reliability", "check_train_config", "resume_checkpoint"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration value, reported as one line."""
 
 

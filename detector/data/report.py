@@ -13,6 +13,8 @@ import warnings
 from collections import Counter
 from typing import Literal
 
+from detector.errors import UserError
+
 OnBad = Literal["error", "skip"]
 
 # Human-readable descriptions of the counter names used across `detector.data`.
@@ -32,7 +34,7 @@ KIND_DESCRIPTIONS: dict[str, str] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A problem with the user's data, naming the file or annotation at fault.
 
     `kind` is the counter name (see `KIND_DESCRIPTIONS`) under which it is counted when skipped.

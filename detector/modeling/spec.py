@@ -33,6 +33,7 @@ from torch import nn
 
 from detector.checkpoint import load_checkpoint
 from detector.data import CocoDetection, ShapesDetection, VocDetection, build_transforms
+from detector.errors import UserError
 from detector.modeling.backbone import ResNet50C4Backbone, VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead, VGGBoxHead
 from detector.modeling.build import build_model
@@ -40,7 +41,7 @@ from detector.modeling.pooler import RoIAlign, RoIPool
 from detector.ops import losses
 
 __all__ = ["DATA_CONSTRUCTORS", "MODEL_CONSTRUCTORS", "MOVED_MODULES", "SpecError",
-           "build_from_spec", "check_checkpoint", "check_spec", "dataset_from_checkpoint",
+           "build_from_spec", "check_checkpoint", "check_spec", "checked_label_map", "dataset_from_checkpoint",
            "model_from_checkpoint", "read_checkpoint"]
 
 # modules that moved; checkpoints written before the move name their old place
@@ -85,12 +86,14 @@ _PLAIN = (type(None), bool, int, float, str)
 _MAX_DEPTH = 32  # configs nest 3 levels; a hostile file must not exhaust the stack
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """The model or dataset description in a checkpoint is refused or cannot be built."""
 
 
 def _shown(value: Any) -> str:
     """``value`` for a one-line message: a plain value's repr (cut), else its type."""
+    if _is_int(value) and value.bit_length() > 64:  # repr() refuses ints past 4,300 digits
+        return f"an integer of ~{int(value.bit_length() * 0.30103) + 1} digits"
     if isinstance(value, _PLAIN):
         return repr(value)[:80]
     return f"a {type(value).__name__}"
@@ -182,6 +185,40 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_MAX_ID_DIGITS = 9  # category ids and labels fit an int32: a 4,301-digit "id" is refused
+
+
+def _as_id(value: Any) -> int | None:
+    """``value`` as a non-negative id: an int, or a string of 1-9 ASCII digits; else None."""
+    if _is_int(value):
+        return value if 0 <= value < 10**_MAX_ID_DIGITS else None
+    if (isinstance(value, str) and 0 < len(value) <= _MAX_ID_DIGITS and value.isascii()
+            and value.isdigit()):
+        return int(value)
+    return None
+
+
+def checked_label_map(value: Any, *, path: str) -> dict[int, int]:
+    """A label -> category id map from a file (checkpoint, ONNX metadata), checked and converted:
+    keys are ints or strings of 1-9 ASCII digits (JSON keys are strings), values ints in
+    0 <= id < 10**9; "\u00b2" (which ``str.isdigit`` accepts but ``int`` refuses) or a 4,301-digit
+    number is refused here, before anything uses it.
+
+    Raises:
+        SpecError: ``<path> ...``, one line naming the first bad entry.
+    """
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{path} must map labels to integer category ids, got {_shown(value)}")
+    checked = {}
+    for key, cat_id in value.items():
+        label, converted = _as_id(key), _as_id(cat_id)
+        if label is None or converted is None:
+            raise SpecError(f"{path} must map labels to integer category ids (at most "
+                            f"{_MAX_ID_DIGITS} digits), got {_shown(key)}: {_shown(cat_id)}")
+        checked[label] = converted
+    return checked
+
+
 def _check_fields(state: Any) -> None:
     """The entries besides the descriptions that tools read: types and values."""
     if not isinstance(state, Mapping):
@@ -194,11 +231,7 @@ def _check_fields(state: Any) -> None:
     if (not isinstance(names, list | tuple) or not names
             or not all(isinstance(name, str) for name in names)):
         raise SpecError("class_names must be a non-empty list of strings")
-    cat_ids = state.get("label_to_cat_id", {})
-    if not isinstance(cat_ids, Mapping) or not all(
-            (_is_int(k) or (isinstance(k, str) and k.isdigit())) and _is_int(v)
-            for k, v in cat_ids.items()):
-        raise SpecError("label_to_cat_id must map labels to integer category ids")
+    checked_label_map(state.get("label_to_cat_id", {}), path="label_to_cat_id")
     if not (state.get("iteration") is None or _is_int(state["iteration"])):
         raise SpecError("iteration must be an integer")
     if not isinstance(config.get("name"), str | type(None)):

@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from torchvision import models
 from torchvision.models import WeightsEnum
 
+from detector.errors import UserError
+
 __all__ = ["WeightsUnavailableError", "load_matching", "load_torchvision_state",
            "vgg16_classifier_state"]
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights could not be downloaded (typically: no network)."""
 
 

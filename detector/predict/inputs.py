@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detector.errors import UserError
+
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "InputError", "Inputs", "VideoInfo",
            "collect_inputs", "read_video_batches", "video_info"]
 
@@ -24,7 +26,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 _GLOB_CHARS = ("*", "?", "[")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """The input path names nothing to predict on (missing, or no images/videos in it)."""
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detector.errors import UserError
 from detector.modeling.spec import model_from_checkpoint, read_checkpoint
 
 __all__ = ["INPUT_NAMES", "METADATA_PREFIX", "OUTPUT_NAMES", "DetectionGraph", "ExportError",
@@ -48,7 +49,7 @@ METADATA_PREFIX = "detector."
 OPSET = 17  # RoiAlign's half_pixel mode (aligned=True) needs >= 16
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A bad export setting (input size)."""
 
 

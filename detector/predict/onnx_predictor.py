@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from detector.data.transforms import DetectionTransforms, build_transforms
+from detector.errors import UserError
 from detector.predict.onnx_export import INPUT_NAMES, METADATA_PREFIX
 from detector.predict.predictor import Detections, Predictor
 
 __all__ = ["OnnxModelError", "OnnxPredictor", "check_metadata", "read_metadata"]
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(UserError, ValueError):
     """The file is not an ONNX model written by ``tools/export.py``."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from detector.errors import UserError
 from detector.study.curves import read_metrics_jsonl
 from detector.study.outcome import DIVERGED, FINISHED, INCOMPLETE
 
@@ -29,7 +30,7 @@ RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json", ".hydra")
 IGNORED_OVERRIDES = ("output_dir", "resume", "hydra")  # never what a comparison is about
 
 
-class StudyError(ValueError):
+class StudyError(UserError, ValueError):
     """Runs that cannot be compared, or no runs at all; the message is one sentence."""
 
 

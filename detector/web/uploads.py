@@ -18,6 +18,8 @@ import warnings
 import cv2
 import numpy as np
 
+from detector.errors import UserError
+
 __all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_PIXELS", "UploadError", "decode_upload",
            "image_header_size", "sniff_format"]
 
@@ -34,7 +36,7 @@ ACCEPTED_FORMATS: dict[str, tuple[bytes, ...]] = {
 NOT_AN_IMAGE = "the upload is not an image (expected a JPEG, PNG, BMP, WebP, GIF or TIFF file)"
 
 
-class UploadError(ValueError):
+class UploadError(UserError, ValueError):
     """An upload the demo refuses. ``status`` is the HTTP status to answer with (400 or 413)."""
 
     def __init__(self, message: str, *, status: int = 400) -> None:
