@@ -83,10 +83,10 @@ def test_iou_fast_path_equals_batched_iou_on_the_grid():
 
 
 def test_rejects_bad_sizes_and_ratios():
-    with pytest.raises(ValueError):
-        AnchorGenerator(sizes=(), ratios=(1.0,))
-    with pytest.raises(ValueError):
-        AnchorGenerator(sizes=(32,), ratios=(0.0,))
+    """The generator's own message, not ``min(())``'s "empty sequence" ValueError."""
+    for sizes, ratios in (((), (1.0,)), ((32,), ()), ((32,), (0.0,)), ((-8, 32), (1.0,))):
+        with pytest.raises(ValueError, match="anchor sizes and ratios must be positive"):
+            AnchorGenerator(sizes=sizes, ratios=ratios)
 
 
 @pytest.mark.gpu
