@@ -75,6 +75,7 @@ def _register(name: str) -> None:
         spec.loader.exec_module(module)
 
 
+_register("hostile_files")
 _register("load_file")
 _register("run_tool")
 _register("tiny_checkpoint")
