@@ -20,6 +20,8 @@ LAYERS: dict[str, int] = {
     "fileio": 0, "errors": 0,
     # 1: tensor primitives, file formats and run settings; data and drawing
     "ops": 1, "checkpoint": 1, "runtime": 1, "data": 1, "visualize": 1,
+    # ... and how a file someone else wrote is read and its names shown (studies, inspection)
+    "untrusted": 1,
     # 2: the model and its evaluation
     "modeling": 2, "evaluation": 2,
     # 3: using a trained model, looking into one or into run folders (studies), benchmarking one

@@ -9,7 +9,8 @@ AP50 against the class's frequency in the train split, and a gallery of the wors
 that differ only by seed are grouped (mean +- std); for two groups the differences come with a
 95 % t-interval. Writes analysis.md, errors.png, calibration.png, confusion.png,
 class_ap_vs_frequency.png and worst/ into --out (default: <the one folder given>/analysis, or
-outputs/analysis/<date_time>) and prints analysis.md.
+outputs/analysis/<date_time>) and prints analysis.md. Runs with malformed files are skipped with
+the reason; gallery images are read only under the run's dataset root.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from detector.study import StudyError  # noqa: E402
+from detector.errors import UserError  # noqa: E402
 from detector.study.analysis import AnalysisOptions, analyze  # noqa: E402
 from detector.study.runs import report_dir  # noqa: E402
+from detector.untrusted import shown  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,15 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.min_score <= 1 or args.worst < 0:
         print("error: --min-score must be in [0, 1] and --worst >= 0", file=sys.stderr)
         return 2
-    out = args.out or report_dir(args.runs, "analysis")
     try:
-        report = analyze(args.runs, out, AnalysisOptions(min_score=args.min_score,
-                                                         worst=args.worst))
-    except StudyError as error:
-        print(f"error: {error}", file=sys.stderr)
+        report = analyze(args.runs, args.out or report_dir(args.runs, "analysis"),
+                         AnalysisOptions(min_score=args.min_score, worst=args.worst))
+    except UserError as error:
+        print(f"error: {shown(str(error), limit=None)}", file=sys.stderr)
         return 2
     print(report.text)
-    print("report:", report.out_dir, "(" + ", ".join(p.name for p in report.files) + ")")
+    print("report:", shown(report.out_dir, limit=None),
+          "(" + ", ".join(p.name for p in report.files) + ")")
     return 0
 
 

@@ -38,6 +38,7 @@ from detector.modeling.spec import (  # noqa: E402
     read_checkpoint,
 )
 from detector.runtime import resolve_device  # noqa: E402
+from detector.untrusted import path_component, shown  # noqa: E402
 
 log = logging.getLogger("inspect")
 
@@ -67,6 +68,10 @@ def load(path: Path) -> dict:
     state = read_checkpoint(path)  # refused unless the project's constructors and plain data
     if "model" not in state:
         raise CheckpointError(f"{path} holds no 'model' (not a train_net.py checkpoint)")
+    model = state["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                              for k, v in model.items()):
+        raise CheckpointError(f"{path}: its 'model' is not a state dict (names -> tensors)")
     return state
 
 
@@ -83,12 +88,30 @@ def inspect_checkpoint(path: Path, state: dict, label: str, cfg: DictConfig, dev
 
 
 def labels_of(paths: list[Path], states: list[dict]) -> list[str]:
-    """Each run's config ``name`` (e.g. focal_end_to_end), prefixed A-/B- when they coincide."""
-    names = [str(state["config"].get("name") or path.stem) for path, state in zip(
+    """Each run's config ``name`` (e.g. focal_end_to_end), prefixed A-/B- when they coincide;
+    escaped and cut to 64 characters (a name from a file reaches the terminal and the report)."""
+    names = [shown(state["config"].get("name") or path.stem, limit=64) for path, state in zip(
         paths, states, strict=True)]
     if len(set(names)) < len(names):
         names = [f"{tag}-{name}" for tag, name in zip("AB", names, strict=False)]
     return names
+
+
+def report_folder(output_dir: str | None, paths: list[Path], labels: list[str]) -> Path:
+    """``output_dir`` if given, else ``<stem>_inspect[_vs_<label B>]`` beside checkpoint A: the
+    label (from checkpoint B) only as one harmless path component, never a path (``/../..``).
+
+    Raises:
+        ConfigError: the default folder is a symbolic link or a file (a copied run folder's).
+    """
+    if output_dir:
+        return Path(output_dir)
+    suffix = f"_vs_{path_component(labels[1], fallback='B')}" if len(labels) > 1 else ""
+    out = paths[0].parent / f"{paths[0].stem}_inspect{suffix}"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"{shown(out)} is a symbolic link or a file, not a report folder; "
+                          f"pass output_dir=DIR")
+    return out
 
 
 def run(cfg: DictConfig) -> Path:
@@ -100,15 +123,14 @@ def run(cfg: DictConfig) -> Path:
     device = resolve_device(cfg.device)
     runs = []
     for path, state, label in zip(paths, states, labels, strict=True):
-        log.info("inspecting %s (%s) on %s", path, label, device)
+        log.info("inspecting %s (%s) on %s", shown(path, limit=None), label, device)
         runs.append(inspect_checkpoint(path, state, label, cfg, device, thresholds))
-    suffix = f"_vs_{labels[1]}" if len(labels) > 1 else ""
-    out_dir = Path(cfg.output_dir or paths[0].parent / f"{paths[0].stem}_inspect{suffix}")
+    out_dir = report_folder(cfg.output_dir, paths, labels)
     report = write_report(runs, out_dir, thresholds=thresholds)
     print(summary_table(runs))
     if len(runs) > 1:
         print(legend(runs))
-    log.info("report and figures: %s (%s)", out_dir, report.name)
+    log.info("report and figures: %s (%s)", shown(out_dir, limit=None), report.name)
     return report
 
 

@@ -1,6 +1,7 @@
 """The inspection report's figures (matplotlib, Agg): weight histograms as one grid per block,
 the BN gamma distribution per layer, and activation statistics per layer. With several runs
-(checkpoints) the figures put them side by side: one column (or bar) per run."""
+(checkpoints) the figures put them side by side: one column (or bar) per run. Text is drawn as
+written (no mathtext: a layer called ``$\\frac`` is just that)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from matplotlib.ticker import NullLocator
 from torch import Tensor
 
 from detector.inspection.activations import ActivationStats
+from detector.untrusted import plain_text
 
 __all__ = ["plot_activations", "plot_block_histograms", "plot_gamma_distribution"]
 
@@ -26,6 +28,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+@plain_text
 def plot_block_histograms(rows: list[tuple[str, dict[str, Tensor]]], path: Path, *,
                           title: str, gamma_threshold: float) -> Path:
     """One block's grid: a row per layer (conv/linear weights, BN gammas), a column per run.
@@ -42,15 +45,15 @@ def plot_block_histograms(rows: list[tuple[str, dict[str, Tensor]]], path: Path,
                         top=1 - 0.6 / height, hspace=0.75, wspace=0.35)
     fig.suptitle(title)
     for r, (label, by_run) in enumerate(rows):
-        values = {run: w.flatten().numpy() for run, w in by_run.items()}
-        low = min(v.min() for v in values.values())
-        high = max(v.max() for v in values.values())
+        values = {run: _finite(w) for run, w in by_run.items()}
+        low = min((v.min() for v in values.values() if v.size), default=0.0)
+        high = max((v.max() for v in values.values() if v.size), default=0.0)
         if high - low < 1e-6 * max(1.0, abs(high)):  # one value (e.g. gammas at init: all 1)
             low, high = low - 0.05 * max(1.0, abs(low)), high + 0.05 * max(1.0, abs(high))
         bins = np.linspace(low, high, _BINS + 1)  # shared by the runs of a row
         for c, run in enumerate(runs):
             ax = fig.add_subplot(len(rows), len(runs), r * len(runs) + c + 1)
-            if run in values:
+            if run in values and values[run].size:
                 ax.hist(values[run], bins=bins, color=f"C{c}", label=run)
                 ax.set_yscale("log")
                 ax.yaxis.set_minor_locator(NullLocator())
@@ -61,6 +64,12 @@ def plot_block_histograms(rows: list[tuple[str, dict[str, Tensor]]], path: Path,
             ax.set_xlabel("weight value" if "gamma" not in label else "gamma")
             ax.set_ylabel("count (log)")
     return _save(fig, path)
+
+
+def _finite(weights: Tensor) -> np.ndarray:
+    """The finite values of a weight tensor, flattened (NaN/inf have no place on an axis)."""
+    values = weights.flatten().numpy()
+    return values[np.isfinite(values)]
 
 
 def _threshold_lines(ax, threshold: float, low: float, high: float) -> None:
@@ -75,6 +84,7 @@ def _threshold_lines(ax, threshold: float, low: float, high: float) -> None:
                 transform=ax.transAxes, fontsize=7, va="top", color="0.3")
 
 
+@plain_text
 def plot_gamma_distribution(gammas: dict[str, dict[str, Tensor]], path: Path, *,
                             threshold: float) -> Path:
     """|gamma| of every BN layer as box plots (log y), the runs side by side per layer.
@@ -89,7 +99,7 @@ def plot_gamma_distribution(gammas: dict[str, dict[str, Tensor]], path: Path, *,
     ax = fig.add_subplot()
     width = 0.8 / len(runs)
     for i, run in enumerate(runs):
-        data = [np.clip(gammas[run][layer].abs().numpy(), 1e-8, None) for layer in layers
+        data = [np.clip(np.abs(_finite(gammas[run][layer])), 1e-8, None) for layer in layers
                 if layer in gammas[run]]
         positions = [j + (i - (len(runs) - 1) / 2) * width for j, layer in enumerate(layers)
                      if layer in gammas[run]]
@@ -109,6 +119,7 @@ def plot_gamma_distribution(gammas: dict[str, dict[str, Tensor]], path: Path, *,
     return _save(fig, path)
 
 
+@plain_text
 def plot_activations(activations: dict[str, list[ActivationStats]], path: Path) -> Path:
     """Per ReLU layer: fraction of zeros, mean activation and fraction of dead channels, one bar
     per run side by side.

@@ -1,5 +1,9 @@
 """One inspection per checkpoint (weights, BN gammas, activations) and the report that puts one
-or two of them side by side: ``report.md`` plus PNGs in one folder."""
+or two of them side by side: ``report.md`` plus PNGs in one folder.
+
+Names from the checkpoint (layer names, the run's label) are escaped in tables and figures,
+reach file names only as one harmless component, and a symbolic link already in the report
+folder is replaced, never written through (``detector.untrusted``)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ from detector.inspection.weights import (
     layer_weights,
     prunable_channels,
     weight_stats,
+)
+from detector.untrusted import (
+    path_component,
+    shown,
+    shown_text,
+    writable_dir,
+    writable_file,
 )
 
 __all__ = ["Inspection", "Thresholds", "inspect_state", "legend", "summary_table", "write_report"]
@@ -87,12 +98,16 @@ def _letter(run: Inspection) -> str:
 
 def legend(runs: list[Inspection]) -> str:
     """``A = ce_end_to_end (path), B = ...``: what the letters in the table headers stand for."""
-    return "; ".join(f"{run.tag} = {run.label} ({run.source})" for run in runs if run.tag)
+    return shown_text("; ".join(f"{run.tag} = {run.label} ({run.source})" for run in runs
+                                if run.tag))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    """A markdown table; cells escaped (``shown``: control characters, 200 characters)."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(shown(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + " --- |" * len(header), *map(line, rows)])
 
 
 def _block_rows(run: Inspection) -> dict[str, list[str]]:
@@ -208,11 +223,12 @@ def _block_figures(runs: list[Inspection], out_dir: Path, gamma_threshold: float
         rows = []
         for name in (n for n in names if blocks[n] == block):
             kind = next(run.weights[name][0] for run in runs if name in run.weights)
-            label = layer_label(name) + (" (gamma)" if kind == "bn" else "")
+            label = shown(layer_label(name), limit=80) + (" (gamma)" if kind == "bn" else "")
             rows.append((label, {run.label: run.weights[name][1] for run in runs
                                  if name in run.weights}))
-        paths.append(plot_block_histograms(rows, out_dir / f"weights_{block}.png",
-                                           title=f"{block}: weight histograms",
+        figure = out_dir / f"weights_{path_component(block, fallback='block')}.png"
+        paths.append(plot_block_histograms(rows, writable_file(figure),
+                                           title=f"{shown(block, limit=80)}: weight histograms",
                                            gamma_threshold=gamma_threshold))
     return paths
 
@@ -224,12 +240,12 @@ def write_report(runs: list[Inspection], out_dir: str | Path, *,
     Args:
         runs (list[Inspection]): one or more (typically two: e.g. CE vs focal), side by side.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_dir(Path(out_dir))
     _tag_runs(runs)
     figures = _block_figures(runs, out_dir, thresholds.gamma)
-    gammas = {run.label: {layer_label(n): w for n, (kind, w) in run.weights.items()
-                          if kind == "bn"} for run in runs}
+    gammas = {run.label: {shown(layer_label(n), limit=80): w
+                          for n, (kind, w) in run.weights.items() if kind == "bn"}
+              for run in runs}
     parts = ["# Model inspection", ""]
     parts += [f"- {f'**{run.tag}** = ' if run.tag else ''}**{run.label}**: `{run.source}`"
               for run in runs]
@@ -240,19 +256,20 @@ def write_report(runs: list[Inspection], out_dir: str | Path, *,
     parts += ["## Summary per block", "", summary_table(runs), ""]
     parts += ["## Layers", "", _layer_table(runs), ""]
     if any(gammas.values()):
-        plot_gamma_distribution(gammas, out_dir / "bn_gamma.png", threshold=thresholds.gamma)
+        plot_gamma_distribution(gammas, writable_file(out_dir / "bn_gamma.png"),
+                                threshold=thresholds.gamma)
         parts += ["## BN gammas", "", _gamma_table(runs, thresholds.gamma), "",
                   "![BN gamma distribution](bn_gamma.png)", ""]
     if any(run.activations for run in runs):
         images = ", ".join(f"{run.label}: {run.images}" for run in runs if run.activations)
         plot_activations({r.label: r.activations for r in runs if r.activations},
-                         out_dir / "activations.png")
+                         writable_file(out_dir / "activations.png"))
         parts += ["## Activations after ReLU", "",
                   f"Validation images ({images}); a dead channel is never positive over all "
                   "of them.", "", _activation_table(runs), "",
                   "![activation statistics](activations.png)", ""]
     parts += ["## Weight histograms per block", ""]
     parts += [f"![{p.stem}]({p.name})" for p in figures]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(parts) + "\n")
+    path = writable_file(out_dir / "report.md")
+    path.write_text(shown_text("\n".join(parts)) + "\n", encoding="utf-8")
     return path

@@ -56,10 +56,11 @@ def _kind(state: dict[str, Tensor], prefix: str) -> str | None:
 
 def layer_weights(state: dict[str, Tensor]) -> dict[str, tuple[str, Tensor]]:
     """``{module name: (kind, weight as float32 on the CPU)}`` of the conv, BN and linear layers
-    of ``state``, in state-dict order."""
+    of ``state``, in state-dict order (empty and complex weights left out)."""
     layers = {}
     for key, value in state.items():
-        if not key.endswith(".weight") or not torch.is_tensor(value):
+        if not (isinstance(key, str) and key.endswith(".weight") and torch.is_tensor(value)
+                and value.numel() and not value.is_complex()):
             continue
         prefix = key.removesuffix(".weight")
         kind = _kind(state, prefix)

@@ -10,15 +10,19 @@ A run is analysed from the detections its evaluation wrote: ``final_results.json
 the end of training) or ``checkpoints/<name>_<split>_results.json`` (``tools/eval.py``), COCO
 results with the original category ids, scored against the annotation file that the run's
 ``config.json`` names for that split (relative paths are taken from the current folder, as
-training took them). A run without them is listed with the reason, not analysed.
+training took them). A run without them, or whose files are malformed (see
+:mod:`detector.study.coco_checks`), is listed with the reason, not analysed. Every file read
+lies under the dataset root the run's config names (links resolved); gallery images outside it
+are left out and counted.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import stat
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ import numpy as np
 
 from detector.evaluation.coco_eval import evaluate_coco
 from detector.study.calibration import Reliability, d_ece, reliability
+from detector.study.coco_checks import check_coco, check_results, inside
 from detector.study.confusion import confusion_matrix
 from detector.study.errors import (
     TP,
@@ -42,6 +47,7 @@ from detector.study.errors import (
 from detector.study.outcome import FINAL_RESULTS, FINISHED
 from detector.study.runs import Run, StudyError, check_same_dataset, find_runs
 from detector.study.summary import Study, build_study
+from detector.untrusted import RunFileError, read_json, shown, writable_file
 
 __all__ = ["AnalysisOptions", "AnalysisReport", "RunAnalysis", "analyze", "analyze_run",
            "class_frequency", "find_detections", "split_files"]
@@ -93,6 +99,7 @@ class RunAnalysis:
     kinds: ErrorAnalysis | None = None
     coco: dict | None = None
     image_dir: Path | None = None
+    dataset_root: Path | None = None
 
     @property
     def analysed(self) -> bool:
@@ -104,9 +111,15 @@ def find_detections(run: Run) -> tuple[Path, str] | None:
     newest ``checkpoints/*_<split>_results.json`` that ``tools/eval.py`` wrote."""
     if (run.path / FINAL_RESULTS).is_file():
         return run.path / FINAL_RESULTS, "val"
-    found = sorted((run.path / "checkpoints").glob("*_results.json"),
-                   key=lambda p: (p.stem.startswith("final_"), p.stat().st_mtime))
-    for path in reversed(found):
+    found = []
+    for path in (run.path / "checkpoints").glob("*_results.json"):
+        try:
+            info = path.stat()
+        except (OSError, ValueError):
+            continue  # a dangling or looping link
+        if stat.S_ISREG(info.st_mode):
+            found.append((path.stem.startswith("final_"), info.st_mtime, path))
+    for _, _, path in sorted(found, reverse=True):
         match = re.search(r"_(train|val)_results$", path.stem)
         if match:
             return path, match.group(1)
@@ -116,15 +129,33 @@ def find_detections(run: Run) -> tuple[Path, str] | None:
 def split_files(config: Mapping[str, Any], split: str) -> tuple[Path, Path] | None:
     """(annotation JSON, image folder) of a split of a run's flattened config (COCO layout:
     ``root/annotations/instances_<split>.json`` and ``root/<split>/``, or the config's
-    ``ann_file``/``image_dir``); None for datasets without a COCO file (VOC XML)."""
+    ``ann_file``/``image_dir``); None for datasets without a COCO file (VOC XML).
+
+    Raises:
+        StudyError: a value that is not a string, or files that would lie outside the root.
+    """
+    found = _dataset_files(config, split)
+    return None if found is None else found[1:]
+
+
+def _dataset_files(config: Mapping[str, Any], split: str) -> tuple[Path, Path, Path] | None:
+    """(root, annotation JSON, image folder) of a split (see :func:`split_files`)."""
     key = f"dataset.{split}"
     if "Voc" in str(config.get(f"{key}._target_", "")) or f"{key}.root" not in config:
         return None
-    root = Path(str(config[f"{key}.root"]))
-    name = str(config.get(f"{key}.split", split))
-    ann = config.get(f"{key}.ann_file") or Path("annotations") / f"instances_{name}.json"
-    images = config.get(f"{key}.image_dir") or name
-    return root / ann, root / images
+    values = {k: config.get(f"{key}.{k}") for k in ("root", "split", "ann_file", "image_dir")}
+    if not all(v is None or isinstance(v, str) for v in values.values()) or not values["root"]:
+        raise StudyError(f"config.json: dataset.{split} root/split/ann_file/image_dir are not "
+                         f"strings")
+    root = Path(values["root"])
+    name = values["split"] or split
+    ann = root / (values["ann_file"] or Path("annotations") / f"instances_{name}.json")
+    images = root / (values["image_dir"] or name)
+    if not (inside(ann, root) and inside(images, root)):
+        raise StudyError(f"config.json: the {split} annotations or images "
+                         f"({shown(ann, limit=80)}, {shown(images, limit=80)}) are not under "
+                         f"the dataset root {shown(root, limit=80)}")
+    return root, ann, images
 
 
 def class_frequency(coco_dict: Mapping[str, Any]) -> dict[str, int]:
@@ -137,45 +168,52 @@ def class_frequency(coco_dict: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise StudyError(f"cannot read {path}: {error}") from None
+MAX_JSON_BYTES = 2 << 30  # detections and annotation files
 
 
-def _inputs(run: Run) -> tuple[list, dict, Path, dict | None]:
-    """(results, val annotations, image folder, train annotations or None); StudyError (the
-    note) when something is missing."""
+def _read_coco(path: Path) -> dict:
+    return check_coco(read_json(path, limit=MAX_JSON_BYTES), shown(path))
+
+
+def _inputs(run: Run) -> tuple[list, dict, tuple[Path, Path], dict | None]:
+    """(results, val annotations, (dataset root, image folder), train annotations or None);
+    StudyError or RunFileError (the note) when something is missing or malformed."""
     found = find_detections(run)
     if found is None:
         why = "" if run.status == FINISHED else f"{run.label}, "
         raise StudyError(f"{why}no detections ({FINAL_RESULTS}, or "
                          f"checkpoints/*_val_results.json from tools/eval.py)")
     results_path, split = found
-    files = split_files(run.config, split)
+    files = _dataset_files(run.config, split)
     if files is None:
         raise StudyError("the dataset has no COCO annotation file in config.json (VOC XML?)")
-    if not files[0].is_file():
-        raise StudyError(f"annotations {files[0]} not found (run from the folder training "
+    root, ann, images = files
+    if not ann.is_file():
+        raise StudyError(f"annotations {shown(ann)} not found (run from the folder training "
                          f"ran in)")
-    train = split_files(run.config, "train")
-    train_coco = _read_json(train[0]) if train and train[0].is_file() else None
-    return _read_json(results_path), _read_json(files[0]), files[1], train_coco
+    coco = _read_coco(ann)
+    results = check_results(read_json(results_path, limit=MAX_JSON_BYTES), shown(results_path))
+    known = {c["id"] for c in coco["categories"]}
+    if any(det["category_id"] not in known for det in results):
+        raise StudyError(f"{shown(results_path)}: detections of categories that "
+                         f"{shown(ann)} does not have")
+    train = _dataset_files(run.config, "train")
+    train_coco = _read_coco(train[1]) if train and train[1].is_file() else None
+    return results, coco, (root, images), train_coco
 
 
 def analyze_run(run: Run, options: AnalysisOptions = AnalysisOptions()) -> RunAnalysis:
     """Every measure of one run (see :class:`RunAnalysis`); never raises for a run that lacks
     its inputs: the returned ``note`` says what is missing."""
     try:
-        results, coco, image_dir, train_coco = _inputs(run)
-        return _measure(run, results, coco, image_dir, train_coco, options)
-    except (StudyError, ValueError, KeyError) as error:
-        return RunAnalysis(run=run, note=str(error).splitlines()[0])
+        results, coco, folders, train_coco = _inputs(run)
+        return _measure(run, results, coco, folders, train_coco, options)
+    except (StudyError, RunFileError, ValueError, KeyError) as error:
+        return RunAnalysis(run=run, note=shown(str(error).splitlines()[0], limit=300))
 
 
-def _measure(run: Run, results: list, coco: dict, image_dir: Path, train_coco: dict | None,
-             options: AnalysisOptions) -> RunAnalysis:
+def _measure(run: Run, results: list, coco: dict, folders: tuple[Path, Path],
+             train_coco: dict | None, options: AnalysisOptions) -> RunAnalysis:
     gt, det = ground_truth(coco), detections(results)
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     ids, names = [c["id"] for c in cats], [c["name"] for c in cats]
@@ -199,7 +237,7 @@ def _measure(run: Run, results: list, coco: dict, image_dir: Path, train_coco: d
         confusion=confusion_matrix(gt, det, category_ids=ids, min_score=options.min_score,
                                    iou=options.t_f),
         det=det, all_kinds=everything.kind, gt=gt, operating=operating, kinds=kinds, coco=coco,
-        image_dir=image_dir)
+        dataset_root=folders[0], image_dir=folders[1])
 
 
 @dataclass
@@ -212,24 +250,28 @@ class AnalysisReport:
     text: str
     study: Study
     analyses: dict[str, RunAnalysis]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def analyze(arguments: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             options: AnalysisOptions = AnalysisOptions()) -> AnalysisReport:
     """Analyse the runs under ``arguments`` (run folders, sweep folders or globs) into
     ``out_dir``: analysis.md, errors.png, calibration.png, confusion.png,
-    class_ap_vs_frequency.png and worst/. Raises StudyError (one sentence) for no runs or
-    mixed datasets."""
+    class_ap_vs_frequency.png and worst/. Runs with malformed files are left out
+    (``AnalysisReport.skipped``, one line of the text); gallery images that cannot be shown are
+    counted in it. Raises StudyError (one sentence) for no runs or mixed datasets."""
     from detector.study.analysis_plots import write_figures  # matplotlib, cv2: on use only
     from detector.study.analysis_text import analysis_text
+    from detector.study.report import prepare_out_dir
 
-    runs = find_runs(arguments)
+    skipped: list[tuple[str, str]] = []
+    runs = find_runs(arguments, skipped)
     check_same_dataset(runs)
     study = build_study(runs)
     analyses = {run.name: analyze_run(run, options) for run in runs}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = analysis_text(study, analyses, options)
-    (out / "analysis.md").write_text(text)
-    files = [out / "analysis.md", *write_figures(study, analyses, out, options)]
-    return AnalysisReport(out, files, text, study, analyses)
+    out = prepare_out_dir(out_dir)
+    left_out: Counter[str] = Counter()
+    figures = write_figures(study, analyses, out, options, left_out)
+    text = analysis_text(study, analyses, options, skipped=skipped, left_out=left_out)
+    writable_file(out / "analysis.md").write_text(text, encoding="utf-8")
+    return AnalysisReport(out, [out / "analysis.md", *figures], text, study, analyses, skipped)

@@ -8,6 +8,7 @@ Shorthand: G groups, K classes, B calibration bins.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from detector.study.analysis_text import group_values
 from detector.study.calibration import reliability
 from detector.study.errors import ERROR_TYPES, FP_TYPES, TP
 from detector.study.summary import Group, Study
+from detector.untrusted import plain_text, writable_file
 
 __all__ = ["plot_calibration", "plot_class_ap", "plot_confusion", "plot_errors", "write_figures"]
+
+_CELL_TEXT, _TICKS = 30, 100  # confusion matrices: counts written / classes named up to these
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -31,8 +35,7 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(writable_file(path), dpi=90)
     return path
 
 
@@ -44,6 +47,7 @@ def _no_data(fig: Figure, text: str) -> None:
     fig.text(0.5, 0.5, text, ha="center", va="center", color="0.4")
 
 
+@plain_text
 def plot_errors(study: Study, analyses: Mapping[str, RunAnalysis], path: Path) -> Path:
     """Two panels: error count per type and AP50 gained by fixing it, a bar per group
     (mean over its analysed runs, std as the error bar)."""
@@ -85,6 +89,7 @@ def _pooled(done: list[RunAnalysis]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return scores[keep], kinds[keep] == TP, kinds[keep]
 
 
+@plain_text
 def plot_calibration(study: Study, analyses: Mapping[str, RunAnalysis], path: Path,
                      options: AnalysisOptions) -> Path:
     """Left: precision against confidence per bin for each group (its runs' detections pooled),
@@ -123,10 +128,12 @@ def plot_calibration(study: Study, analyses: Mapping[str, RunAnalysis], path: Pa
     return _save(fig, path)
 
 
+@plain_text
 def plot_confusion(study: Study, analyses: Mapping[str, RunAnalysis], path: Path,
                    options: AnalysisOptions) -> Path:
-    """One matrix per group (summed over its runs): rows the true class, columns the
-    predicted one, each row as fractions of its boxes, counts written in the cells."""
+    """One matrix per group (summed over its runs with the class list of its first): rows the
+    true class, columns the predicted one, each row as fractions of its boxes, counts written
+    in the cells (up to ``_CELL_TEXT`` classes; class names up to ``_TICKS``)."""
     groups = [g for g in study.groups if _done(g, analyses)]
     ncols = max(1, min(3, len(groups)))
     nrows = max(1, math.ceil(len(groups) / ncols))
@@ -135,23 +142,26 @@ def plot_confusion(study: Study, analyses: Mapping[str, RunAnalysis], path: Path
         _no_data(fig, "no analysed run")
     for g, group in enumerate(groups):
         done = _done(group, analyses)
+        done = [a for a in done if a.class_names == done[0].class_names]
         matrix = np.sum([a.confusion for a in done], axis=0)
         names = [*done[0].class_names, "background"]
         totals = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
         ax = fig.add_subplot(nrows, ncols, g + 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), count in np.ndenumerate(matrix):
+        for (i, j), count in np.ndenumerate(matrix if len(names) <= _CELL_TEXT else []):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.6 else "black")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
+        if len(names) <= _TICKS:
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set(title=f"{group.label}\n(scores >= {options.min_score:g})",
                xlabel="predicted", ylabel="true")
         ax.title.set_fontsize(9)
     return _save(fig, path)
 
 
+@plain_text
 def plot_class_ap(study: Study, analyses: Mapping[str, RunAnalysis], path: Path) -> Path:
     """AP50 of each class against its instances in the train split (log x when they span a
     decade), a marker per group and class (mean over runs, std bar), named by class."""
@@ -186,12 +196,13 @@ def plot_class_ap(study: Study, analyses: Mapping[str, RunAnalysis], path: Path)
 
 
 def write_figures(study: Study, analyses: Mapping[str, RunAnalysis], out: Path,
-                  options: AnalysisOptions) -> list[Path]:
-    """Every figure of the report, and the worst-image gallery under ``out/worst``."""
+                  options: AnalysisOptions, left_out: Counter | None = None) -> list[Path]:
+    """Every figure of the report, and the worst-image gallery under ``out/worst``
+    (``left_out`` counts its images not drawn, by reason)."""
     from detector.study.gallery import write_gallery
 
     return [plot_errors(study, analyses, out / "errors.png"),
             plot_calibration(study, analyses, out / "calibration.png", options),
             plot_confusion(study, analyses, out / "confusion.png", options),
             plot_class_ap(study, analyses, out / "class_ap_vs_frequency.png"),
-            write_gallery(analyses, out / "worst", count=options.worst)]
+            write_gallery(analyses, out / "worst", count=options.worst, left_out=left_out)]

@@ -3,14 +3,17 @@ D-ECE), the difference of two groups with a 95 % interval, and the per-class tab
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from detector.study.analysis import AnalysisOptions, RunAnalysis
 from detector.study.errors import ERROR_TYPES
 from detector.study.report import markdown_table
+from detector.study.runs import skipped_line
 from detector.study.stats import difference, mean_std
-from detector.study.summary import SEED_KEY, Group, Study, value_of
+from detector.study.summary import Group, Study, seed_of, value_of
+from detector.untrusted import shown_text
 
 __all__ = ["analysis_text", "group_values"]
 
@@ -32,7 +35,7 @@ def group_values(group: Group, analyses: Mapping[str, RunAnalysis],
                  measure: Measure) -> dict[Any, float]:
     """seed -> value over the group's analysed runs (keyed by position when a seed is unknown
     or repeated, so that nothing pairs)."""
-    pairs = [(r.config.get(SEED_KEY), measure(analyses[r.name])) for r in group.runs
+    pairs = [(seed_of(r), measure(analyses[r.name])) for r in group.runs
              if analyses[r.name].analysed]
     pairs = [(s, v) for s, v in pairs if v is not None]
     seeds = [s for s, _ in pairs]
@@ -107,11 +110,22 @@ def _class_rows(study: Study, analyses: Mapping[str, RunAnalysis]) -> list[list[
     return rows
 
 
-def analysis_text(study: Study, analyses: Mapping[str, RunAnalysis],
-                  options: AnalysisOptions) -> str:
-    """The report's markdown (see the module docstring)."""
+def _left_out_line(left_out: Counter) -> list[str]:
+    if not left_out:
+        return []
+    reasons = ", ".join(f"{n} {why}" for why, n in left_out.most_common())
+    return [f"Gallery (worst/): left out {sum(left_out.values())} images ({reasons}).", ""]
+
+
+def analysis_text(study: Study, analyses: Mapping[str, RunAnalysis], options: AnalysisOptions,
+                  *, skipped: Sequence[tuple[str, str]] = (),
+                  left_out: Counter | None = None) -> str:
+    """The report's markdown (see the module docstring); ``skipped``: runs left out (malformed
+    files) with their reasons; ``left_out``: gallery images not drawn, by reason."""
     done = sum(a.analysed for a in analyses.values())
     parts = [f"# Error analysis of {len(study.runs)} runs ({done} analysed)", "",
+             *([skipped_line(skipped), ""] if skipped else []),
+             *_left_out_line(left_out or Counter()),
              f"Error types as in TIDE (foreground IoU {options.t_f:g}, background IoU "
              f"{options.t_b:g}): n counts the errors of detections scored >= "
              f"{options.min_score:g} (misses: boxes none of them found); dAP50 is the AP50 "
@@ -130,4 +144,4 @@ def analysis_text(study: Study, analyses: Mapping[str, RunAnalysis],
     if done:
         parts += ["", "## Per class (train instances: in the train split)", "",
                   markdown_table(_class_rows(study, analyses))]
-    return "\n".join(parts) + "\n"
+    return shown_text("\n".join(parts)) + "\n"

@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from detector.untrusted import plain_text, shown
+
 LOSS_KEYS: tuple[str, ...] = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box")
 EVAL_KEYS: tuple[str, ...] = ("AP", "AP50")
 DEFAULT_KEYS: tuple[str, ...] = (*LOSS_KEYS, "lr", "grad_norm", *EVAL_KEYS)
@@ -30,10 +32,11 @@ Series = dict[str, tuple[list[float], list[float]]]  # group label -> (iters, va
 
 
 def parse_record(line: str) -> dict | None:
-    """One ``metrics.jsonl`` line as a dict, or None (blank, half-written or not an object)."""
+    """One ``metrics.jsonl`` line as a dict, or None (blank, half-written, not an object, a
+    number of more than 4,300 digits or nesting deeper than the stack)."""
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return None
     return record if isinstance(record, dict) else None
 
@@ -41,19 +44,29 @@ def parse_record(line: str) -> dict | None:
 # --- curves ----------------------------------------------------------------------------------
 
 
-def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a ``metrics.jsonl``; unparsable lines (a half-written tail) are
-    skipped with a warning."""
-    records = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+def metrics_records(text: str, *, source: str) -> list[dict]:
+    """The JSON objects of a ``metrics.jsonl``'s text; lines that are not (a half-written tail)
+    are skipped with one warning naming ``source``, the first such line and how many more."""
+    records, bad = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         record = parse_record(line)
         if record is None:
-            warnings.warn(f"{path}:{n}: not a JSON object, skipped", stacklevel=2)
+            bad.append(n)
             continue
         records.append(record)
+    if bad:
+        more = f" (and {len(bad) - 1} more lines)" if len(bad) > 1 else ""
+        warnings.warn(f"{source}:{bad[0]}: not a JSON object, skipped{more}", stacklevel=3)
     return records
+
+
+def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a ``metrics.jsonl``; unparsable lines (a half-written tail) are
+    skipped with a warning."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    return metrics_records(text, source=shown(path))
 
 
 def metric_series(records: Iterable[Mapping[str, Any]], key: str, *, positive: bool = False) -> Series:
@@ -106,6 +119,7 @@ def _panels(records: list[dict], keys: Sequence[str]) -> list[tuple[str, dict[st
     return panels
 
 
+@plain_text
 def plot_metrics(
     metrics_jsonl_path: str | os.PathLike,
     out_png: str | os.PathLike,

@@ -1,10 +1,12 @@
 """The worst images of a run: those with the most errors at the operating point (false
 positives of every type plus missed boxes), drawn with ``detector.visualize`` - each detection
-coloured by its verdict, missed boxes dashed - beside a legend of the colours."""
+coloured by its verdict, missed boxes dashed - beside a legend of the colours. Only image files
+under the run's dataset root (links resolved) are read; others are left out and counted."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,8 +17,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from detector.data.image_io import read_image_rgb
+from detector.errors import UserError
 from detector.study.analysis import RunAnalysis
+from detector.study.coco_checks import inside
 from detector.study.errors import FP_TYPES
+from detector.untrusted import plain_text, shown, writable_dir, writable_file
 from detector.visualize import draw_detections
 
 __all__ = ["VERDICT_COLORS", "worst_images", "write_gallery"]
@@ -29,6 +34,7 @@ VERDICT_COLORS: dict[str, tuple[int, int, int]] = {
 }
 _NAMES = ("true positive", *FP_TYPES)  # by verdict code 0..5
 _MIN_SIDE = 384  # small images are enlarged (nearest) so captions stay readable
+_MAX_SIDE = 4096  # ... but never beyond this
 
 
 def worst_images(analysis: RunAnalysis, count: int) -> list[tuple[int, int]]:
@@ -44,18 +50,26 @@ def worst_images(analysis: RunAnalysis, count: int) -> list[tuple[int, int]]:
 
 def _draw(analysis: RunAnalysis, image_id: int, image: np.ndarray) -> np.ndarray:
     det, gt, kinds = analysis.operating, analysis.gt, analysis.kinds
-    scale = max(1, int(np.ceil(_MIN_SIDE / min(image.shape[:2]))))
+    scale = max(1, min(int(np.ceil(_MIN_SIDE / min(image.shape[:2]))),
+                       _MAX_SIDE // max(image.shape[:2])))
     big = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     rows = np.flatnonzero((det.image_ids == image_id) & (kinds.kind >= 0)
                           & (kinds.kind <= len(FP_TYPES)))
     labels = np.searchsorted(analysis.category_ids, det.labels[rows]) + 1  # 1..K
     missed = gt.boxes[(gt.image_ids == image_id) & kinds.missed]
-    return draw_detections(big, det.boxes[rows] * scale, labels, det.scores[rows],
-                           class_names=analysis.class_names, gt_boxes=missed * scale,
+    height, width = big.shape[:2]
+    limits = np.asarray([width, height, width, height], dtype=np.float64)
+
+    def on_image(boxes: np.ndarray) -> np.ndarray:  # a box of 1e308 px stops cv2's drawing
+        return np.clip(boxes, 0, limits / scale) * scale
+
+    return draw_detections(big, on_image(det.boxes[rows]), labels, det.scores[rows],
+                           class_names=analysis.class_names, gt_boxes=on_image(missed),
                            colors=[VERDICT_COLORS[_NAMES[k]] for k in kinds.kind[rows]],
                            gt_color=VERDICT_COLORS["miss"], thickness=2)
 
 
+@plain_text
 def _save_panel(drawn: np.ndarray, title: str, path: Path) -> Path:
     height, width = drawn.shape[:2]
     fig = Figure(figsize=(width / 90 + 2.2, height / 90 + 0.5), layout="constrained")
@@ -70,25 +84,47 @@ def _save_panel(drawn: np.ndarray, title: str, path: Path) -> Path:
                for name, c in VERDICT_COLORS.items()]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="verdict",
                title_fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    writable_dir(path.parent)
+    fig.savefig(writable_file(path), dpi=90)
     return path
 
 
-def write_gallery(analyses: Mapping[str, RunAnalysis], out: Path, *, count: int = 6) -> Path:
+def _image(analysis: RunAnalysis, file_name: str | None, left_out: Counter) -> np.ndarray | None:
+    """The image's pixels, or None with the reason counted in ``left_out``."""
+    if file_name is None:
+        left_out["not in the annotation file"] += 1
+        return None
+    path = analysis.image_dir / file_name
+    if not inside(path, analysis.dataset_root):
+        left_out["outside the dataset root"] += 1
+        return None
+    if not path.is_file():
+        left_out["not found"] += 1
+        return None
+    try:
+        return read_image_rgb(path)
+    except (UserError, OSError, ValueError):
+        left_out["unreadable"] += 1
+        return None
+
+
+def write_gallery(analyses: Mapping[str, RunAnalysis], out: Path, *, count: int = 6,
+                  left_out: Counter | None = None) -> Path:
     """``out/<run>/<rank>_image<id>.png`` for each analysed run's worst images (those whose
-    file is found); returns ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    file is found under the dataset root); returns ``out``. ``left_out`` counts the images not
+    drawn, by reason."""
+    left_out = Counter() if left_out is None else left_out
+    writable_dir(out)
     for name, analysis in analyses.items():
         if not analysis.analysed:
             continue
         files = {img["id"]: img["file_name"] for img in analysis.coco["images"]}
-        folder = out / (re.sub(r"[^A-Za-z0-9._=,-]+", "_", name).strip("_") or "run")
+        folder = out / (re.sub(r"[^A-Za-z0-9._=,-]+", "_", name).strip("._") or "run")
         for rank, (image_id, errors) in enumerate(worst_images(analysis, count), 1):
-            path = analysis.image_dir / files.get(image_id, "")
-            if not path.is_file():
+            image = _image(analysis, files.get(image_id), left_out)
+            if image is None:
                 continue
-            drawn = _draw(analysis, image_id, read_image_rgb(path))
-            title = f"{name}: image {image_id} ({files[image_id]}), {errors} errors"
-            _save_panel(drawn, title, folder / f"{rank:02d}_image{image_id}.png")
+            drawn = _draw(analysis, image_id, image)
+            title = f"{name}: image {image_id} ({shown(files[image_id], limit=80)}), {errors} errors"
+            _save_panel(drawn, shown(title, limit=200), folder / f"{rank:02d}_image{image_id}.png")
     return out

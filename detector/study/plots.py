@@ -20,9 +20,11 @@ from matplotlib.figure import Figure
 from detector.study.outcome import DIVERGED, FINISHED
 from detector.study.runs import Run
 from detector.study.summary import SEED_KEY, Group, Study, value_of
+from detector.untrusted import finite_number, plain_text, shown
 
 __all__ = ["CURVE_KEYS", "numeric_key", "plot_curves", "plot_pr_curves", "plot_sweep"]
 
+MAX_PR_PANELS = 120  # classes drawn in pr_curves.png (the first ones)
 CURVE_KEYS = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "grad_norm",
               "AP", "AP50")
 
@@ -62,8 +64,8 @@ def _grid(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
     values = np.full((len(runs), len(iters)), np.nan)
     for n, run in enumerate(runs):
         for r in run.records:
-            value = r.get(key)
-            if marker in r and r.get("iter") in index and isinstance(value, int | float):
+            value = finite_number(r.get(key))  # NaN, inf: a gap
+            if marker in r and r.get("iter") in index and value is not None:
                 values[n, index[r["iter"]]] = value
     return np.asarray(iters, dtype=float), values
 
@@ -75,10 +77,10 @@ def _phase_starts(runs: Sequence[Run]) -> dict[float, str]:
     for run in runs:
         previous = None
         for r in run.records:
-            if "loss" in r and r.get("phase") != previous:
+            if "loss" in r and "iter" in r and r.get("phase") != previous:
                 if previous is not None:
                     start = r["iter"] - r["phase_iter"] if "phase_iter" in r else r["iter"]
-                    starts.setdefault(float(start), str(r["phase"]))
+                    starts.setdefault(float(start), shown(r["phase"], limit=40))
                 previous = r.get("phase")
     return starts
 
@@ -95,6 +97,7 @@ def _draw_group(ax, iters: np.ndarray, values: np.ndarray, color: str, label: st
         ax.fill_between(iters, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
 
+@plain_text
 def plot_curves(study: Study, out_png: str | os.PathLike) -> Path:
     """Every loss term, the gradient norm and AP/AP50 against iteration, one line per group."""
     keys = [k for k in CURVE_KEYS if any(k in r for run in study.runs for r in run.records)]
@@ -128,12 +131,13 @@ def plot_curves(study: Study, out_png: str | os.PathLike) -> Path:
 
 
 def _as_float(value) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    """A number, or a string that spells a finite one; else None."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    return finite_number(value)
 
 
 def numeric_key(study: Study) -> str | None:
@@ -145,6 +149,7 @@ def numeric_key(study: Study) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+@plain_text
 def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str = "AP50") -> Path:
     """Final ``metric`` against ``key`` (log x when all values are positive); one line per
     combination of the other keys, mean over seeds with the runs as dots; diverged runs as red
@@ -155,7 +160,7 @@ def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str =
     others = [k for k in study.keys if k not in (key, SEED_KEY)]
     series: dict[str, list[Run]] = {}
     for run in study.runs:
-        label = ", ".join(f"{k}={value_of(run, k)}" for k in others) or metric
+        label = shown(", ".join(f"{k}={value_of(run, k)}" for k in others), limit=100) or metric
         series.setdefault(label, []).append(run)
     for s, (label, runs) in enumerate(series.items()):
         color = f"C{s % 10}"
@@ -203,12 +208,14 @@ def has_pr_data(study: Study) -> bool:
     return any((r.final or {}).get("pr_iou50") for g in study.groups for r in g.finished())
 
 
+@plain_text
 def plot_pr_curves(study: Study, out_png: str | os.PathLike) -> Path:
     """Precision against recall at IoU 0.5 (COCOeval's interpolated curve), a panel per class,
-    one line per group (mean over its runs, +-std band)."""
-    fig, ncols = _figure(max(1, len(study.classes)), 4, (3.6, 3.2), legend_in=2.4)
-    for i, name in enumerate(study.classes):
-        ax = fig.add_subplot(math.ceil(len(study.classes) / ncols), ncols, i + 1)
+    one line per group (mean over its runs, +-std band); the first ``MAX_PR_PANELS`` classes."""
+    classes = study.classes[:MAX_PR_PANELS]
+    fig, ncols = _figure(max(1, len(classes)), 4, (3.6, 3.2), legend_in=2.4)
+    for i, name in enumerate(classes):
+        ax = fig.add_subplot(math.ceil(len(classes) / ncols), ncols, i + 1)
         for g, group in enumerate(study.groups):
             found = _pr(group, name)
             if found is None:

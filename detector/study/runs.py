@@ -9,7 +9,6 @@ resolved config), ``.hydra/overrides.yaml``, ``metrics.jsonl`` and, once the run
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -17,17 +16,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from detector.errors import UserError
-from detector.study.curves import read_metrics_jsonl
+from detector.study.curves import metrics_records
 from detector.study.outcome import DIVERGED, FINISHED, INCOMPLETE
+from detector.study.run_checks import (
+    check_config,
+    check_final,
+    check_overrides,
+    check_records,
+    flatten,
+)
+from detector.untrusted import (
+    RunFileError,
+    finite_number,
+    read_bytes,
+    read_json,
+    read_plain_yaml,
+    shown,
+)
 
-__all__ = ["Run", "StudyError", "check_same_dataset", "find_runs", "flatten", "load_run",
-           "report_dir"]
+__all__ = ["Run", "RunFileError", "StudyError", "check_same_dataset", "find_runs", "flatten",
+           "load_run", "report_dir", "skipped_line"]
 
 RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json", ".hydra")
-IGNORED_OVERRIDES = ("output_dir", "resume", "hydra")  # never what a comparison is about
+MAX_DEPTH = 32  # folders below an argument searched for runs
+MAX_METRICS_BYTES = 512 << 20
+MAX_OVERRIDES_BYTES = 256 << 10  # YAML is parsed in Python: ~6 s per MiB of short items
 
 
 class StudyError(UserError, ValueError):
@@ -62,21 +76,20 @@ class Run:
 
     @property
     def iterations(self) -> int | None:
-        if self.final is not None and "iterations" in self.final:
+        if self.final is not None and isinstance(self.final.get("iterations"), int):
             return int(self.final["iterations"])
-        iters = [r["iter"] for r in self.records if "loss" in r and "iter" in r]
+        iters = [int(r["iter"]) for r in self.records if "loss" in r and "iter" in r]
         return max(iters) if iters else None
 
     @property
     def wall_time_s(self) -> float | None:
-        return None if self.final is None else self.final.get("wall_time_s")
+        return None if self.final is None else finite_number(self.final.get("wall_time_s"))
 
     def metric(self, key: str) -> float | None:
         """A final metric (``AP``, ``AP50``, ...) or None (not finished, or undefined)."""
         if self.status != FINISHED:
             return None
-        value = self.final.get(key)
-        return float(value) if isinstance(value, int | float) else None
+        return finite_number(self.final.get(key))
 
     def class_ap(self) -> dict[str, float | None]:
         return dict((self.final or {}).get("per_class") or {})
@@ -86,64 +99,80 @@ class Run:
         """A short description of the outcome for tables: e.g. ``diverged at it 12 (lr 3e-02)``."""
         if self.status == DIVERGED:
             exploded = str(self.final.get("reason", "")).startswith("loss")
+            lr = finite_number(self.final.get("lr"))
             return (f"diverged at it {self.final.get('iteration')} (lr "
-                    f"{self.final.get('lr', 0):.1e})" + (", loss exploded" if exploded else ""))
+                    f"{'?' if lr is None else f'{lr:.1e}'})" + (", loss exploded" if exploded else ""))
         if self.status == INCOMPLETE:
             it = self.iterations
             return "no final metrics" + ("" if it is None else f" (last logged it {it})")
         return self.status
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested dict as ``{"a.b.c": leaf}``; lists are leaves (written as JSON for comparing)."""
-    if not isinstance(tree, dict):
-        return {prefix: json.dumps(tree) if isinstance(tree, list) else tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _read_overrides(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    found: dict[str, str] = {}
-    for item in yaml.safe_load(path.read_text()) or []:
-        key, _, value = str(item).lstrip("+~").partition("=")
-        if key.split(".")[0] not in IGNORED_OVERRIDES and not key.startswith("hydra/"):
-            found[key] = value
-    return found
+    return check_overrides(read_plain_yaml(path, limit=MAX_OVERRIDES_BYTES), str(path))
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        return None  # a half-written file: as if absent
+def _read_records(path: Path) -> list[dict]:
+    data = read_bytes(path, limit=MAX_METRICS_BYTES)
+    if data is None:
+        return []
+    text = data.decode("utf-8", errors="replace")  # a bad line is skipped like a half-written one
+    return check_records(metrics_records(text, source=shown(path)), str(path))
 
 
 def load_run(path: str | os.PathLike, name: str | None = None) -> Run:
-    """Read one run folder; missing files leave their fields empty (never an error)."""
+    """Read one run folder; missing files leave their fields empty.
+
+    Raises:
+        RunFileError: a file that is there but is not what the tools write (not a regular
+            file, too large, not UTF-8, invalid JSON/YAML, wrong types: see
+            :mod:`detector.study.run_checks`); a study skips the run with it as the reason.
+    """
     path = Path(path)
-    metrics = path / "metrics.jsonl"
-    return Run(path=path, name=name or path.name,
-               config=flatten(_read_json(path / "config.json") or {}),
+    return Run(path=path, name=name or shown(path.name, limit=None),
+               config=check_config(read_json(path / "config.json"), str(path / "config.json")),
                overrides=_read_overrides(path / ".hydra" / "overrides.yaml"),
-               final=_read_json(path / "final_metrics.json"),
-               records=read_metrics_jsonl(metrics) if metrics.is_file() else [])
+               final=check_final(read_json(path / "final_metrics.json"),
+                                 str(path / "final_metrics.json")),
+               records=_read_records(path / "metrics.jsonl"))
 
 
 def _is_run(path: Path) -> bool:
-    return any((path / marker).exists() for marker in RUN_MARKERS)
+    return any(os.path.lexists(path / marker) for marker in RUN_MARKERS)
+
+
+def _subfolders(path: Path) -> list[Path]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(Path(e.path) for e in entries if _is_dir(e))
+    except OSError:
+        return []  # unreadable: nothing found below it
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _run_folders(path: Path) -> list[Path]:
-    """``path`` if it is a run folder, else the run folders below it (not inside runs)."""
-    if _is_run(path):
-        return [path]
+    """``path`` if it is a run folder, else the run folders below it (not inside runs), each
+    real folder once: symbolic links are followed to folders not seen yet (a link to ``.`` or
+    ``..`` ends there), at most ``MAX_DEPTH`` levels down."""
     found: list[Path] = []
-    for child in sorted(p for p in path.iterdir() if p.is_dir()):
-        found.extend(_run_folders(child))
+    seen: set[str] = set()
+    stack = [(path, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen or depth > MAX_DEPTH:
+            continue
+        seen.add(real)
+        if _is_run(folder):
+            found.append(folder)
+        else:
+            stack.extend((child, depth + 1) for child in reversed(_subfolders(folder)))
     return found
 
 
@@ -152,23 +181,53 @@ def _expand(arguments: Iterable[str | os.PathLike]) -> list[Path]:
     for arg in map(str, arguments):
         matches = sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
         if not matches or not all(Path(m).is_dir() for m in matches):
-            raise StudyError(f"{arg} is not a run or sweep folder")
+            raise StudyError(f"{shown(arg)} is not a run or sweep folder")
         paths.extend(Path(m) for m in matches)
     return paths
 
 
-def find_runs(arguments: Sequence[str | os.PathLike]) -> list[Run]:
-    """Every run folder named by ``arguments`` (run folders, sweep folders or globs), once each,
-    named by its path relative to the deepest folder common to all of them."""
-    folders: list[Path] = []
+def skipped_line(skipped: Sequence[tuple[str, str]], shown_at_most: int = 10) -> str:
+    listed = "; ".join(f"{name} ({reason})" for name, reason in skipped[:shown_at_most])
+    more = f"; and {len(skipped) - shown_at_most} more" if len(skipped) > shown_at_most else ""
+    return f"skipped {len(skipped)} run{'s' if len(skipped) != 1 else ''}: {listed}{more}"
+
+
+def find_runs(arguments: Sequence[str | os.PathLike],
+              skipped: list[tuple[str, str]] | None = None) -> list[Run]:
+    """Every run folder named by ``arguments`` (run folders, sweep folders or globs), once each
+    (by its real path: a sweep and one of its runs, or two spellings of a folder, count it
+    once), named by its path relative to the deepest folder common to all of them.
+
+    Args:
+        skipped: gets ``(name, reason)`` of each run folder whose files are malformed (see
+            :func:`load_run`); such runs are left out.
+
+    Raises:
+        StudyError: no run folders, or none that could be read (one sentence).
+    """
+    folders: dict[str, Path] = {}
     for path in _expand(arguments):
-        folders.extend(p for p in _run_folders(path) if p not in folders)
+        for folder in _run_folders(path):
+            folders.setdefault(os.path.realpath(folder), folder)
     if not folders:
         raise StudyError(f"no run folders (with {', '.join(RUN_MARKERS)}) under "
-                         f"{', '.join(map(str, arguments))}")
-    resolved = [p.resolve() for p in folders]
+                         f"{shown(', '.join(map(str, arguments)))}")
+    resolved = [Path(real) for real in folders]
     common = Path(os.path.commonpath(resolved)) if len(resolved) > 1 else resolved[0].parent
-    return [load_run(p, str(r.relative_to(common))) for p, r in zip(folders, resolved, strict=True)]
+    runs, failed, names = [], [], set()
+    for n, (folder, real) in enumerate(zip(folders.values(), resolved, strict=True)):
+        name = shown(real.relative_to(common).as_posix(), limit=None)
+        name = name if name not in names else f"{name} ({n})"  # escapes that coincide
+        names.add(name)
+        try:
+            runs.append(load_run(folder, name))
+        except RunFileError as error:
+            failed.append((name, str(error)))
+    if skipped is not None:
+        skipped.extend(failed)
+    if not runs:
+        raise StudyError(f"no run could be read: {skipped_line(failed, 3)}")
+    return runs
 
 
 def _dataset_of(run: Run) -> tuple[Any, tuple[str, ...]]:
@@ -193,7 +252,16 @@ def check_same_dataset(runs: Sequence[Run]) -> None:
 
 def report_dir(arguments: Sequence[str | os.PathLike], kind: str) -> Path:
     """Where a report of ``kind`` ("compare", "analysis") on ``arguments`` goes by default:
-    ``<folder>/<kind>`` for one folder (a sweep), else ``outputs/<kind>/<date_time>``."""
+    ``<folder>/<kind>`` for one folder (a sweep), else ``outputs/<kind>/<date_time>``.
+
+    Raises:
+        StudyError: ``<folder>/<kind>`` is a symbolic link or a file (a copied folder's: it
+            would choose where the report goes).
+    """
     if len(arguments) == 1 and Path(arguments[0]).is_dir():
-        return Path(arguments[0]) / kind
+        out = Path(arguments[0]) / kind
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise StudyError(f"{shown(out)} is a symbolic link or a file, not a report folder; "
+                             f"pass --out DIR")
+        return out
     return Path("outputs") / kind / time.strftime("%Y-%m-%d_%H-%M-%S")

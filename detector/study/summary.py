@@ -15,9 +15,10 @@ from typing import Any
 from detector.study.outcome import FINISHED
 from detector.study.runs import Run
 from detector.study.stats import Difference, difference, mean_std
+from detector.untrusted import shown
 
 __all__ = ["METRICS", "SEED_KEY", "Group", "Study", "build_study", "difference_lines", "differing_keys",
-           "group_runs", "group_table", "run_table", "value_of"]
+           "group_runs", "group_table", "run_table", "seed_of", "value_of"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SEED_KEY = "seed"
@@ -31,6 +32,12 @@ def value_of(run: Run, key: str) -> Any:
     if key in run.config:
         return run.config[key]
     return run.overrides.get(key, MISSING)
+
+
+def seed_of(run: Run) -> int | None:
+    """The run's integer ``seed`` (None when unknown or not an integer: nothing pairs by it)."""
+    seed = run.config.get(SEED_KEY)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def _hashable(value: Any) -> Any:
@@ -64,7 +71,7 @@ class Group:
 
     def values(self, metric: str) -> list[tuple[Any, float]]:
         """(seed, final metric) of each finished run that has it (seed None when unknown)."""
-        found = [(r.config.get(SEED_KEY), r.metric(metric)) for r in self.finished()]
+        found = [(seed_of(r), r.metric(metric)) for r in self.finished()]
         return [(seed, v) for seed, v in found if v is not None]
 
     def by_seed(self, metric: str) -> dict[Any, float]:
@@ -104,7 +111,8 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
         values = tuple(_hashable(value_of(run, k)) for k in group_keys)
-        label = ", ".join(f"{k}={v}" for k, v in zip(group_keys, values, strict=True)) or "all runs"
+        label = shown(", ".join(f"{k}={v}" for k, v in zip(group_keys, values, strict=True)),
+                      limit=200) or "all runs"
         groups.setdefault(values, Group(label, [])).runs.append(run)
     return list(groups.values())
 

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from detector.study.curves import parse_record
 from detector.study.report import markdown_table
-from detector.study.runs import load_run
+from detector.study.runs import Run, load_run
+from detector.untrusted import RunFileError, finite_number, read_bytes, shown
 
 __all__ = ["INDEX_JSONL", "INDEX_MD", "index_markdown", "job_entry", "job_folder_name",
            "read_index", "record_job"]
@@ -36,8 +38,12 @@ def job_entry(*, job: int, overrides: Sequence[str], run_dir: str | os.PathLike,
               sweep_dir: str | os.PathLike, error: str | None = None) -> dict[str, Any]:
     """One job's line: ``job``, ``overrides``, ``dir`` (relative to the sweep), ``status``
     (finished | diverged | incomplete | failed), ``iterations``, ``AP``, ``AP50``, and for a
-    diverged job ``diverged_at`` and ``lr``; ``error`` when the job raised."""
-    run = load_run(run_dir)
+    diverged job ``diverged_at`` and ``lr``; ``error`` when the job raised (or its run folder
+    cannot be read: status failed)."""
+    try:
+        run = load_run(run_dir)
+    except RunFileError as unreadable:
+        run, error = Run(path=Path(run_dir), name=Path(run_dir).name), error or str(unreadable)
     entry: dict[str, Any] = {
         "job": int(job), "overrides": list(overrides),
         "dir": os.path.relpath(run_dir, sweep_dir), "status": run.status,
@@ -49,16 +55,33 @@ def job_entry(*, job: int, overrides: Sequence[str], run_dir: str | os.PathLike,
     return entry
 
 
+def _is_entry(entry: dict | None) -> bool:
+    """A line as :func:`job_entry` writes it: an integer job, a list of string overrides,
+    string dir/status/error, numbers (or null) for the rest."""
+    if entry is None:
+        return False
+    job = entry.get("job")
+    overrides = entry.get("overrides")
+    return (isinstance(job, int) and not isinstance(job, bool)
+            and isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)
+            and all(isinstance(entry.get(k), str) for k in ("dir", "status"))
+            and isinstance(entry.get("error", ""), str | None)
+            and all(entry.get(k) is None or finite_number(entry[k]) is not None
+                    for k in ("iterations", "AP", "AP50", "diverged_at", "lr")))
+
+
 def read_index(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The entries of ``sweep.jsonl`` (the newest per job number), in job order."""
-    path = Path(sweep_dir) / INDEX_JSONL
+    """The entries of ``sweep.jsonl`` (the newest per job number), in job order; lines that are
+    not such entries (half-written, or not what :func:`job_entry` writes) are left out, and so is
+    a file that is not a regular one, too large or not UTF-8."""
+    try:
+        data = read_bytes(Path(sweep_dir) / INDEX_JSONL)
+    except RunFileError:
+        data = None
     entries: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    for line in (data or b"").decode("utf-8", errors="replace").splitlines():
+        entry = parse_record(line)
+        if _is_entry(entry):
             entries[entry["job"]] = entry
     return [entries[k] for k in sorted(entries)]
 
@@ -69,7 +92,9 @@ def _cell(value: Any) -> str:
 
 def _outcome(entry: dict) -> str:
     if entry["status"] == "diverged":
-        return f"diverged at it {entry.get('diverged_at')} (lr {entry.get('lr', 0):.1e})"
+        lr = finite_number(entry.get("lr"))
+        return (f"diverged at it {entry.get('diverged_at')} "
+                f"(lr {'?' if lr is None else f'{lr:.1e}'})")
     return entry["status"] + (f": {entry['error']}" if entry.get("error") else "")
 
 
@@ -81,8 +106,8 @@ def index_markdown(sweep_dir: str | os.PathLike, entries: Sequence[dict[str, Any
     rows += [[str(e["job"]), " ".join(o for o in e["overrides"] if o not in common), e["dir"],
               _outcome(e), _cell(e.get("iterations")), _cell(e.get("AP")), _cell(e.get("AP50"))]
              for e in entries]
-    shared = f"Overrides of every job: {' '.join(common)}\n\n" if common else ""
-    return (f"# Sweep {sweep_dir}\n\n{shared}{markdown_table(rows)}\n\n"
+    shared = f"Overrides of every job: {shown(' '.join(common), limit=None)}\n\n" if common else ""
+    return (f"# Sweep {shown(sweep_dir, limit=None)}\n\n{shared}{markdown_table(rows)}\n\n"
             f"Compare the runs: python tools/compare.py {shlex.quote(str(sweep_dir))}\n")
 
 

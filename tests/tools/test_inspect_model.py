@@ -17,6 +17,7 @@ sys.path.insert(0, str(PROJECT_ROOT / "tests" / "engine"))
 import tiny_training  # noqa: E402
 from load_file import load_tool  # noqa: E402
 
+from detector.data import generate_shapes_dataset  # noqa: E402
 from detector.modeling.spec import MODEL_CONSTRUCTORS  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the whole tool: two models, a dataset, ~70 matplotlib axes
@@ -53,6 +54,8 @@ def _checkpoint(path: Path, data_root: Path, *, seed: int, name: str) -> Path:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect")
+    # the checkpoints describe this set; a description never generates it
+    generate_shapes_dataset(root=tmp / "shapes", num_train=4, num_val=3, image_size=64)
     a = _checkpoint(tmp / "a.pth", tmp / "shapes", seed=0, name="ce_tiny")
     b = _checkpoint(tmp / "b.pth", tmp / "shapes", seed=1, name="focal_tiny")
     cfg = _compose("inspect", [f"checkpoint={a}", f"checkpoint_b={b}", "num_images=3",
