@@ -9,7 +9,13 @@ from detector.data.loader import build_dataloader, seed_worker
 from detector.data.report import DataReport, DatasetError
 from detector.data.samplers import AspectRatioGroupedBatchSampler
 from detector.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
-from detector.data.shapes import ShapesDetection, generate_shapes_dataset
+from detector.data.shapes import LIMITS as SHAPES_LIMITS
+from detector.data.shapes import (
+    ShapesDetection,
+    existing_shapes_dataset,
+    generate_shapes_dataset,
+    require_shapes_dataset,
+)
 from detector.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,6 +30,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES_CLASS_NAMES",
+    "SHAPES_LIMITS",
     "AspectRatioGroupedBatchSampler",
     "CocoDetection",
     "DataReport",
@@ -38,12 +45,14 @@ __all__ = [
     "category_maps",
     "clean_coco_dict",
     "collate_batch",
+    "existing_shapes_dataset",
     "generate_shapes_dataset",
     "index_coco",
     "load_coco_json",
     "load_voc_as_coco",
     "parse_voc_xml",
     "read_image_rgb",
+    "require_shapes_dataset",
     "resize_scale",
     "seed_worker",
 ]

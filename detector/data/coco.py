@@ -6,8 +6,23 @@ from pathlib import Path
 
 from detector.data.coco_format import load_coco_json
 from detector.data.dataset import DetectionDataset
-from detector.data.report import DataReport, OnBad
+from detector.data.report import DataReport, DatasetError, OnBad, shown
 from detector.data.transforms import DetectionTransforms
+
+
+def checked_path(value: object, name: str, *, optional: bool = True) -> Path | None:
+    """``value`` as a Path: a non-empty str or Path without NUL (None when ``optional``).
+
+    Raises:
+        DatasetError: ``<name> must be a path, got ...``.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, Path):
+        value = str(value)
+    if not (isinstance(value, str) and 0 < len(value) <= 4096 and "\x00" not in value):
+        raise DatasetError(f"{name} must be a path, got {shown(value)}")
+    return Path(value)
 
 
 class CocoDetection(DetectionDataset):
@@ -43,7 +58,10 @@ class CocoDetection(DetectionDataset):
         min_box_size: float = 1.0,
         verify_images: bool = False,
     ) -> None:
-        root = Path(root)
+        root = checked_path(root, "root", optional=False)
+        checked_path(split, "split", optional=False)
+        ann_file, image_dir = checked_path(ann_file, "ann_file"), checked_path(image_dir,
+                                                                               "image_dir")
         self.root = root
         self.split = split
         ann_path = root / (ann_file if ann_file is not None else

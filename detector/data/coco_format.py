@@ -18,25 +18,42 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from detector.data.image_io import read_image_rgb
-from detector.data.report import DataReport, DatasetError
+from detector.data.report import DataReport, DatasetError, shown
+
+MAX_ANNOTATION_BYTES = 4 * 2**30  # an instances file (COCO train2017's is 448 MB)
+MAX_ID = 2**53  # image and annotation ids (JSON's exact integers)
+MAX_CATEGORY_ID = 10**9 - 1  # category ids: what a checkpoint's label_to_cat_id may hold
+MAX_IMAGE_SIDE = 10**6  # px of an image's width or height in an annotation
+_MAX_TEXT = 4096  # characters of a file name or a class name
 
 
 def load_coco_json(path: str | Path) -> dict:
-    """Read and validate a COCO instances JSON file.
+    """Read and validate a COCO instances file.
 
     Raises:
-        DatasetError: missing, empty or malformed file, or one that fails `validate_coco_dict`.
+        DatasetError: missing, empty, too large, not UTF-8, malformed or too deeply nested
+            JSON, or one that fails `validate_coco_dict`; one line naming the file (and key).
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"annotation file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise DatasetError(f"annotation file {path} does not exist" if not path.exists() else
+                           f"annotation file {path} is not a regular file")
+    if path.stat().st_size > MAX_ANNOTATION_BYTES:
+        raise DatasetError(f"annotation file {path} is larger than {MAX_ANNOTATION_BYTES} bytes")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"annotation file {path} is not UTF-8 text (byte {err.start})"
+                           ) from None
     if not text.strip():
         raise DatasetError(f"annotation file {path} is empty")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"annotation file {path} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise DatasetError(f"annotation file {path} is nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, or an integer past 4,300 digits
+        raise DatasetError(f"annotation file {path} is not valid JSON: "
+                           f"{str(err).splitlines()[0][:200]}") from None
     validate_coco_dict(data, source=str(path))
     return data
 
@@ -45,36 +62,76 @@ def _duplicates(values: list) -> list:
     return sorted(v for v, n in Counter(values).items() if n > 1)
 
 
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return _int_in(value, 1, MAX_IMAGE_SIDE)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_TEXT and "\x00" not in value
+
+
+def _records(data: dict, key: str, source: str, *, required: bool) -> list:
+    """``data[key]``: a list of dicts (non-empty when ``required``)."""
+    items = data.get(key, [] if not required else None)
+    if not isinstance(items, list):
+        raise DatasetError(f"{source}: '{key}' must be a list, got {shown(items)}")
+    if required and not items:
+        raise DatasetError(f"{source}: contains no {key}")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DatasetError(f"{source}: {key}[{index}] must be an object, got {shown(item)}")
+        if "id" not in item:
+            raise DatasetError(f"{source}: {key} without an 'id' at positions "
+                               f"{[i for i, it in enumerate(items) if 'id' not in it][:5]}")
+    return items
+
+
+def _check_field(ok: bool, source: str, where: str, what: str, value: object) -> None:
+    if not ok:
+        raise DatasetError(f"{source}: {where} must be {what}, got {shown(value)}")
 
 
 def validate_coco_dict(data: object, *, source: str) -> None:
-    """Check the structure: required keys, non-empty image list, unique ids.
+    """Check the structure: required keys, types and ranges of the fields read, unique ids.
+
+    ``images``, ``categories`` (non-empty) and ``annotations`` are lists of objects; image and
+    annotation ids integers in [0, 2**53], category ids in [0, 10**9); an image has a
+    ``file_name`` (a non-empty string, no NUL) and a ``width``/``height`` in [1, 10**6]; a
+    category's ``name`` is a string or number. An annotation's other fields are checked, and a
+    bad one dropped through the report, by `clean_coco_dict`.
 
     Raises:
-        DatasetError: naming `source` and the offending ids.
+        DatasetError: naming `source`, the key (e.g. ``images[3].file_name``) and its value.
     """
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
         raise DatasetError(f"{source}: not a COCO instances file (needs 'images' and 'categories')")
-    if not data["images"]:
-        raise DatasetError(f"{source}: contains no images")
-    if not data["categories"]:
-        raise DatasetError(f"{source}: contains no categories")
-    for key, items in (("images", data["images"]), ("categories", data["categories"])):
-        missing = [i for i, item in enumerate(items) if "id" not in item]
-        if missing:
-            raise DatasetError(f"{source}: {key} without an 'id' at positions {missing[:5]}")
-    for key in ("images", "categories", "annotations"):
-        dups = _duplicates([item.get("id") for item in data.get(key, [])])
+    images = _records(data, "images", source, required=True)
+    categories = _records(data, "categories", source, required=True)
+    annotations = _records(data, "annotations", source, required=False)
+    for key, items, high in (("images", images, MAX_ID), ("annotations", annotations, MAX_ID),
+                             ("categories", categories, MAX_CATEGORY_ID)):
+        for index, item in enumerate(items):
+            _check_field(_int_in(item["id"], 0, high), source, f"{key}[{index}].id",
+                         f"an integer in [0, {high}]", item["id"])
+        dups = _duplicates([item["id"] for item in items])
         if dups:
             raise DatasetError(f"{source}: duplicate {key[:-1]} ids {dups[:10]}")
-    for image in data["images"]:
+    for index, category in enumerate(categories):
+        name = category.get("name")
+        _check_field(_is_text(name) or (isinstance(name, int | float) and not isinstance(
+            name, bool)), source, f"categories[{index}].name", "a string", name)
+    for image in images:
         if "file_name" not in image or "width" not in image or "height" not in image:
             raise DatasetError(f"{source}: image id {image['id']} lacks file_name/width/height")
+        _check_field(_is_text(image["file_name"]), source, f"image id {image['id']} file_name",
+                     f"a non-empty string of at most {_MAX_TEXT} characters", image["file_name"])
         if not (_positive_int(image["width"]) and _positive_int(image["height"])):
             raise DatasetError(f"{source}: image id {image['id']} has an invalid size "
-                               f"{image['width']!r} x {image['height']!r}")
+                               f"{shown(image['width'])} x {shown(image['height'])}")
 
 
 def index_coco(data: dict) -> COCO:
@@ -118,17 +175,33 @@ def _check_image(image: dict, path: Path, report: DataReport, verify: bool, sour
     return True
 
 
+_MAX_COORDINATE = 1e9  # px: a bbox value past this is no box
+
+
+def _finite(value: object) -> bool:
+    """A real number (not a bool) of at most 1e9 in size: compared before any float() that
+    an integer past 1e308 would overflow."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and -_MAX_COORDINATE <= value <= _MAX_COORDINATE)
+
+
 def _annotation_problem(ann: dict, image_ids: set, cat_ids: set) -> tuple[str, str] | None:
     """(kind, reason) if the annotation cannot be used at all, else None."""
-    if ann.get("image_id") not in image_ids:
-        return "bad_annotation", f"refers to unknown image id {ann.get('image_id')}"
+    image_id, category_id = ann.get("image_id"), ann.get("category_id")
+    if not _int_in(image_id, 0, MAX_ID) or image_id not in image_ids:
+        return "bad_annotation", f"refers to unknown image id {shown(image_id)}"
     bbox = ann.get("bbox")
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        return "bad_annotation", f"has no valid 'bbox' (got {bbox!r})"
-    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox):
-        return "bad_annotation", f"has a non-finite bbox {bbox}"
-    if ann.get("category_id") not in cat_ids:
-        return "unknown_category", f"has category id {ann.get('category_id')} not in the class list"
+        return "bad_annotation", f"has no valid 'bbox' (got {shown(bbox)})"
+    if not all(_finite(v) for v in bbox):
+        return "bad_annotation", f"has a non-finite bbox {shown(bbox)}"
+    if not _int_in(category_id, 0, MAX_CATEGORY_ID) or category_id not in cat_ids:
+        return ("unknown_category",
+                f"has category id {shown(category_id)} not in the class list")
+    if ann.get("iscrowd", 0) not in (0, 1):
+        return "bad_annotation", f"has an invalid iscrowd {shown(ann.get('iscrowd'))} (0 or 1)"
+    if "area" in ann and not _finite(ann["area"]):
+        return "bad_annotation", f"has an invalid area {shown(ann['area'])}"
     return None
 
 
@@ -167,7 +240,7 @@ def _clean_annotations(
             if ann["image_id"] in images:  # else its image was skipped (and counted) already
                 usable.append(ann)
         else:
-            report.bad(problem[0], f"{source}: annotation id {ann.get('id')} {problem[1]}")
+            report.bad(problem[0], f"{source}: annotation id {shown(ann.get('id'))} {problem[1]}")
     xywh = np.array([a["bbox"] for a in usable], dtype=np.float64).reshape(-1, 4)
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     sizes = np.array([[images[a["image_id"]][k] for k in ("height", "width")] for a in usable],

@@ -9,9 +9,10 @@ human-readable account printed at the end of a run.
 
 from __future__ import annotations
 
+import reprlib
 import warnings
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 from detector.errors import UserError
 
@@ -45,6 +46,17 @@ class DatasetError(UserError, ValueError):
         self.kind = kind
 
 
+def shown(value: Any) -> str:
+    """``value`` for a one-line message, cut short (``reprlib``); an int past 4,300 digits, which
+    ``repr`` refuses, by its length."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of ~{int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        return reprlib.repr(value).replace("\n", " ")
+    except ValueError:  # such an int inside a list or dict
+        return f"a {type(value).__name__} too large to show"
+
+
 class DataReport:
     """Counters of skipped, dropped and repaired inputs, with the policy for real problems.
 
@@ -55,8 +67,8 @@ class DataReport:
     """
 
     def __init__(self, *, on_bad: OnBad = "error", name: str = "dataset") -> None:
-        if on_bad not in ("error", "skip"):
-            raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+        if not isinstance(on_bad, str) or on_bad not in ("error", "skip"):
+            raise DatasetError(f"on_bad must be 'error' or 'skip', got {shown(on_bad)}")
         self.on_bad: OnBad = on_bad
         self.name = name
         self.counts: Counter[str] = Counter()

@@ -4,8 +4,24 @@ Four classes (rectangle, ellipse, triangle, star) of varied size (1/4 to 5/8 of 
 32-80 px at 128 px), aspect, rotation and colour on textured, noisy backgrounds; 1-4 objects per
 image with bounded overlap, some images empty.
 Generation is deterministic: image i of a split depends only on (seed, split, i). It writes
-``root/annotations/instances_{train,val}.json``, ``root/{train,val}/*.png`` and a
+``root/annotations/instances_{train,val}.json``, ``root/{train,val}/NNNNNN.png`` and a
 ``manifest.json`` recording the parameters, so a second call with the same parameters is free.
+
+Writing is bounded and careful, whoever asks (a config, a crafted description):
+
+- every parameter has a range (`LIMITS`; at most `MAX_PIXELS` pixels in all, and the set must fit
+  the free disk space), checked before anything is written;
+- a set made with other parameters is replaced by removing only the files its manifest says the
+  generator wrote (``manifest.json``, the two annotation files, ``NNNNNN.png`` below each split's
+  count); a folder holding anything else, a link or a file is refused (`DatasetError`), never
+  emptied;
+- the set is built in a temporary sibling ``.<root name>.generating-<pid>-XXXXXXXX`` and moved into
+  place; such a folder left by a killed run is removed by the next run once its process is gone,
+  again only if it holds nothing but the generator's files.
+
+Describing the set is not making it: `existing_shapes_dataset` (``ShapesDetection(generate=False)``)
+reads a set that is already there as described and writes nothing; it is the route every tool
+that rebuilds a dataset from a checkpoint takes (``detector.modeling.spec.DATA_CONSTRUCTORS``).
 """
 
 from __future__ import annotations
@@ -17,19 +33,37 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from detector.data.coco import CocoDetection
-from detector.data.report import DatasetError, OnBad
+from detector.data.report import DatasetError, OnBad, shown
+from detector.data.shapes_folder import (
+    MAX_IMAGES,
+    SPLITS,
+    TMP_MARK,
+    check_free_space,
+    move_into_place,
+    read_manifest,
+    remove_stale_temporaries,
+    replaceable,
+)
 from detector.data.transforms import DetectionTransforms
 
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "star")
 GENERATOR_VERSION = 2  # 2: shapes at least a quarter of the image across (was an eighth)
-SPLITS = ("train", "val")
+# Ranges of the generator's parameters (inclusive), so that no description can fill a disk.
+LIMITS: dict[str, tuple[int, int]] = {"num_train": (1, MAX_IMAGES), "num_val": (1, MAX_IMAGES),
+                                      "image_size": (32, 2048), "seed": (0, 2**32 - 1)}
+MAX_PIXELS = 2**31  # (num_train + num_val) * image_size**2: some 4 GB of PNG at ~2 bytes a pixel
 
 log = logging.getLogger(__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _shape_polygon(kind: int, size: float, rng: np.random.Generator) -> np.ndarray:
@@ -103,11 +137,14 @@ def class_probabilities(class_ratios: Sequence[float] | None) -> np.ndarray | No
     for balanced classes (None, or all ratios equal). Raises DatasetError (one line) otherwise."""
     if class_ratios is None:
         return None
-    ratios = np.asarray(list(class_ratios), dtype=np.float64)
+    try:
+        ratios = np.asarray(list(class_ratios), dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):  # not a list of numbers
+        ratios = np.zeros(0)
     if ratios.shape != (len(CLASS_NAMES),) or not np.isfinite(ratios).all() or (
             ratios < 0).any() or ratios.sum() <= 0:
         raise DatasetError(f"class_ratios must be {len(CLASS_NAMES)} non-negative numbers (one per "
-                         f"shape: {', '.join(CLASS_NAMES)}), not all 0; got {list(class_ratios)}")
+                           f"shape: {', '.join(CLASS_NAMES)}), not all 0; got {shown(class_ratios)}")
     if (ratios == ratios[0]).all():
         return None
     return ratios / ratios.sum()
@@ -181,24 +218,30 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, image_size: i
         json.dump(_split_dict(images, annotations), f)
 
 
-def _read_manifest(root: Path) -> dict | None:
-    try:
-        return json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
+def check_parameters(*, num_train: Any, num_val: Any, image_size: Any, seed: Any) -> None:
+    """Raise `DatasetError` (one line, naming the parameter) unless each is an integer in its
+    `LIMITS` range and the set holds at most `MAX_PIXELS` pixels."""
+    values = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
+    for name, value in values.items():
+        low, high = LIMITS[name]
+        if not (_is_int(value) and low <= value <= high):
+            raise DatasetError(f"shapes dataset {name} must be an integer in [{low}, {high}], "
+                               f"got {shown(value)}")
+    if (num_train + num_val) * image_size**2 > MAX_PIXELS:
+        raise DatasetError(f"shapes dataset of {num_train} + {num_val} images of {image_size} px "
+                           f"is too large (at most {MAX_PIXELS} pixels in all)")
 
 
-def _move_into_place(tmp: Path, root: Path, params: dict) -> None:
-    """Replace `root` by the finished `tmp`; fine if a concurrent process got there first."""
-    if _read_manifest(root) == params:
-        return
-    if root.exists():
-        shutil.rmtree(root)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        if _read_manifest(root) != params:
-            raise
+def _manifest(*, num_train: Any, num_val: Any, image_size: Any, seed: Any,
+              class_ratios: Sequence[float] | None) -> tuple[dict, np.ndarray | None]:
+    """(the manifest of the set these parameters make, the train class probabilities), checked."""
+    check_parameters(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+    params = {"generator": "shapes", "version": GENERATOR_VERSION, "num_train": num_train,
+              "num_val": num_val, "image_size": image_size, "seed": seed}
+    probs = class_probabilities(class_ratios)
+    if probs is not None:  # balanced sets keep the manifest (and files) they always had
+        params["class_ratios"] = [float(r) for r in class_ratios]
+    return params, probs
 
 
 def generate_shapes_dataset(
@@ -215,42 +258,85 @@ def generate_shapes_dataset(
     ``class_ratios``: relative frequency of each shape in the train split (None: balanced; see
     `class_probabilities`); the val split is always balanced.
 
-    The set is built in a temporary sibling folder and moved into place, so an interrupted run
-    leaves no half-written dataset. An existing `root` is replaced only if it holds a manifest
-    from this generator (never a folder of someone else's files). Generating logs a WARNING with
-    the absolute path: a mistyped root makes a new set, where the user meant an existing one.
+    The parameters are checked first (`check_parameters`, the free disk space). The set is built
+    in a temporary sibling folder and moved into place, so an interrupted run leaves no
+    half-written dataset. An existing `root` is replaced only by removing the files of the
+    generator's earlier set there (see the module docstring): a folder holding anything else is
+    refused. Generating logs a WARNING with the absolute path: a mistyped root makes a new set,
+    where the user meant an existing one.
 
     Returns:
         `root` as a Path.
+
+    Raises:
+        DatasetError: a parameter out of range, too little disk space, or a `root` it may not
+            replace; one line each.
     """
     root = Path(root)
-    params = {"generator": "shapes", "version": GENERATOR_VERSION, "num_train": num_train,
-              "num_val": num_val, "image_size": image_size, "seed": seed}
-    probs = class_probabilities(class_ratios)
-    if probs is not None:  # balanced sets keep the manifest (and files) they always had
-        params["class_ratios"] = [float(r) for r in class_ratios]
-    if _read_manifest(root) == params:
+    params, probs = _manifest(num_train=num_train, num_val=num_val, image_size=image_size,
+                              seed=seed, class_ratios=class_ratios)
+    found = read_manifest(root)
+    if found == params:
         return root
-    if root.exists() and any(root.iterdir()) and _read_manifest(root) is None:
-        raise DatasetError(f"{root} exists and was not written by the shapes generator; "
-                           "refusing to overwrite it (choose another root)")
-    found = _read_manifest(root)
+    if root.exists() or root.is_symlink():
+        replaceable(root)  # refused before any time is spent generating
+    check_free_space(root, num_train + num_val, image_size)
     log.warning("generating the shapes dataset in %s (%d train + %d val images, %d px): %s; if "
                 "you meant an existing set, check the dataset root", root.resolve(), num_train,
                 num_val, image_size, "there is none there yet" if found is None else
                 "the set there was made with other parameters, it is replaced")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
+    remove_stale_temporaries(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}{TMP_MARK}{os.getpid()}-", dir=root.parent))
+    try:  # the manifest first: it tells a later run what this folder may hold
+        (tmp / "manifest.json").write_text(json.dumps(params, indent=1))
         (tmp / "annotations").mkdir()
         for split, count in zip(SPLITS, (num_train, num_val), strict=True):
             _write_split(tmp, split, count, seed=seed, image_size=image_size,
                          class_probs=probs if split == "train" else None)
-        (tmp / "manifest.json").write_text(json.dumps(params, indent=1))
-        _move_into_place(tmp, root, params)
+        move_into_place(tmp, root, params)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own fresh folder (gone once moved)
     return root
+
+
+def _differences(found: dict, params: dict) -> str:
+    keys = dict.fromkeys([*params, "class_ratios"])
+    return ", ".join(key for key in keys if found.get(key) != params.get(key))
+
+
+def require_shapes_dataset(
+    *,
+    root: str | Path = "datasets/shapes",
+    num_train: int = 600,
+    num_val: int = 150,
+    image_size: int = 128,
+    seed: int = 0,
+    class_ratios: Sequence[float] | None = None,
+) -> Path:
+    """`root`, if the set these parameters describe is there (its manifest says so); nothing
+    is written, generated or removed.
+
+    Raises:
+        DatasetError: a parameter out of range, or no such set at `root` (one line that says
+            how to make it).
+    """
+    root = Path(root)
+    params, _ = _manifest(num_train=num_train, num_val=num_val, image_size=image_size,
+                          seed=seed, class_ratios=class_ratios)
+    found = read_manifest(root)
+    if found == params:
+        return root
+    what = ("there is none there" if found is None else
+            f"the set there differs in {_differences(found, params)}")
+    ratios = "" if "class_ratios" not in params else (
+        f" 'dataset.class_ratios={params['class_ratios']}'")
+    raise DatasetError(f"the shapes dataset described ({num_train} + {num_val} images of "
+                       f"{image_size} px) is not at {root} ({what}); a description never "
+                       f"generates data: make it with dataset=shapes dataset.root={root} "
+                       f"dataset.num_train={num_train} dataset.num_val={num_val} "
+                       f"dataset.image_size={image_size}{ratios} (generated there if absent), "
+                       f"or train once with that root")
 
 
 class ShapesDetection(CocoDetection):
@@ -260,7 +346,10 @@ class ShapesDetection(CocoDetection):
         root: where the set lives (generated there if absent or made with other parameters).
         split: ``"train"`` or ``"val"``.
         num_train, num_val, image_size, seed, class_ratios: generator parameters (see
-            `generate_shapes_dataset`).
+            `generate_shapes_dataset`; ranges in `LIMITS`).
+        generate: make the set when it is not there as described (False: it must be, see
+            `require_shapes_dataset`; nothing is written). A checkpoint's description is always
+            built with False (`existing_shapes_dataset`).
         transforms, keep_empty, on_bad: as in `CocoDetection`.
     """
 
@@ -274,13 +363,25 @@ class ShapesDetection(CocoDetection):
         image_size: int = 128,
         seed: int = 0,
         class_ratios: Sequence[float] | None = None,
+        generate: bool = True,
         transforms: DetectionTransforms | None = None,
         keep_empty: bool = True,
         on_bad: OnBad = "error",
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        generate_shapes_dataset(root=root, num_train=num_train, num_val=num_val,
-                                image_size=image_size, seed=seed, class_ratios=class_ratios)
+        if not isinstance(split, str) or split not in SPLITS:
+            raise DatasetError(f"split must be one of {SPLITS}, got {shown(split)}")
+        make = generate_shapes_dataset if generate is True else require_shapes_dataset
+        make(root=root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+             class_ratios=class_ratios)
         super().__init__(root=root, split=split, transforms=transforms, keep_empty=keep_empty,
                          on_bad=on_bad)
+
+
+def existing_shapes_dataset(**kwargs: Any) -> ShapesDetection:
+    """``ShapesDetection(**kwargs, generate=False)``: the set must already be there as
+    described; nothing is written. ``kwargs`` cannot switch generation on (a ``generate`` key is
+    refused). The constructor a checkpoint's ``detector.data.ShapesDetection`` stands for."""
+    if "generate" in kwargs:
+        raise DatasetError("a shapes dataset description may not set generate: a description "
+                           "never generates data")
+    return ShapesDetection(**kwargs, generate=False)

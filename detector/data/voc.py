@@ -11,19 +11,25 @@ COCOeval) with ``difficult=1`` and are no training targets unless ``use_difficul
 from __future__ import annotations
 
 import csv
+import math
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detector.data.coco import checked_path
 from detector.data.dataset import DetectionDataset
 from detector.data.image_io import read_image_rgb
-from detector.data.report import DataReport, DatasetError, OnBad
+from detector.data.report import DataReport, DatasetError, OnBad, shown
 from detector.data.transforms import DetectionTransforms
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 SPLIT_CANDIDATES = ("ImageSets/Main/{split}.txt", "{split}.txt", "{split}.csv",
                     "data/{split}_labels.csv")
 _HEADER_NAMES = {"filename", "file_name", "file", "image", "image_id", "id", "name"}
+MAX_XML_BYTES = 16 * 2**20  # one image's annotation (a VOC file is ~1 KB)
+MAX_LIST_BYTES = 2**30  # a split file or a class list
+MAX_IMAGE_SIDE = 10**6  # px of a <size>
 
 
 @dataclass
@@ -66,13 +72,38 @@ def _parse_object(node: ET.Element, path: Path) -> VocObject:
     return VocObject(name=name, box=voc_to_xyxy(*coords), difficult=difficult)
 
 
+def _side(root: ET.Element, tag: str, path: Path) -> int:
+    """``<size>/<tag>`` in whole pixels (0 when absent), a finite number in [0, 10**6]."""
+    text = _text(root, f"size/{tag}", "0")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_IMAGE_SIDE):
+        raise DatasetError(f"{path}: <size><{tag}> must be a number of pixels in [0, "
+                           f"{MAX_IMAGE_SIDE}], got {shown(text)}", kind="bad_annotation_file")
+    return int(value)
+
+
+def _regular_file(path: Path, what: str, limit: int, kind: str = "bad_input") -> None:
+    """Raise DatasetError unless `path` is a regular file of at most `limit` bytes."""
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} does not exist" if not path.exists() else
+                           f"{what} {path} is not a regular file", kind=kind)
+    if path.stat().st_size > limit:
+        raise DatasetError(f"{what} {path} is larger than {limit} bytes", kind=kind)
+
+
 def parse_voc_xml(path: str | Path) -> VocAnnotation:
     """Parse one VOC XML annotation file.
 
     Raises:
-        DatasetError: empty, unparsable, or malformed file (naming it).
+        DatasetError: missing, empty, too large, unparsable (invalid UTF-8 included), or
+            malformed file (a <size> that is no size in pixels, an object without a box),
+            naming it and the tag.
     """
     path = Path(path)
+    _regular_file(path, "annotation file", MAX_XML_BYTES, kind="bad_annotation_file")
     if path.stat().st_size == 0:
         raise DatasetError(f"annotation file {path} is empty", kind="bad_annotation_file")
     try:
@@ -80,11 +111,7 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
     except ET.ParseError as err:
         raise DatasetError(f"annotation file {path} is not valid XML: {err}",
                            kind="bad_annotation_file") from err
-    try:
-        width = int(float(_text(root, "size/width", "0")))
-        height = int(float(_text(root, "size/height", "0")))
-    except ValueError:
-        raise DatasetError(f"{path}: <size> is not numeric", kind="bad_annotation_file") from None
+    width, height = _side(root, "width", path), _side(root, "height", path)
     objects = [_parse_object(node, path) for node in root.findall("object")]
     return VocAnnotation(path=path, filename=_text(root, "filename"), width=width, height=height,
                          objects=objects)
@@ -97,15 +124,18 @@ def read_split_file(path: str | Path) -> list[str]:
     is fine, a header row is skipped. Extensions are stripped: ``raccoon-1.jpg`` -> ``raccoon-1``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"split file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as f:
-        if path.suffix.lower() == ".csv":
-            firsts = [row[0].strip() for row in csv.reader(f) if row and row[0].strip()]
-            if firsts and firsts[0].lower() in _HEADER_NAMES:
-                firsts = firsts[1:]
-        else:
-            firsts = [line.split()[0] for line in f if line.strip()]
+    _regular_file(path, "split file", MAX_LIST_BYTES)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            if path.suffix.lower() == ".csv":
+                firsts = [row[0].strip() for row in csv.reader(f) if row and row[0].strip()]
+                if firsts and firsts[0].lower() in _HEADER_NAMES:
+                    firsts = firsts[1:]
+            else:
+                firsts = [line.split()[0] for line in f if line.strip()]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(f"split file {path} cannot be read as UTF-8 text or CSV: "
+                           f"{str(err)[:200]}") from None
     stems = list(dict.fromkeys(Path(name).stem if Path(name).suffix in IMAGE_SUFFIXES else name
                                for name in firsts))
     if not stems:
@@ -118,15 +148,25 @@ def discover_class_names(annotations: list[VocAnnotation]) -> list[str]:
     return sorted({obj.name for ann in annotations for obj in ann.objects})
 
 
+def _safe_name(filename: str | None) -> str | None:
+    """A <filename> that names a file inside the image folder (relative, no ``..``), else None."""
+    if not filename or "\x00" in filename:
+        return None
+    name = Path(filename)
+    return None if name.is_absolute() or ".." in name.parts else filename
+
+
 def _find_image(image_dir: Path, ann: VocAnnotation) -> Path:
-    """The image file for `ann`: its <filename>, else the XML's stem with a known suffix."""
-    if ann.filename and (image_dir / ann.filename).is_file():
-        return image_dir / ann.filename
+    """The image file for `ann`: its <filename> (inside `image_dir`), else the XML's stem with a
+    known suffix."""
+    filename = _safe_name(ann.filename)
+    if filename and (image_dir / filename).is_file():
+        return image_dir / filename
     for suffix in IMAGE_SUFFIXES:
         candidate = image_dir / f"{ann.path.stem}{suffix}"
         if candidate.is_file():
             return candidate
-    return image_dir / (ann.filename or f"{ann.path.stem}.jpg")
+    return image_dir / (filename or f"{ann.path.stem}.jpg")
 
 
 def _image_entry(ann: VocAnnotation, image_id: int, image_dir: Path, report: DataReport):
@@ -236,7 +276,13 @@ def _class_list(ann_dir: Path, class_names: list[str] | None, classes_file: Path
     if class_names is not None:
         return list(class_names)
     if classes_file is not None and classes_file.is_file():
-        return [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        _regular_file(classes_file, "class list", MAX_LIST_BYTES)
+        try:
+            text = classes_file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"class list {classes_file} is not UTF-8 text (byte {err.start})"
+                               ) from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
     every = parse_voc_folder(ann_dir, None, DataReport(on_bad="skip", name=str(ann_dir)))
     names = discover_class_names(list(every.values()) or list(annotations.values()))
     if classes_file is not None:
@@ -312,7 +358,16 @@ class VocDetection(DetectionDataset):
         min_box_size: float = 1.0,
         verify_images: bool = False,
     ) -> None:
-        self.root = Path(root)
+        self.root = checked_path(root, "root", optional=False)
+        for name, value in (("split", split), ("split_file", split_file), ("ann_dir", ann_dir),
+                            ("image_dir", image_dir), ("classes_file", classes_file)):
+            checked_path(value, name)
+        if class_names is not None and not (
+                isinstance(class_names, Sequence) and not isinstance(class_names, str)
+                and class_names
+                and all(isinstance(name, str) and name for name in class_names)):
+            raise DatasetError(f"class_names must be a non-empty list of names, got "
+                               f"{shown(class_names)}")
         report = DataReport(on_bad=on_bad, name=f"{root} ({split_file or split or 'all'})")
         coco_dict, image_path = load_voc_as_coco(
             root=root, report=report, split=split, split_file=split_file, ann_dir=ann_dir,

@@ -13,9 +13,23 @@ calls the project's own constructors:
   ``DATA_CONSTRUCTORS`` (dataset descriptions), exactly; nothing is imported by name;
 - every other value is plain data: None, bool, int, float, str, lists and dicts with string keys
   (no tensors, no other objects); Hydra's other keys (``_partial_``, ``_args_``, ...) and any
-  key starting with ``_`` are refused, and so is ``classes_file`` (a file a dataset writes);
+  key starting with ``_`` are refused, and so are ``classes_file`` (a file a dataset writes) and
+  ``generate`` (a description never makes data);
+- every number has a range: integers and floats at most 2**53 in size (floats finite), strings
+  at most 4,096 characters without NUL; the keys in ``RANGES`` (image sizes such as
+  ``min_size``/``max_size`` up to ``MAX_IMAGE_SIDE`` px, the shapes generator's counts, layer
+  widths, proposal and detection counts) within theirs, in any node and in each list element;
+  ``iteration`` in [0, 10**12], at most ``MAX_CLASSES`` class names;
 - every ``weights`` entry (a pretrained-weight name or path), at any depth, is set to None: the
-  checkpoint holds the trained weights, loading it never downloads.
+  checkpoint holds the trained weights, loading it never downloads; ``compile`` is set to False
+  (nothing is compiled, no compiler cache written);
+- the model is first built without memory (on PyTorch's ``meta`` device): one with more than
+  ``MAX_PARAMETERS`` weights, or whose weights do not fit the checkpoint's, is refused before
+  any memory is taken;
+- describing data is not making it: ``detector.data.ShapesDetection`` stands for
+  ``existing_shapes_dataset``, which reads a set that is already there as described and never
+  generates, deletes or writes (a missing or different set is one ``DatasetError`` line that
+  says how to make it).
 
 The whole description (model and dataset) is checked before anything is built; anything else is
 a ``SpecError`` that names the file and the refused key, e.g. ``checkpoint final.pth:
@@ -24,23 +38,42 @@ model.backbone._target_ 'os.system' is not a detector constructor``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torchvision
 from torch import nn
 
 from detector.checkpoint import load_checkpoint
-from detector.data import CocoDetection, ShapesDetection, VocDetection, build_transforms
+from detector.data import (
+    CocoDetection,
+    DatasetError,
+    VocDetection,
+    build_transforms,
+    existing_shapes_dataset,
+)
 from detector.errors import UserError
 from detector.modeling.backbone import ResNet50C4Backbone, VGG16BNBackbone
 from detector.modeling.box_head import MLPBoxHead, VGGBoxHead
 from detector.modeling.build import build_model
 from detector.modeling.pooler import RoIAlign, RoIPool
+from detector.modeling.spec_checks import (
+    MAX_CLASSES,
+    MAX_IMAGE_SIDE,
+    RANGES,
+    SpecError,
+    at,
+    check_fields,
+    check_spec,
+    checked_label_map,
+)
 from detector.ops import losses
 
-__all__ = ["DATA_CONSTRUCTORS", "MODEL_CONSTRUCTORS", "MOVED_MODULES", "SpecError",
+__all__ = ["DATA_CONSTRUCTORS", "MAX_CLASSES", "MAX_IMAGE_SIDE", "MAX_PARAMETERS",
+           "MODEL_CONSTRUCTORS", "MOVED_MODULES", "RANGES", "SpecError",
            "build_from_spec", "check_checkpoint", "check_spec", "checked_label_map", "dataset_from_checkpoint",
            "model_from_checkpoint", "read_checkpoint"]
 
@@ -73,89 +106,35 @@ MODEL_CONSTRUCTORS: dict[str, Callable] = _with_old_names({
 })
 
 # Every constructor a checkpoint's dataset description (dataset.train / dataset.val) may name.
+# The shapes set is only ever read from a description, never generated (existing_shapes_dataset).
 DATA_CONSTRUCTORS: dict[str, Callable] = {
     "detector.data.CocoDetection": CocoDetection,
-    "detector.data.ShapesDetection": ShapesDetection,
+    "detector.data.ShapesDetection": existing_shapes_dataset,
     "detector.data.VocDetection": VocDetection,
     "detector.data.build_transforms": build_transforms,
 }
 
-_PRETRAINED_KEYS = ("weights",)  # the checkpoint holds the trained weights: never download
-_WRITING_KEYS = ("classes_file",)  # VocDetection writes its class list there
-_PLAIN = (type(None), bool, int, float, str)
-_MAX_DEPTH = 32  # configs nest 3 levels; a hostile file must not exhaust the stack
-
-
-class SpecError(UserError, ValueError):
-    """The model or dataset description in a checkpoint is refused or cannot be built."""
-
-
-def _shown(value: Any) -> str:
-    """``value`` for a one-line message: a plain value's repr (cut), else its type."""
-    if _is_int(value) and value.bit_length() > 64:  # repr() refuses ints past 4,300 digits
-        return f"an integer of ~{int(value.bit_length() * 0.30103) + 1} digits"
-    if isinstance(value, _PLAIN):
-        return repr(value)[:80]
-    return f"a {type(value).__name__}"
-
-
-def _at(path: str, key: Any) -> str:
-    return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
-
-
-def check_spec(spec: Any, *, constructors: Mapping[str, Callable], path: str,
-               depth: int = 0) -> None:
-    """Refuse anything but plain data and the ``constructors``' names in a description.
-
-    Args:
-        spec: the description (a plain value, a list, or a dict; ``_target_`` nodes are dicts).
-        constructors: the names a ``_target_`` may take.
-        path: where ``spec`` sits (e.g. ``model``), for the message.
-        depth: how deep ``spec`` sits; deeper than ``_MAX_DEPTH`` is refused.
-
-    Raises:
-        SpecError: naming the first refused key or value by its path.
-    """
-    if isinstance(spec, _PLAIN):
-        return
-    if depth >= _MAX_DEPTH:
-        raise SpecError(f"{path} is nested deeper than {_MAX_DEPTH} levels")
-    if isinstance(spec, list | tuple):
-        for index, value in enumerate(spec):
-            check_spec(value, constructors=constructors, path=_at(path, index), depth=depth + 1)
-        return
-    if not isinstance(spec, Mapping):
-        raise SpecError(f"{path} is a {type(spec).__name__}: a description holds only plain "
-                        f"data (numbers, strings, lists, dicts)")
-    for key, value in spec.items():
-        if not isinstance(key, str):
-            raise SpecError(f"{path} has a key {_shown(key)}: keys are strings")
-        where = _at(path, key)
-        if key == "_target_":
-            if not isinstance(value, str) or value not in constructors:
-                raise SpecError(f"{where} {_shown(value)} is not a detector constructor")
-        elif key.startswith("_"):
-            raise SpecError(f"{where}: the key {key!r} is not allowed in a description "
-                            f"(only _target_ is)")
-        elif key in _WRITING_KEYS:
-            raise SpecError(f"{where}: a description may not name a file to write")
-        else:
-            check_spec(value, constructors=constructors, path=where, depth=depth + 1)
+# keys set when a model is rebuilt: the checkpoint holds the trained weights (never download);
+# nothing is compiled (torch.compile writes caches and starts compiler processes)
+_REBUILD_VALUES = {"weights": None, "compile": False}
+MAX_PARAMETERS = 2**30  # weights of a model a description builds (4 GiB of float32)
 
 
 def _build(spec: Any, constructors: Mapping[str, Callable], path: str) -> Any:
     if isinstance(spec, Mapping):
-        kwargs = {key: _build(value, constructors, _at(path, key))
+        kwargs = {key: _build(value, constructors, at(path, key))
                   for key, value in spec.items() if key != "_target_"}
         if "_target_" not in spec:
             return kwargs
         try:
             return constructors[spec["_target_"]](**kwargs)
-        except TypeError as error:  # e.g. an unknown keyword: the description does not fit
+        except UserError:  # the constructor's own one line (e.g. DatasetError)
+            raise
+        except (TypeError, ValueError) as error:  # e.g. an unknown keyword, a value it refuses
             raise SpecError(f"{path} ({spec['_target_']}) cannot be built: {_first(error)}"
                             ) from None
     if isinstance(spec, list | tuple):
-        return [_build(value, constructors, _at(path, index)) for index, value in enumerate(spec)]
+        return [_build(value, constructors, at(path, index)) for index, value in enumerate(spec)]
     return spec
 
 
@@ -167,82 +146,19 @@ def build_from_spec(spec: Any, *, constructors: Mapping[str, Callable] = MODEL_C
     return _build(spec, constructors, path)
 
 
-def _without_pretrained(spec: Any) -> Any:
-    """A copy of ``spec`` with every ``weights`` entry, at any depth (lists too), set to None."""
+def _for_rebuilding(spec: Any) -> Any:
+    """A copy of ``spec`` with every ``weights`` entry, at any depth (lists too), set to None and
+    every ``compile`` entry to False (``_REBUILD_VALUES``)."""
     if isinstance(spec, Mapping):
-        return {key: None if key in _PRETRAINED_KEYS else _without_pretrained(value)
+        return {key: _REBUILD_VALUES[key] if key in _REBUILD_VALUES else _for_rebuilding(value)
                 for key, value in spec.items()}
     if isinstance(spec, list | tuple):
-        return [_without_pretrained(value) for value in spec]
+        return [_for_rebuilding(value) for value in spec]
     return spec
 
 
 def _first(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-_MAX_ID_DIGITS = 9  # category ids and labels fit an int32: a 4,301-digit "id" is refused
-
-
-def _as_id(value: Any) -> int | None:
-    """``value`` as a non-negative id: an int, or a string of 1-9 ASCII digits; else None."""
-    if _is_int(value):
-        return value if 0 <= value < 10**_MAX_ID_DIGITS else None
-    if (isinstance(value, str) and 0 < len(value) <= _MAX_ID_DIGITS and value.isascii()
-            and value.isdigit()):
-        return int(value)
-    return None
-
-
-def checked_label_map(value: Any, *, path: str) -> dict[int, int]:
-    """A label -> category id map from a file (checkpoint, ONNX metadata), checked and converted:
-    keys are ints or strings of 1-9 ASCII digits (JSON keys are strings), values ints in
-    0 <= id < 10**9; "\u00b2" (which ``str.isdigit`` accepts but ``int`` refuses) or a 4,301-digit
-    number is refused here, before anything uses it.
-
-    Raises:
-        SpecError: ``<path> ...``, one line naming the first bad entry.
-    """
-    if not isinstance(value, Mapping):
-        raise SpecError(f"{path} must map labels to integer category ids, got {_shown(value)}")
-    checked = {}
-    for key, cat_id in value.items():
-        label, converted = _as_id(key), _as_id(cat_id)
-        if label is None or converted is None:
-            raise SpecError(f"{path} must map labels to integer category ids (at most "
-                            f"{_MAX_ID_DIGITS} digits), got {_shown(key)}: {_shown(cat_id)}")
-        checked[label] = converted
-    return checked
-
-
-def _check_fields(state: Any) -> None:
-    """The entries besides the descriptions that tools read: types and values."""
-    if not isinstance(state, Mapping):
-        raise SpecError(f"it holds a {type(state).__name__}, not a dict")
-    config = state.get("config")
-    if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
-        raise SpecError("it has no model description (config.model); it was not written by "
-                        "tools/train_net.py")
-    names = state.get("class_names")
-    if (not isinstance(names, list | tuple) or not names
-            or not all(isinstance(name, str) for name in names)):
-        raise SpecError("class_names must be a non-empty list of strings")
-    checked_label_map(state.get("label_to_cat_id", {}), path="label_to_cat_id")
-    if not (state.get("iteration") is None or _is_int(state["iteration"])):
-        raise SpecError("iteration must be an integer")
-    if not isinstance(config.get("name"), str | type(None)):
-        raise SpecError("config.name must be a string")
-    dataset = config.get("dataset", {})
-    if not isinstance(dataset, Mapping):
-        raise SpecError("config.dataset must be a dict")
-    for key in ("min_size", "max_size"):
-        value = dataset.get(key, 1)
-        if not (_is_int(value) and value > 0) and not (key == "min_size" and value is None):
-            raise SpecError(f"dataset.{key} must be a positive integer, got {_shown(value)}")
 
 
 def _source(source: str | Path | None) -> str:
@@ -258,7 +174,7 @@ def check_checkpoint(state: Any, *, source: str | Path | None = None) -> None:
         SpecError: ``checkpoint <source>: <what is refused>``, one line.
     """
     try:
-        _check_fields(state)
+        check_fields(state)
         check_spec(state["config"]["model"], constructors=MODEL_CONSTRUCTORS, path="model")
         check_spec(state["config"].get("dataset", {}), constructors=DATA_CONSTRUCTORS,
                    path="dataset")
@@ -277,6 +193,42 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def _built_model(spec: Mapping, source: str | Path | None, device: str | None = None) -> nn.Module:
+    """``spec`` built (on ``device``: ``"meta"`` takes no memory); any constructor's complaint
+    is a SpecError naming the checkpoint."""
+    try:
+        with torch.device(device) if device else contextlib.nullcontext():
+            return _build(spec, MODEL_CONSTRUCTORS, "model")
+    except Exception as error:  # noqa: BLE001 - any constructor's complaint: a bad description
+        raise SpecError(f"{_source(source)}: the model description does not build: "
+                        f"{_first(error)}") from error
+
+
+def _check_size_and_weights(model: nn.Module, state: Mapping, source: str | Path | None,
+                            load_weights: bool) -> None:
+    """Refuse a model (built on ``meta``) larger than ``MAX_PARAMETERS`` or, with
+    ``load_weights``, one whose weights differ in name or shape from the checkpoint's."""
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise SpecError(f"{_source(source)}: its model description builds {count:,} weights "
+                        f"(at most {MAX_PARAMETERS:,})")
+    if not load_weights:
+        return
+    weights = state.get("model")
+    if not isinstance(weights, Mapping):
+        raise SpecError(f"{_source(source)}: it holds no weights ('model' is not a state dict)")
+    for name, tensor in model.state_dict().items():
+        theirs = weights.get(name)
+        if not isinstance(theirs, torch.Tensor) or theirs.shape != tensor.shape:
+            raise SpecError(f"{_source(source)}: its weights do not fit its model description: "
+                            f"{name} is {_shape(theirs)} there, {tuple(tensor.shape)} here")
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else (
+        "missing" if value is None else f"a {type(value).__name__}")
+
+
 def model_from_checkpoint(state: Mapping, *, source: str | Path | None = None,
                           load_weights: bool = True) -> nn.Module:
     """The ``FasterRCNN`` a checkpoint describes, with its trained weights, in eval mode (CPU).
@@ -284,7 +236,8 @@ def model_from_checkpoint(state: Mapping, *, source: str | Path | None = None,
     Args:
         state: a loaded checkpoint (``read_checkpoint`` or ``load_checkpoint``) holding
             ``config["model"]`` (the model description), ``class_names`` and ``model`` (the
-            state dict). It is checked (``check_checkpoint``) before anything is built.
+            state dict). It is checked (``check_checkpoint``) before anything is built, and
+            built first without memory (on ``meta``).
         source: the checkpoint's path, named in errors.
         load_weights: load ``state["model"]`` (False: fresh weights, e.g. for tests).
 
@@ -293,13 +246,11 @@ def model_from_checkpoint(state: Mapping, *, source: str | Path | None = None,
             weights do not fit it.
     """
     check_checkpoint(state, source=source)
-    spec = {**_without_pretrained(state["config"]["model"]),
+    spec = {**_for_rebuilding(state["config"]["model"]),
             "num_classes": len(state["class_names"])}
-    try:
-        model = _build(spec, MODEL_CONSTRUCTORS, "model")
-    except Exception as error:  # noqa: BLE001 - any constructor's complaint: a bad description
-        raise SpecError(f"{_source(source)}: the model description does not build: "
-                        f"{_first(error)}") from error
+    # first without memory: a huge or misfitting description is refused before any is taken
+    _check_size_and_weights(_built_model(spec, source, "meta"), state, source, load_weights)
+    model = _built_model(spec, source)
     if load_weights:
         try:
             model.load_state_dict(state["model"])
@@ -314,9 +265,15 @@ def dataset_from_checkpoint(state: Mapping, *, split: str = "val",
     """The checkpoint's ``split`` dataset (``config["dataset"][split]``) with the evaluation
     transforms of ``dataset.val`` (never augmented), built through ``DATA_CONSTRUCTORS``.
 
+    Describing data is not making it: the data must already be where the description says (a
+    shapes set is read, never generated: see ``existing_shapes_dataset``); nothing is written
+    or deleted.
+
     Raises:
         SpecError: a refused checkpoint, or no such split described in it.
-        DatasetError, OSError: the data itself is missing or bad (the dataset's own errors).
+        DatasetError: the data is missing, different or bad (``checkpoint <source>: ...``, one
+            line that says how to make or find it).
+        OSError: the data cannot be read.
     """
     check_checkpoint(state, source=source)
     dataset = state["config"].get("dataset", {})
@@ -324,4 +281,7 @@ def dataset_from_checkpoint(state: Mapping, *, split: str = "val",
     if not isinstance(spec, Mapping) or "_target_" not in spec or not isinstance(val, Mapping):
         raise SpecError(f"{_source(source)}: it describes no dataset.{split} to build")
     spec = {**spec, "transforms": val.get("transforms")}
-    return _build(spec, DATA_CONSTRUCTORS, f"dataset.{split}")
+    try:
+        return _build(spec, DATA_CONSTRUCTORS, f"dataset.{split}")
+    except DatasetError as error:
+        raise DatasetError(f"{_source(source)}: {error}", kind=error.kind) from None

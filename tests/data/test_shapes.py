@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from detector.data.report import DatasetError
 from detector.data.shapes import (
     CLASS_NAMES,
     ShapesDetection,
+    existing_shapes_dataset,
     generate_shapes_dataset,
     render_shapes_image,
 )
@@ -145,3 +148,168 @@ def test_equal_ratios_are_the_balanced_set_and_bad_ratios_one_line(tmp_path):
         with pytest.raises(DatasetError, match="class_ratios must be 4 non-negative") as info:
             generate_shapes_dataset(root=tmp_path / "bad", class_ratios=bad, **SMALL)
         assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- bounded, careful
+TINY = {"num_train": 2, "num_val": 1, "image_size": 32}
+
+
+def _tree(folder) -> dict:
+    """Every path under and beside ``folder`` with its bytes (None for a folder)."""
+    return {str(p.relative_to(folder.parent)): None if p.is_dir() else p.read_bytes()
+            for p in sorted(folder.parent.rglob("*"))}
+
+
+@pytest.mark.parametrize(("where", "make"), [
+    ("a note beside the set", lambda root: (root / "notes.txt").write_text("keep")),
+    ("a file in a split folder", lambda root: (root / "train" / "holiday.png").write_text("x")),
+    ("an image index past the manifest's count",
+     lambda root: (root / "val" / "000007.png").write_text("x")),
+    ("a folder of one's own", lambda root: (root / "mine").mkdir()),
+    ("a link in a split folder",
+     lambda root: (root / "train" / "000001.png").unlink() or (
+         root / "train" / "000001.png").symlink_to(root.parent / "elsewhere.txt")),
+    ("a manifest of another tool", lambda root: (root / "manifest.json").write_text(
+        json.dumps({"generator": "other", "num_train": 2, "num_val": 1}))),
+])
+def test_a_set_with_anything_else_in_it_is_never_replaced(where, make, tmp_path):
+    """Regenerating with other parameters used to ``rmtree`` any folder holding a manifest."""
+    (tmp_path / "elsewhere.txt").write_text("not ours")
+    root = generate_shapes_dataset(root=tmp_path / "s", **TINY)
+    make(root)
+    before = _tree(root)
+    with pytest.raises(DatasetError, match="refusing to overwrite") as info:
+        generate_shapes_dataset(root=root, **{**TINY, "num_train": 3})
+    assert "\n" not in str(info.value)
+    assert _tree(root) == before, where
+
+
+def test_a_link_or_a_file_as_root_is_never_replaced(tmp_path):
+    real = generate_shapes_dataset(root=tmp_path / "real", **TINY)
+    (tmp_path / "link").symlink_to(real)
+    before = _tree(real)
+    with pytest.raises(DatasetError, match="is a symbolic link; refusing to overwrite"):
+        generate_shapes_dataset(root=tmp_path / "link", **{**TINY, "num_val": 2})
+    assert generate_shapes_dataset(root=tmp_path / "link", **TINY) == tmp_path / "link"  # reads
+    assert _tree(real) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="is not a folder; refusing to overwrite"):
+        generate_shapes_dataset(root=tmp_path / "file", **TINY)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_replacing_removes_exactly_the_old_sets_files(tmp_path):
+    root = generate_shapes_dataset(root=tmp_path / "s", **{**TINY, "num_train": 4})
+    generate_shapes_dataset(root=root, **TINY)
+    fresh = generate_shapes_dataset(root=tmp_path / "fresh", **TINY)
+    assert _contents(root) == _contents(fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "s"]
+
+
+@pytest.mark.parametrize(("params", "names"), [
+    ({"num_train": 10**9}, "num_train must be an integer in [1, 100000], got 1000000000"),
+    ({"num_val": 0}, "num_val must be an integer in [1, 100000], got 0"),
+    ({"num_train": True}, "num_train must be an integer in [1, 100000], got True"),
+    ({"num_train": "5"}, "num_train must be an integer in [1, 100000], got '5'"),
+    ({"image_size": 60_000}, "image_size must be an integer in [32, 2048]"),
+    ({"image_size": 8}, "image_size must be an integer in [32, 2048]"),
+    ({"seed": -1}, "seed must be an integer in [0, 4294967295]"),
+    ({"seed": 10**400}, "seed must be an integer in [0, 4294967295], got an integer of ~401"),
+    ({"num_train": 100_000, "num_val": 100_000, "image_size": 2048}, "is too large"),
+    ({"class_ratios": "abcd"}, "class_ratios must be 4 non-negative numbers"),
+    ({"class_ratios": [1, 1, 1, 10**400]}, "class_ratios must be 4 non-negative numbers"),
+], ids=["num_train", "num_val_0", "bool", "string", "size_huge", "size_small", "seed",
+        "seed_huge", "pixels", "ratios_string", "ratios_huge"])
+def test_every_parameter_has_a_range_checked_before_anything_is_written(params, names,
+                                                                         tmp_path, monkeypatch):
+    from detector.data import shapes
+
+    # bounded even where the check is missing: a billion images would fill the disk
+    monkeypatch.setattr(shapes, "_write_split",
+                        lambda *args, **kwargs: pytest.fail("generation began unchecked"))
+    with pytest.raises(DatasetError) as info:
+        generate_shapes_dataset(root=tmp_path / "s", **{**TINY, **params})
+    assert names in str(info.value) and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_set_that_may_not_fit_the_disk_is_refused_first(tmp_path, monkeypatch):
+    import shutil as real_shutil
+
+    from detector.data import shapes_folder
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shapes_folder.shutil, "disk_usage",
+                        lambda path: usage._replace(free=1000))
+    with pytest.raises(DatasetError, match=r"may not fit in the 0\.00 GB free"):
+        generate_shapes_dataset(root=tmp_path / "s", **TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _leftover(parent, pid: int, *, extra: str | None = None, age: float = 3600):
+    """A temporary folder as a run killed mid-way leaves it (manifest first, some images)."""
+    tmp = parent / f".s.generating-{pid}-k1ll3d"
+    (tmp / "train").mkdir(parents=True)
+    (tmp / "annotations").mkdir()
+    (tmp / "manifest.json").write_text(json.dumps(
+        {"generator": "shapes", "version": 2, "num_train": 5, "num_val": 1, "image_size": 32,
+         "seed": 0}))
+    (tmp / "train" / "000000.png").write_bytes(b"\x89PNG partial")
+    if extra:
+        (tmp / extra).write_text("not the generator's")
+    for path in (tmp, tmp / "train", tmp / "annotations"):
+        os.utime(path, (time.time() - age, time.time() - age))
+    return tmp
+
+
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path):
+    gone = _leftover(tmp_path, 999_999_999)  # no such process: past the kernel's pid_max
+    foreign = _leftover(tmp_path, 999_999_998, extra="diary.txt")
+    running = _leftover(tmp_path, os.getpid(), age=0)  # a live process, writing now
+    long_idle = tmp_path / ".other.generating-999999999-x"  # another root's: not ours to judge
+    long_idle.mkdir()
+    generate_shapes_dataset(root=tmp_path / "s", **TINY)
+    assert not gone.exists()
+    assert (foreign / "diary.txt").exists() and (foreign / "train" / "000000.png").exists()
+    assert running.exists() and long_idle.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [foreign.name, running.name, long_idle.name, "s"])
+
+
+def test_a_temporary_folder_idle_for_a_day_goes_even_if_its_pid_is_reused(tmp_path):
+    old = _leftover(tmp_path, os.getpid(), age=2 * 24 * 3600)
+    generate_shapes_dataset(root=tmp_path / "s", **TINY)
+    assert not old.exists()
+
+
+def test_an_interrupted_generation_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    from detector.data import shapes
+
+    def interrupted(root, split, *args, **kwargs):
+        (root / split).mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shapes, "_write_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_shapes_dataset(root=tmp_path / "s", **TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_false_reads_a_set_and_never_writes(tmp_path):
+    with pytest.raises(DatasetError, match=r"is not at .*missing \(there is none there\); a "
+                                           r"description never generates data"):
+        ShapesDetection(root=tmp_path / "missing", split="val", generate=False, **TINY)
+    root = generate_shapes_dataset(root=tmp_path / "s", **TINY)
+    before = _tree(root)
+    with pytest.raises(DatasetError, match="the set there differs in num_val"):
+        ShapesDetection(root=root, split="val", generate=False, **{**TINY, "num_val": 2})
+    assert len(ShapesDetection(root=root, split="val", generate=False, **TINY)) == 1
+    assert _tree(root) == before and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    with pytest.raises(DatasetError, match="split must be one of"):
+        ShapesDetection(root=root, split=["val"], generate=False, **TINY)
+
+
+def test_existing_shapes_dataset_cannot_be_told_to_generate(tmp_path):
+    with pytest.raises(DatasetError, match="may not set generate"):
+        existing_shapes_dataset(root=tmp_path / "s", split="val", generate=True, **TINY)
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ import torchvision
 import yaml
 from tiny_checkpoint import TINY_CLASSES, tiny_model_spec
 
+from detector.data import generate_shapes_dataset
 from detector.modeling.backbone import VGG16BNBackbone
 from detector.modeling.faster_rcnn import FasterRCNN
 from detector.modeling.spec import (
@@ -203,7 +204,7 @@ def test_weights_names_are_removed_at_every_depth_lists_included(monkeypatch):
     (lambda s: s["config"]["model"].update(_target_=torch.zeros(9, 9)),
      "model._target_ a Tensor is not a detector constructor"),
     (lambda s: s["config"].update(dataset={"min_size": torch.zeros(9, 9)}),
-     "dataset.min_size must be a positive integer, got a Tensor"),
+     "dataset.min_size must be a positive integer of at most 4096 (pixels), got a Tensor"),
 ])
 def test_check_checkpoint_names_the_file_and_what_it_refuses(change, message):
     state = _state(build_from_spec(tiny_model_spec(len(TINY_CLASSES))))
@@ -214,6 +215,8 @@ def test_check_checkpoint_names_the_file_and_what_it_refuses(change, message):
 
 
 def test_dataset_from_checkpoint_builds_the_split_with_the_val_transforms(tmp_path):
+    """(The set is there: a checkpoint's description reads data, it never makes it.)"""
+    generate_shapes_dataset(root=tmp_path / "shapes", num_train=2, num_val=1, image_size=64)
     shapes = {"_target_": "detector.data.ShapesDetection", "root": str(tmp_path / "shapes"),
               "num_train": 2, "num_val": 1, "image_size": 64}
     transforms = {"_target_": "detector.data.build_transforms", "min_size": 32, "max_size": 32}
@@ -235,3 +238,22 @@ def test_a_description_nested_deeper_than_any_config_is_refused_not_a_recursion_
     with pytest.raises(SpecError, match=r"nested deeper than 32 levels"):
         build_from_spec({"_target_": "torchvision.ops.RoIPool", "output_size": deep})
     assert build_from_spec({"a": [[[[1]]]]}) == {"a": [[[[1]]]]}  # what configs nest is fine
+
+
+def _nested(levels: int) -> list:
+    """``levels`` lists, one inside the other, around a 1: ``_nested(2) == [[1]]``."""
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_the_depth_limit_is_exactly_32_levels():
+    """32 nested lists and dicts are accepted, 33 refused (a planted off-by-one at the
+    boundary went unnoticed while the only test nested 5000)."""
+    assert build_from_spec(_nested(32)) == _nested(32)
+    with pytest.raises(SpecError, match=r"^model(\[0\]){32} is nested deeper than 32 levels$"):
+        build_from_spec(_nested(33))
+    assert build_from_spec({"a": _nested(31)}) == {"a": _nested(31)}  # a dict counts as a level
+    with pytest.raises(SpecError, match="nested deeper than 32 levels"):
+        build_from_spec({"a": _nested(32)})

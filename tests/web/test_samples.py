@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from detector.data import generate_shapes_dataset
 from detector.web import sample_images
 
 
 def _shapes_config(root, num_val: int = 5) -> dict:
-    """The dataset part of a checkpoint's config, as train_net stores it (resolved)."""
+    """The dataset part of a checkpoint's config, as train_net stores it (resolved), and the set
+    it describes (a description never generates it)."""
+    generate_shapes_dataset(root=root, num_train=2, num_val=num_val, image_size=64)
     val = {"_target_": "detector.data.ShapesDetection", "root": str(root), "split": "val",
            "num_train": 2, "num_val": num_val, "image_size": 64, "on_bad": "error",
            "transforms": {"_target_": "detector.data.build_transforms", "train": False,
