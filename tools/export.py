@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli import check_command_line, command_arg, exit_on_user_error, resolve_checkpoint  # noqa: E402
 from config_checks import check_export_config  # noqa: E402
 
+from detector.predict.inputs import printable  # noqa: E402
 from detector.predict.onnx_export import ExportError, export_checkpoint  # noqa: E402
-from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
+from detector.predict.onnx_predictor import OnnxModelError  # noqa: E402
 
 
 def run(cfg: DictConfig) -> Path:
@@ -30,14 +31,15 @@ def run(cfg: DictConfig) -> Path:
     checkpoint = resolve_checkpoint(cfg)
     output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(".onnx")
     start = time.perf_counter()
+    # loaded in onnxruntime before it takes its name: the file is usable, or there is none
     result = export_checkpoint(checkpoint, output, height=cfg.height, width=cfg.width)
     seconds = time.perf_counter() - start
-    predictor = OnnxPredictor.from_file(result.path)  # loads in onnxruntime: the file is usable
     height, width = result.input_size
-    print(f"exported {checkpoint} in {seconds:.1f} s: input {height} x {width} (any batch), "
-          f"{len(predictor.class_names)} classes, {result.path.stat().st_size / 2**20:.1f} MiB")
-    print(f"wrote {result.path}; run it with: python tools/predict.py input=PATH "
-          f"backend=onnxruntime {command_arg('onnx', result.path)}")
+    print(f"exported {printable(checkpoint)} in {seconds:.1f} s: input {height} x {width} (any "
+          f"batch), {len(result.metadata['class_names'])} classes, "
+          f"{result.path.stat().st_size / 2**20:.1f} MiB")
+    print(f"wrote {printable(result.path)}; run it with: python tools/predict.py input=PATH "
+          f"backend=onnxruntime {printable(command_arg('onnx', result.path))}")
     return result.path
 
 

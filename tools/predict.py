@@ -21,7 +21,7 @@ from cli import check_command_line, exit_on_user_error, resolve_checkpoint  # no
 from config_checks import ConfigError, check_predict_config  # noqa: E402
 
 from detector.predict.files import output_paths, predict_files  # noqa: E402
-from detector.predict.inputs import InputError, collect_inputs  # noqa: E402
+from detector.predict.inputs import InputError, collect_inputs, printable  # noqa: E402
 from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
 from detector.predict.predictor import Predictor  # noqa: E402
 
@@ -46,8 +46,8 @@ def run(cfg: DictConfig) -> None:
     output_paths(inputs, output)  # never over an input file
     predictor = build_predictor(cfg)
     source = predictor.info.get("model") or predictor.info.get("checkpoint")
-    print(f"{len(inputs.images)} images, {len(inputs.videos)} videos from {cfg.input}; "
-          f"model {source} ({cfg.backend})")
+    print(f"{len(inputs.images)} images, {len(inputs.videos)} videos from "
+          f"{printable(cfg.input)}; model {printable(source)} ({cfg.backend})")
     report = predict_files(predictor, inputs, output, score_threshold=cfg.score_threshold,
                            progress=cfg.progress,
                            metadata={"input": str(cfg.input), "model": str(source),

@@ -31,6 +31,7 @@ from config_checks import (  # noqa: E402, F401
 )
 
 from detector.modeling.spec import read_checkpoint  # noqa: E402
+from detector.predict.inputs import printable  # noqa: E402
 from detector.predict.predictor import Predictor  # noqa: E402
 from detector.web import create_app, make_server, sample_images, server_url  # noqa: E402
 
@@ -87,7 +88,7 @@ def run(cfg: DictConfig) -> None:
                      max_pixels=megapixels_to_pixels(cfg.max_megapixels),
                      score_threshold=cfg.score_threshold, display_threshold=cfg.display_threshold)
     server = bind(app, cfg)
-    log.info("model %s (iteration %s, %d classes) on %s, %d sample images", path,
+    log.info("model %s (iteration %s, %d classes) on %s, %d sample images", printable(path),
              predictor.info.get("iteration"), len(predictor.class_names), predictor.device,
              len(samples))
     print(f"serving the detector demo on {server_url(server)}  (Ctrl-C stops it)", flush=True)

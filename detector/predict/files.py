@@ -25,7 +25,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from detector.data.report import DatasetError
-from detector.predict.inputs import InputError, Inputs, read_video_batches, video_info
+from detector.predict.image_files import DEFAULT_MAX_PIXELS
+from detector.predict.inputs import InputError, Inputs, printable, read_video_batches, video_info
 from detector.predict.predictor import Detections, load_image
 from detector.visualize import draw_detections, save_image
 
@@ -56,15 +57,16 @@ class PredictionReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        """A few lines for the console: counts, speed, skipped files, where the outputs are."""
+        """A few lines for the console: counts, speed, skipped files, where the outputs are (names
+        with control characters shown escaped, see ``printable``)."""
         done = self.images + self.frames
         speed = done / self.seconds if self.seconds > 0 else 0.0
         lines = [f"{self.images} images, {self.frames} video frames ({self.videos} videos), "
                  f"{self.detections} detections, {speed:.2f} img/s"]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")
-            lines += [f"  {name}: {reason}" for name, reason in self.skipped]
-        lines.append(f"annotated files and {DETECTIONS_FILE} in {self.output_dir}")
+            lines += [f"  {printable(name)}: {printable(reason)}" for name, reason in self.skipped]
+        lines.append(f"annotated files and {DETECTIONS_FILE} in {printable(self.output_dir)}")
         return "\n".join(lines)
 
 
@@ -91,8 +93,10 @@ def output_paths(inputs: Inputs, output_dir: str | Path) -> dict[Path, Path]:
     (``a.png`` and ``a.bmp``) keep their own suffix in it (``a.png``, ``a.bmp.png``).
 
     Raises:
-        InputError: ``output_dir`` is the input folder or inside it, or a file would be written
-            over an input file.
+        InputError: ``output_dir`` is the input folder or inside it, a file would be written
+            over an input file, or an output's name is taken by something that is not a
+            regular file (a folder named ``detections.json``, a symbolic link) or leads out of
+            ``output_dir`` through a symbolic link (``check_targets``).
     """
     output_dir = Path(output_dir)
     if inputs.folder is not None and output_dir.resolve().is_relative_to(inputs.folder.resolve()):
@@ -114,9 +118,32 @@ def output_paths(inputs: Inputs, output_dir: str | Path) -> dict[Path, Path]:
     originals = {path.resolve(): path for path in plain}
     for target in [*planned.values(), output_dir / DETECTIONS_FILE]:
         if target.resolve() in originals:
-            raise InputError(f"output={output_dir} would write over the input file "
-                             f"{originals[target.resolve()]}: pick another output folder")
+            raise InputError(f"output={printable(output_dir)} would write over the input file "
+                             f"{printable(originals[target.resolve()])}: pick another output "
+                             f"folder")
+    check_targets(output_dir, [*planned.values(), output_dir / DETECTIONS_FILE])
     return planned
+
+
+def check_targets(output_dir: Path, targets: list[Path]) -> None:
+    """Each file to write is absent or a regular file (written over: an earlier run's output),
+    and lies inside ``output_dir`` once symbolic links are followed.
+
+    Raises:
+        InputError: one line naming the first target that is not.
+    """
+    root = output_dir.resolve()
+    for target in targets:
+        name = printable(target.relative_to(output_dir))
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            kind = "a symbolic link" if target.is_symlink() else \
+                "a folder" if target.is_dir() else "not a regular file"
+            raise InputError(f"output={printable(output_dir)} holds {name}, which is {kind}: "
+                             f"prediction would write that file; remove it or pick another "
+                             f"output folder")
+        if not target.parent.resolve().is_relative_to(root):
+            raise InputError(f"output={printable(output_dir)}: {name} would be written outside "
+                             f"it, through a symbolic link; pick another output folder")
 
 
 def _read_batch(paths: list[Path], inputs: Inputs, report: PredictionReport):
@@ -177,6 +204,10 @@ def _predict_video(predictor, path: Path, inputs: Inputs, out_path: Path, thresh
     info = video_info(path)
     if info is None or info.width == 0:
         report.skipped.append((str(relative), "OpenCV cannot open it as a video"))
+        return None
+    if info.width * info.height > DEFAULT_MAX_PIXELS:
+        report.skipped.append((str(relative), f"frames of {info.width} x {info.height} pixels: "
+                                              f"more than {DEFAULT_MAX_PIXELS / 1e6:g} megapixels"))
         return None
     writer = _open_writer(out_path, info.fps, (info.width, info.height))
     frames: list[dict] = []

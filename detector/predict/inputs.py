@@ -7,9 +7,11 @@ lists of image and video files, plus reading a video's frames in batches.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
+import os
 import stat
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +19,23 @@ import cv2
 import numpy as np
 
 from detector.errors import UserError
+from detector.untrusted import shown
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "InputError", "Inputs", "VideoInfo",
-           "collect_inputs", "read_video_batches", "video_info"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_ENTRIES", "VIDEO_EXTENSIONS", "InputError", "Inputs",
+           "VideoInfo", "collect_inputs", "printable", "read_video_batches", "video_info"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 _GLOB_CHARS = ("*", "?", "[")
+MAX_ENTRIES = 1_000_000  # folder entries a search looks at before it gives up
+
+
+def printable(text: object) -> str:
+    """``str(text)`` whole, with control and other unprintable characters (a newline, the ESC of
+    a terminal escape sequence, a right-to-left override) shown as escapes (``\\n``,
+    ``\\x1b``, ``\\u202e``): a file name printed to a console can neither forge lines nor
+    drive the terminal (``detector.untrusted.shown`` without a length limit)."""
+    return shown(text, limit=None)
 
 
 class InputError(UserError, ValueError):
@@ -105,37 +117,138 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+def _name_matches(name: str, part: str) -> bool:
+    """One path component against one pattern component, as ``glob`` does (a wildcard does
+    not match a leading dot)."""
+    return (part.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, part)
+
+
+def _matches(parts: tuple[str, ...], pattern: tuple[str, ...], *, prefix: bool = False) -> bool:
+    """Whether relative path ``parts`` matches ``pattern`` (``**``: any number of folders, not
+    hidden ones); with ``prefix``, whether a path below folder ``parts`` could still match."""
+    if not parts:
+        return bool(pattern) if prefix else all(part == "**" for part in pattern)
+    if not pattern:
+        return False
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return _matches(parts, rest, prefix=prefix) or (
+            not parts[0].startswith(".") and _matches(parts[1:], pattern, prefix=prefix))
+    return _name_matches(parts[0], head) and _matches(parts[1:], rest, prefix=prefix)
+
+
+def _listing(folder: Path, seen: set, room: int) -> list[os.DirEntry] | None:
+    """The entries of ``folder`` in name order; None for a folder already ``seen`` (by its
+    device and inode, so through any link) or unreadable. More than ``room`` entries: raises
+    ``OverflowError`` before listing further."""
+    try:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            return None
+        seen.add((info.st_dev, info.st_ino))
+        listed = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if len(listed) == room:
+                    raise OverflowError(room)
+                listed.append(entry)
+    except OSError:
+        return None  # unreadable folder: nothing in it to predict on
+    return sorted(listed, key=lambda entry: entry.name)
+
+
+def _walk(root: Path, *, descend: Callable[[tuple[str, ...]], bool],
+          keep: Callable[[tuple[str, ...]], bool], follow: bool) -> list[Path]:
+    """Entries under ``root`` that are not folders, whose relative parts ``keep`` accepts,
+    searching the folders that ``descend`` accepts; each real folder at most once (a symbolic
+    link loop such as ``a -> .`` or a bind mount of a parent is not walked again), symbolic
+    links to folders followed only with ``follow``. Breadth first, in name order: a folder
+    reached by several paths is listed under the shortest (then first by name).
+
+    Raises:
+        InputError: more than ``MAX_ENTRIES`` entries looked at.
+    """
+    files, seen, room = [], set(), MAX_ENTRIES
+    queue: deque[tuple[Path, tuple[str, ...]]] = deque([(root, ())])
+    while queue:
+        folder, parts = queue.popleft()
+        try:
+            listed = _listing(folder, seen, room) or []
+        except OverflowError:
+            raise InputError(f"{printable(root)} holds more than {MAX_ENTRIES} entries; name a "
+                             f"smaller folder or a narrower glob") from None
+        room -= len(listed)
+        for entry in listed:
+            here = (*parts, entry.name)
+            try:
+                is_folder = entry.is_dir(follow_symlinks=follow)
+            except OSError:
+                is_folder = False
+            if is_folder:
+                if descend(here):
+                    queue.append((folder / entry.name, here))
+            elif keep(here) and not (entry.is_symlink() and _is_folder(folder / entry.name)):
+                files.append(folder / entry.name)
+    return files
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """Files under ``root``, recursively, leaving out hidden files and folders; symbolic links
+    to folders are not followed."""
+    visible = lambda parts: not parts[-1].startswith(".")  # noqa: E731
+    return _walk(root, descend=visible, keep=visible, follow=False)
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """Files matching a glob pattern (``**`` recurses), as ``glob.glob(recursive=True)`` finds
+    them, but each real folder searched once: a symbolic link loop ends the search."""
+    root = _glob_root(pattern)
+    rest = Path(pattern).parts[len(root.parts):]
+    if not root.is_dir() or not rest:
+        return []
+    return _walk(root, descend=lambda parts: _matches(parts, rest, prefix=True),
+                 keep=lambda parts: _matches(parts, rest), follow=True)
+
+
 def collect_inputs(path: str | Path) -> Inputs:
     """Resolve ``path`` into the files to predict on.
 
     Args:
         path: an image or video file; a folder (searched recursively; hidden files and folders are
-            left out); or a glob pattern such as ``"photos/**/*.jpg"`` (``**`` recurses).
+            left out; symbolic links to folders are not followed); or a glob pattern such as
+            ``"photos/**/*.jpg"`` (``**`` recurses, following symbolic links to folders). Each
+            real folder is searched once (a link loop ends there), at most ``MAX_ENTRIES``
+            entries in all.
 
     Raises:
-        InputError: ``path`` does not exist, or names no image or video at all.
+        InputError: ``path`` does not exist, names no image or video at all, or holds more than
+            ``MAX_ENTRIES`` entries.
     """
     text = str(path)
     if any(c in text for c in _GLOB_CHARS) and not Path(text).exists():
-        matches = [Path(p) for p in glob.glob(text, recursive=True)]
-        files = [p for p in matches if not p.is_dir()]
+        files = _glob_files(text)
         if not files:
-            raise InputError(f"no files match {text}")
+            raise InputError(f"no files match {printable(text)}")
         inputs = _sort_files(files, _glob_root(text), explicit=False)
     elif Path(text).is_dir():
-        root = Path(text)
-        files = [p for p in root.rglob("*") if not p.is_dir()
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
-        inputs = _sort_files(files, root, explicit=False)
-        inputs.folder = root
+        inputs = _sort_files(_folder_files(Path(text)), Path(text), explicit=False)
+        inputs.folder = Path(text)
     elif Path(text).is_file():
         inputs = _sort_files([Path(text)], Path(text).parent, explicit=True)
     elif Path(text).exists() or Path(text).is_symlink():  # a FIFO, a broken link, ...
-        raise InputError(f"{text}: {_not_a_file(Path(text))}")
+        raise InputError(f"{printable(text)}: {_not_a_file(Path(text))}")
     else:
-        raise InputError(f"{text} does not exist (expected an image, a folder, a glob or a video)")
+        raise InputError(f"{printable(text)} does not exist (expected an image, a folder, a glob "
+                         f"or a video)")
     if not inputs.images and not inputs.videos:
-        raise InputError(f"no images or videos in {text} (looked for "
+        raise InputError(f"no images or videos in {printable(text)} (looked for "
                          f"{' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
     return inputs
 

@@ -8,12 +8,19 @@
 Images go through the same eval preprocessing as ``Predictor`` (the run's resize, ImageNet
 normalisation), read from the file's metadata, and are zero-padded to the graph's fixed input
 size; the network itself runs in onnxruntime (CPU), not PyTorch.
+
+A ``.onnx`` file is a program for onnxruntime, and one may come from anyone. Before onnxruntime
+sees it, a graph with a node that iterates (``Loop``, ``Scan``, ``SequenceMap``, at any depth of
+subgraphs or functions: a 10^12-step loop would run for days and cannot be interrupted) or with
+tensors stored outside the file is refused; then its inputs, outputs and metadata must be what
+``tools/export.py`` writes (``check_signature``, ``check_metadata``). Each refusal is one
+``OnnxModelError`` line.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +29,21 @@ import numpy as np
 
 from detector.data.transforms import DetectionTransforms, build_transforms
 from detector.errors import UserError
-from detector.predict.onnx_export import INPUT_NAMES, METADATA_PREFIX
+from detector.modeling.spec import MAX_IMAGE_SIDE, SpecError, checked_label_map
+from detector.predict.inputs import InputError
+from detector.predict.onnx_export import INPUT_NAMES, METADATA_PREFIX, OUTPUT_NAMES
 from detector.predict.predictor import Detections, Predictor
 
-__all__ = ["OnnxModelError", "OnnxPredictor", "check_metadata", "read_metadata"]
+__all__ = ["ITERATING", "OnnxModelError", "OnnxPredictor", "check_graph", "check_metadata",
+           "check_signature", "label_map", "read_metadata"]
+
+ITERATING = ("Loop", "Scan", "SequenceMap")  # ops that run a subgraph a data-given number of times
+# name -> (element type, rank, fixed dimensions by position) of what tools/export.py writes
+_SIGNATURE = {
+    "images": ("tensor(float)", 4, {1: 3}), "image_sizes": ("tensor(int64)", 2, {1: 2}),
+    "boxes": ("tensor(float)", 3, {2: 4}), "scores": ("tensor(float)", 2, {}),
+    "labels": ("tensor(int64)", 2, {}), "valid": ("tensor(bool)", 2, {}),
+}
 
 
 class OnnxModelError(UserError, ValueError):
@@ -49,15 +67,22 @@ def read_metadata(session: Any, source: str | Path = "the model") -> dict:
     return meta
 
 
-def _is_int(value: Any, low: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+def _is_int(value: Any, low: int = 1, high: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def _side(value: Any) -> bool:
+    return _is_int(value, high=MAX_IMAGE_SIDE)
 
 
 def check_metadata(meta: dict, source: str | Path = "the model") -> None:
     """Refuse metadata that ``tools/export.py`` would not write: the keys ``OnnxPredictor``
     reads must have their types and ranges (class_names: non-empty strings; input_size: two
-    positive integers; min_size: a positive integer or null; max_size: a positive integer;
-    label_to_cat_id: integer labels to integer ids; iteration: an integer or null).
+    integers in 1..4096; min_size: an integer in 1..4096 or null; max_size: an integer in
+    1..4096; label_to_cat_id: labels to category ids as ``checked_label_map`` takes them;
+    iteration: an integer or null), and the input must hold a square image as the resize
+    settings make it (else every ordinary image would fail at prediction time).
 
     Raises:
         OnnxModelError: one line naming ``source`` and the first bad key.
@@ -65,21 +90,115 @@ def check_metadata(meta: dict, source: str | Path = "the model") -> None:
     if "class_names" not in meta or "input_size" not in meta:
         raise OnnxModelError(f"{source} has no detector metadata; export it with tools/export.py")
     names, size = meta["class_names"], meta["input_size"]
-    cat_ids = meta.get("label_to_cat_id", {})
     checks = {
         "class_names": isinstance(names, list) and bool(names)
         and all(isinstance(name, str) for name in names),
-        "input_size": isinstance(size, list) and len(size) == 2 and all(map(_is_int, size)),
-        "min_size": meta.get("min_size") is None or _is_int(meta["min_size"]),
-        "max_size": _is_int(meta.get("max_size", 1000)),
-        "label_to_cat_id": isinstance(cat_ids, dict) and all(
-            str(k).isdigit() and _is_int(v, low=0) for k, v in cat_ids.items()),
+        "input_size": isinstance(size, list) and len(size) == 2 and all(map(_side, size)),
+        "min_size": meta.get("min_size") is None or _side(meta["min_size"]),
+        "max_size": _side(meta.get("max_size", 1000)),
         "iteration": meta.get("iteration") is None or _is_int(meta["iteration"], low=0),
     }
     for key, ok in checks.items():
         if not ok:
-            raise OnnxModelError(f"{source}: metadata {METADATA_PREFIX}{key} is malformed: "
-                                 f"{json.dumps(meta.get(key))[:80]}")
+            shown = json.dumps(meta.get(key))
+            shown = shown[:80] if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} chars)"
+            ranges = f" (sizes lie in 1..{MAX_IMAGE_SIDE})" if key.endswith("size") else ""
+            raise OnnxModelError(f"{source}: metadata {METADATA_PREFIX}{key} is malformed"
+                                 f"{ranges}: {shown}")
+    label_map(meta, source)
+    min_size, max_size = meta.get("min_size", 600), meta.get("max_size", 1000)
+    if min_size is not None and min(size) < min(min_size, max_size):
+        side = min(min_size, max_size)
+        raise OnnxModelError(f"{source}: its input {size[0]} x {size[1]} cannot hold the {side} x "
+                             f"{side} a square image resizes to (min_size {min_size}, max_size "
+                             f"{max_size}); export it again with tools/export.py")
+
+
+def label_map(meta: dict, source: str | Path = "the model") -> dict[int, int]:
+    """The metadata's ``label_to_cat_id`` as ints (``checked_label_map``: "\u00b2" or a
+    4,301-digit id is refused).
+
+    Raises:
+        OnnxModelError: naming ``source`` and the bad entry.
+    """
+    try:
+        return checked_label_map(meta.get("label_to_cat_id", {}),
+                                 path=f"metadata {METADATA_PREFIX}label_to_cat_id is malformed:")
+    except SpecError as error:
+        raise OnnxModelError(f"{source}: {error}") from None
+
+
+def _subgraphs(node: Any, graph_types: tuple[int, int]) -> list:
+    """The subgraphs a node holds (an ``If``'s branches, a ``Loop``'s body)."""
+    out = []
+    for attribute in node.attribute:
+        if attribute.type == graph_types[0]:
+            out.append(attribute.g)
+        elif attribute.type == graph_types[1]:
+            out.extend(attribute.graphs)
+    return out
+
+
+def check_graph(path: str | Path) -> None:
+    """Refuse a model file before onnxruntime loads it: not ONNX, a node that iterates
+    (``ITERATING``: a 10^12-step ``Loop`` cannot be interrupted) anywhere, at any depth of
+    subgraphs (``If`` branches) and in local functions, or a tensor stored outside the file.
+    ``tools/export.py`` writes none of these (its graph's only subgraphs are the branches of the
+    ``If`` nodes of torchvision's ``batched_nms``: no boxes, or NMS on them; each runs once).
+
+    Raises:
+        OnnxModelError: one line naming ``path`` and the refused node.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf and onnx raise their own types
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise OnnxModelError(f"{path} is not an ONNX model: {first}") from None
+    external, kinds = onnx.TensorProto.EXTERNAL, onnx.AttributeProto
+    stack = [("the graph", model.graph.node, model.graph.initializer)]
+    stack += [(f"function {f.name[:40]!r}", f.node, ()) for f in model.functions]
+    while stack:
+        owner, nodes, initializers = stack.pop()
+        if any(tensor.data_location == external for tensor in initializers) or any(
+                a.type == kinds.TENSOR and a.t.data_location == external
+                for node in nodes for a in node.attribute):
+            raise OnnxModelError(f"{path}: {owner} keeps tensors in other files (external "
+                                 f"data), which tools/export.py never writes: refused")
+        for node in nodes:
+            if node.op_type in ITERATING:
+                raise OnnxModelError(
+                    f"{path}: {owner} has a {node.op_type} node ({node.name[:40]!r}), which "
+                    f"tools/export.py never writes (a loop could run without end): refused")
+            stack += [(f"a subgraph of {node.op_type[:40]} node {node.name[:40]!r}", g.node,
+                       g.initializer) for g in _subgraphs(node, (kinds.GRAPH, kinds.GRAPHS))]
+
+
+def check_signature(session: Any, input_size: Sequence[int], source: str | Path) -> None:
+    """The session's inputs and outputs are ``tools/export.py``'s, in order, with their element
+    types and ranks, and the image input is ``input_size`` (H, W) as the metadata says.
+
+    Raises:
+        OnnxModelError: one line naming ``source`` and the first difference.
+    """
+    for kind, expected, args in (("inputs", INPUT_NAMES, session.get_inputs()),
+                                 ("outputs", OUTPUT_NAMES, session.get_outputs())):
+        names = [arg.name for arg in args]
+        if names != list(expected):
+            raise OnnxModelError(f"{source}: the graph's {kind} are {', '.join(names)[:120]}, "
+                                 f"not {', '.join(expected)}; export it with tools/export.py")
+        for arg in args:
+            dtype, rank, fixed = _SIGNATURE[arg.name]
+            shape = list(arg.shape or [])
+            if arg.type != dtype or len(shape) != rank or any(
+                    isinstance(shape[i], int) and shape[i] != n for i, n in fixed.items()):
+                raise OnnxModelError(f"{source}: the graph's {arg.name} is {arg.type} "
+                                     f"{shape}, not {dtype} of rank {rank}")
+    image_hw = list(session.get_inputs()[0].shape)[2:]
+    if image_hw != list(input_size):
+        raise OnnxModelError(f"{source}: the graph's input is {image_hw}, its metadata says "
+                             f"{list(input_size)}")
 
 
 @dataclass
@@ -116,6 +235,7 @@ class OnnxPredictor:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
+        check_graph(path)  # before onnxruntime sees it
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
@@ -126,13 +246,12 @@ class OnnxPredictor:
             raise OnnxModelError(f"onnxruntime cannot load {path}: {first}") from None
         meta = read_metadata(session, path)
         check_metadata(meta, path)
+        check_signature(session, meta["input_size"], path)
         return cls(session=session,
                    transforms=build_transforms(train=False, min_size=meta.get("min_size", 600),
                                                max_size=meta.get("max_size", 1000)),
                    class_names=list(meta["class_names"]), input_size=tuple(meta["input_size"]),
-                   batch_size=int(batch_size),
-                   label_to_cat_id={int(k): int(v)
-                                    for k, v in meta.get("label_to_cat_id", {}).items()},
+                   batch_size=int(batch_size), label_to_cat_id=label_map(meta, path),
                    info={"model": str(path), **meta})
 
     __call__ = Predictor.__call__  # same batching over paths/arrays/PIL; calls predict_arrays
@@ -142,7 +261,7 @@ class OnnxPredictor:
         ``image_sizes [B,2]`` int64) and per image (original size, (sy, sx) scale, source).
 
         Raises:
-            ValueError: a resized image larger than the graph's input size.
+            InputError (a ValueError): a resized image larger than the graph's input size.
         """
         height, width = self.input_size
         arrays, sizes, per_image = [], [], []
@@ -152,9 +271,10 @@ class OnnxPredictor:
             image = sample["image"].numpy()
             h, w = image.shape[1:]
             if h > height or w > width:
-                raise ValueError(f"a {array.shape[0]} x {array.shape[1]} image resizes to {h} x {w},"
-                                 f" larger than the model's input {height} x {width}; export "
-                                 f"with height=/width= that hold it")
+                name = f"{source}: a" if source else "a"
+                raise InputError(f"{name} {array.shape[0]} x {array.shape[1]} image resizes to "
+                                 f"{h} x {w}, larger than the model's input {height} x {width}; "
+                                 f"export with height=/width= that hold it")
             padded = np.zeros((3, height, width), np.float32)
             padded[:, :h, :w] = image
             arrays.append(padded)
@@ -169,7 +289,7 @@ class OnnxPredictor:
         feeds, per_image = self.preprocess(images)
         if not per_image:
             return []
-        boxes, scores, labels, valid = self.session.run(None, feeds)
+        boxes, scores, labels, valid = self._run(feeds)
         results = []
         for i, (size, (sy, sx), source) in enumerate(per_image):
             keep = valid[i].astype(bool)
@@ -183,3 +303,18 @@ class OnnxPredictor:
                 class_names=[self.class_names[k - 1] for k in label.tolist()],
                 image_size=(int(size[0]), int(size[1])), source=source))
         return results
+
+    def _run(self, feeds: dict) -> list[np.ndarray]:
+        """boxes [B, D, 4], scores, labels, valid [B, D] of one run, shapes checked (a graph
+        whose declared outputs fit may still return other shapes)."""
+        outputs = self.session.run(None, feeds)
+        batch = len(feeds[INPUT_NAMES[0]])
+        if len(outputs) == 4:
+            boxes, scores, labels, valid = (np.asarray(o) for o in outputs)
+            detections = boxes.shape[1] if boxes.ndim == 3 else -1
+            if boxes.shape == (batch, detections, 4) and scores.shape == labels.shape \
+                    == valid.shape == (batch, detections):
+                return [boxes, scores, labels, valid]
+        raise OnnxModelError(f"{self.info.get('model')}: the graph returned outputs of shapes "
+                             f"{[np.shape(o) for o in outputs][:6]}, not boxes [B, D, 4] and "
+                             f"scores, labels, valid [B, D]")

@@ -15,8 +15,7 @@ The model is built once from the checkpoint's own description (no Hydra, nothing
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,44 @@ import torch
 from torch import nn
 
 from detector.data.collate import collate_batch
-from detector.data.image_io import read_image_rgb
 from detector.data.transforms import DetectionTransforms, build_transforms
-from detector.modeling.spec import model_from_checkpoint, read_checkpoint
+from detector.modeling.spec import (
+    MAX_IMAGE_SIDE,
+    SpecError,
+    checked_label_map,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from detector.predict.image_files import read_image_file
 from detector.runtime import autocast, resolve_device, resolve_precision, to_device
+from detector.untrusted import RunFileError, read_json
 
-__all__ = ["Detections", "Predictor", "checkpoint_metrics", "load_image"]
+__all__ = ["Detections", "Predictor", "checkpoint_metrics", "load_image",
+           "resize_settings"]
 
 ImageInput = Any  # str | Path | np.ndarray[H, W, 3] uint8 | PIL.Image.Image
+
+
+def _side(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_IMAGE_SIDE
+
+
+def resize_settings(dataset: Mapping, *, where: str) -> tuple[int | None, int]:
+    """(min_size, max_size) of a run's eval resize from its ``config["dataset"]`` (defaults 600
+    and 1000; ``min_size`` None keeps images at their own size), each an integer in
+    1..``MAX_IMAGE_SIDE``: a file asking for 60000 px (10 GB per image) is refused, not obeyed.
+
+    Raises:
+        SpecError: ``<where>: dataset.<key> ...``, one line.
+    """
+    min_size, max_size = dataset.get("min_size", 600), dataset.get("max_size", 1000)
+    for key, value in (("min_size", min_size), ("max_size", max_size)):
+        if not _side(value) and not (key == "min_size" and value is None):
+            shown = (f"an integer of ~{int(abs(value).bit_length() * 0.30103) + 1} digits"
+                     if isinstance(value, int) and abs(value) >= 10**12 else repr(value)[:40])
+            raise SpecError(f"{where}: dataset.{key} must be an integer in 1..{MAX_IMAGE_SIDE} "
+                            f"(pixels), got {shown}")
+    return min_size, max_size
 
 
 @dataclass(frozen=True)
@@ -94,16 +123,19 @@ def load_image(image: ImageInput, *, bgr: bool = False) -> tuple[np.ndarray, str
     """Any supported input -> (RGB uint8 array [H, W, 3], source file name or None).
 
     Args:
-        image: a file path (read with OpenCV; grayscale and alpha are converted), an array
+        image: a file path (read with OpenCV; grayscale and alpha are converted; the header is
+            checked first: more than ``DEFAULT_MAX_PIXELS`` pixels or a file over
+            ``MAX_IMAGE_BYTES`` is refused, see ``detector.predict.image_files``), an array
             ``[H, W, 3]`` uint8 (RGB unless ``bgr``; pass ``bgr=True`` for arrays from
             ``cv2.imread``) or ``[H, W]`` grayscale, or a PIL image.
 
     Raises:
-        DatasetError: an unreadable or non-image file (the message names it).
+        DatasetError: an unreadable, non-image, too large or too many-pixelled file (the message
+            names it).
         ValueError: an array of the wrong shape or type.
     """
     if isinstance(image, str | Path):
-        return read_image_rgb(image), str(image)
+        return read_image_file(image), str(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image, without importing PIL
         return np.asarray(image.convert("RGB")), getattr(image, "filename", None) or None
     if not isinstance(image, np.ndarray):
@@ -118,17 +150,38 @@ def load_image(image: ImageInput, *, bgr: bool = False) -> tuple[np.ndarray, str
     return np.ascontiguousarray(image[:, :, ::-1] if bgr else image), None
 
 
+_MAX_METRICS_BYTES = 2**20
+_MAX_METRICS_DEPTH = 8
+
+
+def _shallow(value: Any) -> bool:
+    """Whether a parsed JSON value nests at most ``_MAX_METRICS_DEPTH`` levels (checked without
+    recursion: what json.loads accepts can still be too deep for recursive code after it)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= _MAX_METRICS_DEPTH:
+                return False
+            stack.extend((child, depth + 1) for child in
+                         (item.values() if isinstance(item, dict) else item))
+    return True
+
+
 def checkpoint_metrics(path: str | Path) -> dict | None:
     """The metrics a checkpoint was scored with: ``final_metrics.json`` of its run (training's
-    final evaluation), else ``<name>_val_metrics.json`` beside it (``tools/eval.py``), else None."""
+    final evaluation), else ``<name>_val_metrics.json`` beside it (``tools/eval.py``), else None.
+    A file that is no regular file, over 1 MiB, not a JSON object or nested deeper than 8 levels
+    counts as absent (``detector.untrusted.read_json``)."""
     path = Path(path)
     for candidate in (path.parent.parent / "final_metrics.json",
                       path.parent / f"{path.stem}_val_metrics.json"):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, ValueError):
-                continue
+        try:
+            metrics = read_json(candidate, limit=_MAX_METRICS_BYTES)
+        except RunFileError:
+            continue
+        if isinstance(metrics, dict) and _shallow(metrics):
+            return metrics
     return None
 
 
@@ -166,8 +219,10 @@ class Predictor:
         """
         state = read_checkpoint(path)  # refuses a checkpoint holding more than plain data
         dataset = state["config"].get("dataset", {})
-        transforms = build_transforms(train=False, min_size=dataset.get("min_size", 600),
-                                      max_size=dataset.get("max_size", 1000))
+        min_size, max_size = resize_settings(dataset, where=f"checkpoint {path}")
+        cat_ids = checked_label_map(state.get("label_to_cat_id", {}),
+                                    path=f"checkpoint {path}: label_to_cat_id")
+        transforms = build_transforms(train=False, min_size=min_size, max_size=max_size)
         dev = resolve_device(device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         model = model_from_checkpoint(state, source=path).to(dev, memory_format=layout)
@@ -175,9 +230,7 @@ class Predictor:
                 "dataset": dataset.get("name"), "metrics": checkpoint_metrics(path)}
         return cls(model=model, transforms=transforms, class_names=list(state["class_names"]),
                    device=dev, precision=resolve_precision(precision, dev),
-                   batch_size=int(batch_size), label_to_cat_id={int(k): int(v)
-                                    for k, v in state.get("label_to_cat_id", {}).items()},
-                   info=info)
+                   batch_size=int(batch_size), label_to_cat_id=cat_ids, info=info)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], *,
                  bgr: bool = False) -> Detections | list[Detections]:

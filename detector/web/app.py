@@ -12,11 +12,14 @@ Routes:
                            -> {detections, image, inference_ms, ...}
     GET  /api/model        classes (with their drawing colours), metrics, checkpoint, samples
     GET  /api/health       {"status": "ok"}
-    GET  /samples/<i>      the i-th sample image
+    GET  /samples/<i>      the i-th sample image, decoded and encoded again by the server (PNG, or
+                           JPEG for a JPEG): never a file's own bytes or content type
 
 Errors come back as JSON ``{"error": "..."}``: 400 for a missing or non-image upload, 413 for one
-over ``max_upload_mb`` or over ``max_pixels``. The model answers one request at a time (a lock);
-concurrent requests wait their turn, so each gets exactly what it would get alone.
+over ``max_upload_mb`` or over ``max_pixels`` (or a form field over Flask's
+``MAX_FORM_MEMORY_SIZE``, or more than ``MAX_FORM_PARTS`` parts: the message says which limit).
+Every response carries ``X-Content-Type-Options: nosniff``. The model answers one request at a
+time (a lock); concurrent requests wait their turn, so each gets exactly what it would get alone.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flask import Flask, jsonify, render_template, request, send_file
+from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from detector.data.report import DatasetError
+from detector.predict.inputs import printable
 from detector.predict.predictor import Predictor
 from detector.visualize import class_color
+from detector.web.samples import encode_sample
 from detector.web.uploads import DEFAULT_MAX_PIXELS, UploadError, decode_upload
 
 __all__ = ["DetectionService", "create_app"]
@@ -146,7 +152,7 @@ def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
 
     @app.get("/api/model")
     def model():
-        samples_json = [{"name": path.name, "url": f"/samples/{i}"}
+        samples_json = [{"name": printable(path.name), "url": f"/samples/{i}"}
                         for i, path in enumerate(sample_paths)]
         return jsonify({**service.model_info(), "samples": samples_json,
                         "display_threshold": display_threshold, "max_upload_mb": max_upload_mb,
@@ -156,7 +162,14 @@ def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
     def sample(index: int):
         if index >= len(sample_paths):
             return jsonify(error=f"no sample {index} (there are {len(sample_paths)})"), 404
-        return send_file(sample_paths[index].resolve(), max_age=3600)
+        try:
+            data, mimetype = encode_sample(sample_paths[index], max_pixels=max_pixels)
+        except DatasetError as error:
+            log.warning("sample %d not served: %s", index, printable(error))
+            return jsonify(error=f"sample {index} is not an image that can be shown"), 404
+        response = Response(data, mimetype=mimetype)
+        response.cache_control.max_age = 3600
+        return response
 
     @app.post("/api/detect")
     def detect():
@@ -167,8 +180,29 @@ def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
                  image.shape[0], len(body["detections"]), body["inference_ms"], body["queue_ms"])
         return jsonify(body)
 
+    @app.after_request
+    def no_sniffing(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     _register_errors(app, max_upload_mb)
     return app
+
+
+def _too_large_message(max_upload_mb: float) -> str:
+    """Which limit a 413 from Flask/Werkzeug hit: the request body (``MAX_CONTENT_LENGTH``), or,
+    for a request within it, a form field over ``MAX_FORM_MEMORY_SIZE`` or more than
+    ``MAX_FORM_PARTS`` parts."""
+    length, limit = request.content_length, request.max_content_length
+    if length is None or limit is None or length > limit:
+        return f"upload too large: the limit is {max_upload_mb:g} MB"
+    field, parts = request.max_form_memory_size, request.max_form_parts
+    limits = " or ".join(text for value, text in (
+        (field, f"a form field other than the image file is over {(field or 0) / 1000:g} kB"),
+        (parts, f"the form has more than {parts} parts")) if value is not None)
+    return (f"form too large: {limits or 'a form limit was hit'} (the request, "
+            f"{length / 2**20:.2g} MB, is within the {max_upload_mb:g} MB limit on uploads); send "
+            f"the image as the file field 'image'")
 
 
 def _register_errors(app: Flask, max_upload_mb: float) -> None:
@@ -178,7 +212,7 @@ def _register_errors(app: Flask, max_upload_mb: float) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error):
-        return jsonify(error=f"upload too large: the limit is {max_upload_mb:g} MB"), 413
+        return jsonify(error=_too_large_message(max_upload_mb)), 413
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -7,33 +7,29 @@ PCX, ... is refused (400) without being parsed.
 
 A small compressed file can declare an enormous image (a "decompression bomb": a 50 kB PNG of
 50000 x 50000 pixels decodes to 7.5 GB). The header is read first, without decoding the pixels,
-and images above ``max_pixels`` are refused; only then does OpenCV decode the data.
+and images above ``max_pixels`` are refused; only then does OpenCV decode the data. The checks
+are ``detector.predict.image_files``'s, which ``tools/predict.py`` and the sample images use too.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 
 import cv2
 import numpy as np
 
 from detector.errors import UserError
+from detector.predict.image_files import (
+    ACCEPTED_FORMATS,
+    DEFAULT_MAX_PIXELS,
+    ImageRefused,
+    check_header,
+    sniff_format,
+)
+from detector.predict.image_files import image_header_size as _header_size
 
 __all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_PIXELS", "UploadError", "decode_upload",
            "image_header_size", "sniff_format"]
-
-DEFAULT_MAX_PIXELS = 40_000_000
-# Pillow's format name -> the signatures (leading bytes) that announce it
-ACCEPTED_FORMATS: dict[str, tuple[bytes, ...]] = {
-    "JPEG": (b"\xff\xd8\xff",),
-    "PNG": (b"\x89PNG\r\n\x1a\n",),
-    "BMP": (b"BM",),
-    "WEBP": (b"RIFF",),  # + b"WEBP" at offset 8, checked in sniff_format
-    "GIF": (b"GIF87a", b"GIF89a"),
-    "TIFF": (b"II*\x00", b"MM\x00*"),
-}
-NOT_AN_IMAGE = "the upload is not an image (expected a JPEG, PNG, BMP, WebP, GIF or TIFF file)"
 
 
 class UploadError(UserError, ValueError):
@@ -44,38 +40,25 @@ class UploadError(UserError, ValueError):
         self.status = status
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The accepted format whose signature ``data`` starts with (``ACCEPTED_FORMATS``), else
-    None."""
-    for fmt, signatures in ACCEPTED_FORMATS.items():
-        if data.startswith(signatures) and (fmt != "WEBP" or data[8:12] == b"WEBP"):
-            return fmt
-    return None
+def _refused(error: ImageRefused) -> UploadError:
+    """The shared header check's refusal as the demo's own error (same status)."""
+    message = str(error)
+    if message.startswith("not an image"):
+        message = "the upload is " + message
+    return UploadError(message, status=error.status)
 
 
 def image_header_size(data: bytes) -> tuple[int, int, str]:
-    """(width, height, format) from the image header alone; the pixels are not decoded.
+    """(width, height, format) from the image header alone; the pixels are not decoded
+    (``detector.predict.image_files.image_header_size`` with the six ``ACCEPTED_FORMATS``).
 
     Raises:
-        UploadError (400): the bytes do not start with the signature of an accepted format
-            (``sniff_format``), or its header does not parse.
+        UploadError (400): not one of the six formats, or its header does not parse.
     """
-    from PIL import Image
-
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise UploadError(NOT_AN_IMAGE)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # lazy: reads the header only; only the plugin of the sniffed format may read it
-            with Image.open(io.BytesIO(data), formats=[fmt]) as image:
-                width, height = image.size
-                return int(width), int(height), str(image.format)
-    except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours
-        raise UploadError(f"image refused: {error}", status=413) from None
-    except Exception:  # Pillow raises many types for garbage input
-        raise UploadError(NOT_AN_IMAGE) from None
+        return _header_size(data, ACCEPTED_FORMATS)
+    except ImageRefused as error:
+        raise _refused(error) from None
 
 
 def decode_upload(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -94,10 +77,10 @@ def decode_upload(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     """
     if not data:
         raise UploadError("the upload is empty")
-    width, height, fmt = image_header_size(data)
-    if width * height > max_pixels:
-        raise UploadError(f"image of {width} x {height} pixels refused: more than "
-                          f"{max_pixels / 1e6:g} megapixels", status=413)
+    try:
+        _, _, fmt = check_header(data, max_pixels=max_pixels, formats=ACCEPTED_FORMATS)
+    except ImageRefused as error:
+        raise _refused(error) from None
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF rotation
     if bgr is not None:
         return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
@@ -105,11 +88,11 @@ def decode_upload(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
 
 
 def _decode_with_pillow(data: bytes, fmt: str) -> np.ndarray:
-    """Formats OpenCV does not read (GIF, some TIFFs), or truncated files."""
+    """Formats OpenCV does not read (some TIFFs), or truncated files."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(io.BytesIO(data), formats=[sniff_format(data)]) as image:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as image:
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB")).copy()
     except Exception as error:
         raise UploadError(f"the {fmt} image could not be decoded: {error}") from None

@@ -15,10 +15,13 @@ import torch
 from tiny_checkpoint import TINY_CLASSES, TINY_SIZE, tiny_model_spec
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
 
 from detector.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from detector.data import ShapesDetection, build_transforms  # noqa: E402
 from detector.data.image_io import read_image_rgb  # noqa: E402
+from detector.errors import UserError  # noqa: E402
 from detector.modeling.spec import build_from_spec, model_from_checkpoint  # noqa: E402
 from detector.predict.files import predict_files  # noqa: E402
 from detector.predict.inputs import collect_inputs  # noqa: E402
@@ -29,7 +32,12 @@ from detector.predict.onnx_export import (  # noqa: E402
     export_checkpoint,
     export_onnx,
 )
-from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor  # noqa: E402
+from detector.predict.onnx_predictor import (  # noqa: E402
+    ITERATING,
+    OnnxModelError,
+    OnnxPredictor,
+    check_graph,
+)
 from detector.predict.predictor import Detections, Predictor  # noqa: E402
 
 MIN_SIZE = 48  # the run resizes shorter sides to 48 and longer ones to at most TINY_SIZE = 64
@@ -206,3 +214,146 @@ def test_roi_align_model_exports_too(tmp_path, val_images):
                         _graph_detections(*got), strict=True):
         assert len(ref) > 0
         assert_same_detections(ref, out)
+
+
+# --- hostile model files: refused at load, one line each ----------------------------------------
+
+def _loop(name: str = "spin") -> onnx.NodeProto:
+    """A Loop of 10^12 steps whose body does nothing: onnxruntime would run it for days."""
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"])], "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                             [helper.make_tensor_value_info("c_out", TensorProto.BOOL, [])])
+    return helper.make_node("Loop", ["trips", "yes"], [], name=name, body=body)
+
+
+def _hostile_model(exported_path, place: str) -> onnx.ModelProto:
+    """The exported model (its metadata, inputs and outputs) plus a Loop: at the top, inside the
+    then-branch of an If (inside another If), or inside a local function."""
+    model = onnx.load(str(exported_path))
+    consts = [helper.make_node("Constant", [], ["trips"], value=helper.make_tensor(
+                  "t", TensorProto.INT64, [], [10**12])),
+              helper.make_node("Constant", [], ["yes"], value=helper.make_tensor(
+                  "y", TensorProto.BOOL, [], [True]))]
+    node = _loop()
+    if place in ("if", "nested if"):
+        for _ in range(1 if place == "if" else 2):
+            branch = helper.make_graph([node], "branch", [], [])
+            node = helper.make_node("If", ["yes"], [], then_branch=branch, else_branch=branch)
+    elif place == "function":
+        model.functions.append(helper.make_function("evil", "spin", ["trips", "yes"], [],
+                                                    [_loop()], [helper.make_opsetid("", 17)]))
+        node = helper.make_node("spin", ["trips", "yes"], [], domain="evil")
+    model.graph.node.extend([*consts, node])
+    return model
+
+
+@pytest.mark.parametrize("place", ["top", "if", "nested if", "function"])
+def test_a_graph_with_a_loop_anywhere_is_refused_before_onnxruntime(exported, tmp_path, place,
+                                                                    monkeypatch):
+    path = tmp_path / "loop.onnx"
+    onnx.save(_hostile_model(exported.path, place), str(path))
+    monkeypatch.setattr("onnxruntime.InferenceSession",
+                        lambda *a, **k: pytest.fail("onnxruntime must not see it"))
+    with pytest.raises(OnnxModelError, match="has a Loop node \\('spin'\\).*refused") as info:
+        OnnxPredictor.from_file(path)
+    assert "\n" not in str(info.value)
+
+
+def test_the_exported_graph_passes_the_graph_check(exported):
+    """Its If nodes (torchvision's batched_nms) are allowed and searched; it has no loop."""
+    model = onnx.load(str(exported.path))
+    assert {n.op_type for n in model.graph.node}.isdisjoint(ITERATING)
+    assert "If" in {n.op_type for n in model.graph.node}
+    check_graph(exported.path)
+
+
+def _with_metadata(exported_path, out, **raw: str):
+    """A copy of the exported model whose ``detector.<key>`` metadata holds the raw JSON text."""
+    model = onnx.load(str(exported_path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({f"detector.{key}": text for key, text in raw.items()})
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"label_to_cat_id": '{"\u00b2": 1}'}, "label_to_cat_id"),
+    ({"label_to_cat_id": '{"' + "1" * 4301 + '": 1}'}, "label_to_cat_id"),
+    ({"min_size": "1" + "0" * 400}, "min_size is malformed"),
+    ({"max_size": "60000"}, "max_size is malformed"),
+    ({"input_size": "[64, 60000]"}, "input_size is malformed"),
+    ({"min_size": "600", "max_size": "1000"}, "cannot hold the 600 x 600 a square image"),
+    ({"min_size": "null", "input_size": "[32, 32]"}, "its metadata says \\[32, 32\\]"),
+])
+def test_metadata_that_would_fail_later_is_refused_at_load(exported, tmp_path, raw, message):
+    path = _with_metadata(exported.path, tmp_path / "m.onnx", **raw)
+    with pytest.raises(OnnxModelError, match=message) as info:
+        OnnxPredictor.from_file(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_min_size_null_is_accepted_and_keeps_the_image_size(exported, tmp_path):
+    """What export writes for dataset.min_size=null: no resize (remove the None case from the
+    metadata check and this fails)."""
+    predictor = OnnxPredictor.from_file(_with_metadata(exported.path, tmp_path / "n.onnx",
+                                                       min_size="null"))
+    assert predictor.info["min_size"] is None
+    feeds, _ = predictor.preprocess([(np.zeros((40, 56, 3), np.uint8), None)])
+    assert feeds["image_sizes"].tolist() == [[40, 56]]
+    assert predictor(np.zeros((40, 56, 3), np.uint8)).image_size == (40, 56)
+
+
+def test_a_graph_with_other_outputs_is_refused_at_load(exported, tmp_path):
+    model = onnx.load(str(exported.path))
+    del model.graph.output[3]  # boxes, scores, labels: no valid
+    onnx.save(model, str(tmp_path / "three.onnx"))
+    with pytest.raises(OnnxModelError, match="outputs are boxes, scores, labels, not boxes"):
+        OnnxPredictor.from_file(tmp_path / "three.onnx")
+
+
+def test_outputs_of_the_wrong_shape_at_run_time_are_one_line(onnx_predictor):
+    class Session:
+        def run(self, names, feeds):
+            return [np.zeros((1, 5, 4), np.float32), np.zeros((1, 4), np.float32),
+                    np.zeros((1, 5), np.int64), np.zeros((1, 5), bool)]
+
+    broken = dataclasses.replace(onnx_predictor, session=Session())
+    with pytest.raises(OnnxModelError, match="outputs of shapes"):
+        broken(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_an_image_the_input_cannot_hold_is_a_user_error(onnx_predictor):
+    smaller = dataclasses.replace(onnx_predictor, input_size=(32, 32))
+    with pytest.raises(UserError, match="x.png: a 64 x 64 image resizes to 48 x 48"):
+        smaller.predict_arrays([(np.zeros((64, 64, 3), np.uint8), "x.png")])
+
+
+def test_a_failed_export_leaves_no_file_and_keeps_the_old_one(checkpoint, tmp_path, monkeypatch):
+    """The file is checked under a temporary name: junk fails the check, nothing takes the name,
+    the earlier file there is untouched and no temporary file is left."""
+    monkeypatch.setattr("detector.predict.onnx_export._trace",
+                        lambda model, path, **k: path.write_bytes(b"junk, not onnx"))
+    with pytest.raises(OnnxModelError, match="is not an ONNX model"):
+        export_checkpoint(checkpoint, tmp_path / "new.onnx")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old.onnx").write_bytes(b"an earlier export")
+    with pytest.raises(OnnxModelError):
+        export_checkpoint(checkpoint, tmp_path / "old.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["old.onnx"]
+    assert (tmp_path / "old.onnx").read_bytes() == b"an earlier export"
+
+
+def test_export_refuses_absurd_sizes_and_outputs_before_tracing(checkpoint, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("nothing to trace"))
+    with pytest.raises(ExportError, match="at most 4096; got 60000 x 64"):
+        export_checkpoint(checkpoint, tmp_path / "x.onnx", height=60000)
+    with pytest.raises(ExportError, match="cannot hold the 48 x 48 a square image resizes to"):
+        export_checkpoint(checkpoint, tmp_path / "x.onnx", height=32)
+    with pytest.raises(ExportError, match="is the checkpoint itself"):
+        export_checkpoint(checkpoint, checkpoint)
+    with pytest.raises(ExportError, match="is a folder"):
+        export_checkpoint(checkpoint, tmp_path)

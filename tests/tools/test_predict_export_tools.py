@@ -119,3 +119,38 @@ def test_export_then_predict_with_onnxruntime(tiny_checkpoint, images, tmp_path)
     document = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert document["backend"] == "onnxruntime" and len(document["images"]) == 2
     assert all(entry["detections"] for entry in document["images"])
+
+
+def test_predict_refuses_a_folder_named_detections_json_up_front(config, tiny_checkpoint, images,
+                                                                 tmp_path, capsys, monkeypatch):
+    """Checked before the model loads: nothing is predicted, then lost at the last write."""
+    (tmp_path / "out" / "detections.json").mkdir(parents=True)
+    monkeypatch.setattr("detector.predict.predictor.Predictor.from_checkpoint",
+                        lambda *a, **k: pytest.fail("the model must not load"))
+    _exits_2(_tool_module("predict.py").main,
+             config("predict", [f"input={images}", f"checkpoint={tiny_checkpoint}",
+                                f"output={tmp_path / 'out'}"]),
+             capsys, "holds detections.json, which is a folder")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["detections.json"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"max_size": 60000}, "max_size"), ({"min_size": 10**400}, "min_size"),
+    ({"label_to_cat_id": {"\u00b2": 1}}, "label_to_cat_id"),
+])
+def test_export_of_a_hostile_checkpoint_is_one_line_and_writes_nothing(
+        config, tiny_checkpoint, tmp_path, capsys, monkeypatch, change, message):
+    import torch
+
+    from detector.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(tiny_checkpoint)
+    if "label_to_cat_id" in change:
+        state.update(change)
+    else:
+        state["config"]["dataset"].update(change)
+    save_checkpoint(tmp_path / "ckpt" / "final.pth", state)
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("nothing to trace"))
+    _exits_2(_tool_module("export.py").main,
+             config("export", [f"checkpoint={tmp_path / 'ckpt' / 'final.pth'}"]), capsys, message)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["final.pth"]

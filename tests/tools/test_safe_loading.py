@@ -29,7 +29,7 @@ from load_file import load_tool
 from onnx import TensorProto, helper
 
 import detector
-from detector.data import SHAPES_CLASS_NAMES
+from detector.data import SHAPES_CLASS_NAMES, generate_shapes_dataset
 from detector.modeling.spec import SpecError, read_checkpoint
 from detector.predict.onnx_export import export_checkpoint
 from detector.predict.onnx_predictor import OnnxModelError, OnnxPredictor
@@ -63,6 +63,7 @@ def _craft(tiny_checkpoint: Path, folder: Path, attack: str) -> tuple[Path, list
     state = copy.deepcopy(torch.load(tiny_checkpoint, weights_only=True))
     state["class_names"] = list(SHAPES_CLASS_NAMES)
     state["config"]["dataset"]["val"] = _shapes_val(folder / "shapes")
+    generate_shapes_dataset(root=folder / "shapes", num_train=1, num_val=2, image_size=64)
     model = state["config"]["model"]
     marker = folder / f"{attack}.marker"
     module = f"_pwned_{uuid.uuid4().hex[:8]}"
@@ -204,11 +205,17 @@ def test_a_real_command_line_exits_2_and_runs_nothing(script, attack, tiny_check
 
 # ---------------------------------------------------------------------------- ONNX metadata
 def _onnx_file(path: Path, metadata: dict[str, str]) -> Path:
-    """A valid ONNX model (Identity) whose metadata_props are ``metadata`` (raw strings)."""
-    node = helper.make_node("Identity", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                          [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    """A valid ONNX model with the inputs and outputs of an export (constant outputs) whose
+    metadata_props are ``metadata`` (raw strings)."""
+    specs = {"boxes": (TensorProto.FLOAT, ["b", 1, 4]), "scores": (TensorProto.FLOAT, ["b", 1]),
+             "labels": (TensorProto.INT64, ["b", 1]), "valid": (TensorProto.BOOL, ["b", 1])}
+    nodes = [helper.make_node("Constant", [], [name], value=helper.make_tensor(
+        name, kind, [1, 1, 4] if name == "boxes" else [1, 1], [0] * (4 if name == "boxes" else 1)))
+        for name, (kind, _) in specs.items()]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 64, 64]),
+                     helper.make_tensor_value_info("image_sizes", TensorProto.INT64, ["b", 2])],
+        [helper.make_tensor_value_info(name, kind, shape) for name, (kind, shape) in specs.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for key, value in metadata.items():

@@ -7,6 +7,7 @@ import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pytest
 from tiny_checkpoint import TINY_CLASSES
@@ -205,8 +206,10 @@ def test_samples_are_listed_and_served(web_predictor, noise_image, png_bytes, tm
     listed = client.get("/api/model").json["samples"]
     assert listed == [{"name": "sample0.png", "url": "/samples/0"},
                       {"name": "sample1.png", "url": "/samples/1"}]
-    served = client.get("/samples/1")
-    assert served.status_code == 200 and served.data == paths[1].read_bytes()
+    served = client.get("/samples/1")  # the pixels, encoded again by the server
+    assert served.status_code == 200 and served.mimetype == "image/png"
+    decoded = cv2.imdecode(np.frombuffer(served.data, np.uint8), cv2.IMREAD_COLOR)
+    assert (decoded == cv2.imread(str(paths[1]))).all()
     served.close()
     missing = client.get("/samples/2")
     assert missing.status_code == 404 and "no sample 2" in missing.json["error"]
