@@ -7,13 +7,27 @@ model with ``config``, ``class_names`` and ``label_to_cat_id``, what ``tools/eva
 at worst a stray ``.iter_*.tmp`` file, never a truncated checkpoint. A file that is truncated or
 corrupt all the same (a full disk, a bad copy) is named when loading, with the previous
 checkpoint suggested, and ``find_resume_checkpoint`` passes over it with a warning.
+
+A checkpoint is a file from anywhere (a shared run, a download), so it is data, never trusted:
+only tensors and plain values are unpickled, and before that the file must be a regular file (a
+directory, a FIFO, a device such as ``/dev/zero``, a symlink loop are named as such; a FIFO is
+never opened for blocking) in torch.save's zip format, whose members unpack to at most
+``MAX_UNPACK_RATIO`` x its size (or ``MAX_UNPACK_FLOOR`` bytes): a small compressed file that
+would take gigabytes (a zip bomb), a member compressed with another method than torch.save's
+(stored) or zip's deflate, and the pre-1.6 pickle format (whose storages declare their own
+sizes) are refused, one line each.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import stat
+import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -23,6 +37,7 @@ from detector.fileio import atomic_writer
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
+    "check_checkpoint_file",
     "checkpoint_error",
     "find_latest_checkpoint",
     "find_resume_checkpoint",
@@ -36,6 +51,10 @@ __all__ = [
 _PERIODIC = re.compile(r"iter_(\d+)\.pth")
 
 log = logging.getLogger(__name__)
+
+MAX_UNPACK_RATIO = 64  # a checkpoint's members may unpack to this many times its size ...
+MAX_UNPACK_FLOOR = 256 * 2**20  # ... or to this many bytes (torch.save stores: ratio 1)
+ZIP_MAGIC = b"PK\x03\x04"  # what torch.load takes for its zip format (else: the legacy one)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -62,18 +81,111 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     """Load a checkpoint written by ``save_checkpoint``.
 
     Only tensors and plain Python values are unpickled (``weights_only=True``), so a checkpoint
-    from an untrusted source cannot run code. A missing file raises ``FileNotFoundError``, an
-    unreadable (truncated, corrupt) one ``CheckpointError``; both are one clear line naming
-    the file, the latter suggesting the previous checkpoint of its directory."""
+    from an untrusted source cannot run code; the file is checked first (``check_checkpoint_file``
+    and the zip members, see the module docstring). A missing file raises ``FileNotFoundError``;
+    one that is no regular file, unreadable (truncated, corrupt), or refused raises
+    ``CheckpointError``; each is one clear line naming the file, an unreadable one suggesting the
+    previous checkpoint of its directory."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with _open_checkpoint(path) as f:
+        problem = _archive_problem(f, path)
+        if problem is None:
+            try:
+                f.seek(0)
+                return torch.load(f, map_location=map_location, weights_only=True)
+            except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+                problem = _first_line(error)
+    raise CheckpointError(f"could not read checkpoint {path} (truncated, corrupt or not "
+                          f"written by save_checkpoint: {problem}){_previous(path)}") from None
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``path`` as a ``Path`` if it names a regular file (symlinks followed).
+
+    Raises:
+        FileNotFoundError: nothing there ("does not exist", or a dangling symlink named).
+        CheckpointError: a directory, a FIFO, a device, a socket, a symlink loop, or a file
+            that cannot be read (permissions); one line saying which.
+    """
+    path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"could not read checkpoint {path} (truncated, corrupt or not "
-                              f"written by save_checkpoint: {_first_line(error)}){_previous(path)}"
-                              ) from None
+        info = os.stat(path)
+    except OSError as error:
+        raise _stat_error(path, error) from None
+    except ValueError:  # an embedded NUL byte
+        raise CheckpointError(f"checkpoint {str(path)[:200]!r} is not a valid path") from None
+    kind = _not_regular(info.st_mode)
+    if kind is not None:
+        raise CheckpointError(f"checkpoint {path} is {kind}, not a checkpoint file")
+    return path
+
+
+def _stat_error(path: Path, error: OSError) -> OSError | CheckpointError:
+    if error.errno == errno.ELOOP:
+        return CheckpointError(f"checkpoint {path} is a symlink loop (a link that leads back to "
+                               f"itself), not a checkpoint file")
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.islink(path):
+            return FileNotFoundError(f"checkpoint {path} is a dangling symlink (to "
+                                     f"{os.readlink(path)!r}, which does not exist)")
+        return FileNotFoundError(f"checkpoint {path} does not exist")
+    return CheckpointError(f"checkpoint {path} cannot be read: {error.strerror or error}")
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file that is no regular file is ("a directory", ...), or None."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _open_checkpoint(path: Path) -> BinaryIO:
+    """``path`` opened for reading, after ``check_checkpoint_file``; opened without blocking (a
+    FIFO put in its place meanwhile cannot hang) and checked again once open."""
+    check_checkpoint_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise _stat_error(path, error) from None
+    kind = _not_regular(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise CheckpointError(f"checkpoint {path} is {kind}, not a checkpoint file")
+    return os.fdopen(fd, "rb")
+
+
+def _archive_problem(f: BinaryIO, path: Path) -> str | None:
+    """Why the open file ``f`` is not a zip archive torch.load may unpack (one line), or None.
+
+    Raises:
+        CheckpointError: its members would unpack to far more than its size, or are compressed
+            with a method torch.save never uses (a zip bomb, or not a checkpoint)."""
+    size = os.fstat(f.fileno()).st_size
+    if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+        return "not a zip archive (torch.save's format since PyTorch 1.6)"
+    f.seek(0)
+    try:
+        members = zipfile.ZipFile(f).infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as error:
+        return _first_line(error)
+    for member in members:
+        odd = member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or (
+            member.compress_type == zipfile.ZIP_STORED and member.file_size != member.compress_size)
+        if odd:
+            raise CheckpointError(f"checkpoint {path}: its member {member.filename[:80]!r} is "
+                                  f"compressed oddly (method {member.compress_type}, "
+                                  f"{member.compress_size} -> {member.file_size} bytes); "
+                                  f"torch.save stores members uncompressed")
+    unpacked = sum(member.file_size for member in members)
+    if unpacked > max(MAX_UNPACK_RATIO * size, MAX_UNPACK_FLOOR):
+        raise CheckpointError(f"checkpoint {path} would unpack to {unpacked / 2**20:.0f} MiB from "
+                              f"{size / 2**20:.1f} MiB ({unpacked / max(size, 1):.0f} x its size: "
+                              f"a zip bomb?); refused above {MAX_UNPACK_RATIO} x its size and "
+                              f"{MAX_UNPACK_FLOOR // 2**20} MiB")
+    return None
 
 
 def _first_line(error: Exception) -> str:
@@ -95,9 +207,16 @@ def _previous(path: Path) -> str:
 
 def checkpoint_error(path: str | Path) -> str | None:
     """None if ``path`` unpickles as a checkpoint, else why not (one line). Cheap: the tensors
-    are memory-mapped, not read."""
+    are memory-mapped, not read. The file checks of ``load_checkpoint`` come first (a FIFO is
+    never opened for blocking, a zip bomb never unpacked)."""
     try:
+        with _open_checkpoint(Path(path)) as f:
+            problem = _archive_problem(f, Path(path))
+        if problem is not None:
+            return problem
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (CheckpointError, FileNotFoundError) as error:
+        return str(error)
     except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
         return _first_line(error)
     return None

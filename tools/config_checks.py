@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from detector.checkpoint import find_resume_checkpoint
+from detector.checkpoint import CheckpointError, check_checkpoint_file, find_resume_checkpoint
 from detector.engine.schedules import STEP2_BACKBONES, STEP2_LOSSES
 from detector.errors import UserError
 from detector.runtime import resolve_device
@@ -173,9 +173,13 @@ def check_reliability(cfg: DictConfig) -> None:
                           f"{cfg.train.channels_last!r}")
     resume = cfg.resume
     if not isinstance(resume, bool | None) and str(resume).lower() not in ("true", "false"):
-        if not Path(str(resume)).is_file():
-            raise ConfigError(f"resume={resume}: no such checkpoint file (resume=true continues "
-                              f"the newest checkpoint of output_dir)")
+        try:  # a directory, a FIFO, /dev/zero, a symlink loop: named as such, never opened
+            check_checkpoint_file(str(resume))
+        except FileNotFoundError as error:
+            raise ConfigError(f"resume={resume}: no such checkpoint file ({error}; resume=true "
+                              f"continues the newest checkpoint of output_dir)") from None
+        except CheckpointError as error:
+            raise ConfigError(f"resume={resume}: {error}") from None
 
 
 def resume_checkpoint(cfg: DictConfig) -> Path | None:

@@ -67,6 +67,7 @@ from detector.evaluation import (  # noqa: E402
     save_metrics,
     save_results,
 )
+from detector.fileio import atomic_write_text  # noqa: E402
 from detector.runtime import resolve_device, resolve_precision, seed_everything  # noqa: E402
 from detector.study import FINAL_RESULTS, diverged_record, finished_record  # noqa: E402
 from detector.study.curves import plot_metrics  # noqa: E402
@@ -134,13 +135,12 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
         if own != output_dir and own.is_dir() and not any(own.iterdir()):
             own.rmdir()
     resume = resume_checkpoint(cfg)
-    if dist.is_main():  # what tools/compare.py reads to tell runs apart
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(json.dumps(
-            OmegaConf.to_container(cfg, resolve=True), indent=1))
     trainer = build_trainer(cfg, output_dir, device, stop_signal)
-    if resume is not None:
+    if resume is not None:  # checked in full before it restores or rewrites anything
         trainer.resume(resume)
+    if dist.is_main():  # what tools/compare.py reads to tell runs apart (replaces a symlink)
+        atomic_write_text(output_dir / "config.json",
+                          json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
     log.info("device %s x %d process(es), %d iterations", device, dist.get_world_size(),
              trainer.total_iterations)
     summary = trainer.train()

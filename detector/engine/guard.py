@@ -217,10 +217,13 @@ class StopSignal:
     def installed(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
                   ) -> Iterator[StopSignal]:
         """Route ``signals`` to this flag inside the block; the previous handlers come back
-        after it. Must run in the main thread."""
-        previous = {s: signal.signal(s, self._handle) for s in signals}
+        after it, however it ends (an exception, a failure to install the second handler): no
+        handler of this flag outlives the block. Must run in the main thread."""
+        previous: dict[int, object] = {}
         try:
+            for s in signals:
+                previous[s] = signal.signal(s, self._handle)
             yield self
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            for s, handler in previous.items():  # None: set outside Python; the default then
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)

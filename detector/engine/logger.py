@@ -8,7 +8,9 @@ import datetime
 import json
 import logging
 import math
+import os
 import resource
+import stat
 import time
 from pathlib import Path
 
@@ -16,8 +18,10 @@ import torch
 
 from detector.engine import distributed as dist
 from detector.engine.monitor import ratio_key, write_histograms
+from detector.errors import UserError
 
-__all__ = ["LogWindow", "TrainLogger", "format_duration", "memory_mb", "mean_max"]
+__all__ = ["LogWindow", "RunFolderError", "TrainLogger", "format_duration", "memory_mb",
+           "mean_max"]
 
 log = logging.getLogger("detector.train")
 
@@ -74,6 +78,11 @@ class LogWindow:
         return elapsed, averaged, mean_max(self.norms)
 
 
+class RunFolderError(UserError, OSError):
+    """A file of the run folder that training writes is not one it may write (a symlink, a
+    FIFO, ...)."""
+
+
 class TrainLogger:
     """Writes the same numbers to the console log, ``metrics.jsonl`` and TensorBoard.
 
@@ -86,24 +95,44 @@ class TrainLogger:
     def __init__(self, *, output_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
         self.enabled = enabled
         self.output_dir = Path(output_dir)
-        self._writer = None
+        self.tensorboard = tensorboard
+        self._writer = None  # made at the first record: a run refused at its start writes none
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.output_dir / "metrics.jsonl"
-        if tensorboard:
+        try:
+            mode = os.lstat(self.metrics_path).st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):  # e.g. a shared run folder's link to a file elsewhere
+            raise RunFolderError(f"{self.metrics_path} is not a regular file (a symlink, a "
+                                 f"FIFO, a folder, ...): training appends its records to it; "
+                                 f"move it away or train into another output_dir")
+
+    @property
+    def writer(self):
+        """The TensorBoard ``SummaryWriter`` of ``output_dir/tensorboard`` (None: off)."""
+        if self._writer is None and self.tensorboard and self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        return self._writer
 
     def _write(self, record: dict, iteration: int, prefix: str) -> None:
-        with self.metrics_path.open("a") as f:
+        # appended without following a symlink, and never blocking on a FIFO: a metrics.jsonl
+        # that is no regular file of the run (a shared run folder) is an OSError, not a hang
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{self.metrics_path} is not a regular file")
             f.write(json.dumps(record) + "\n")
-        if self._writer is not None:
+        if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("iter", "phase_iter"):
                     if math.isfinite(value):
-                        self._writer.add_scalar(f"{prefix}/{key}", value, iteration)
+                        self.writer.add_scalar(f"{prefix}/{key}", value, iteration)
 
     def train_point(self, *, phase: str, iteration: int, phase_iter: int, phase_total: int,
                     losses: dict[str, float], lr: float, sec_per_iter: float, eta: float,
@@ -136,8 +165,8 @@ class TrainLogger:
 
     def histograms(self, model: torch.nn.Module, iteration: int) -> None:
         """TensorBoard histograms of each block's weights and gradients (``train.histogram_period``)."""
-        if self._writer is not None:
-            write_histograms(self._writer, model, iteration)
+        if self.writer is not None:
+            write_histograms(self.writer, model, iteration)
 
     def eval_point(self, *, phase: str, iteration: int, metrics: dict) -> None:
         """One evaluation result (AP, AP50, ...)."""

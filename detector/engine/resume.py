@@ -4,26 +4,25 @@ A checkpoint holds where the run is (``TrainingPosition``: phase, step in it, gl
 whether the phase's start action ran, skipped steps), the main model and the 4-step "rpn" model,
 the optimiser, LR scheduler and grad scaler of the current phase (``PhaseOptimizer``), the last
 evaluation (``PeriodicEvaluation``), the batch stream's (epoch, position) and the random generators
-of every rank; ``Checkpointer.resume`` puts all of it back (exactly, on the CPU).
+of every rank; ``Checkpointer.resume`` checks all of it (``resume_checks``: a file from anywhere
+is data to check, never trusted) and then puts it back (exactly, on the CPU).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from torch import nn
 
-from detector.checkpoint import (
-    CheckpointMismatchError,
-    load_checkpoint,
-    save_periodic_checkpoint,
-)
+from detector.checkpoint import load_checkpoint, save_periodic_checkpoint
 from detector.engine import distributed as dist
-from detector.engine.optim import PhaseOptimizer
+from detector.engine.optim import PhaseOptimizer, check_optimization
 from detector.engine.position import Every, TrainingPosition
+from detector.engine.resume_checks import Where, check_resume_state
 from detector.engine.schedules import Phase
 from detector.engine.state import (
     BatchStream,
@@ -65,19 +64,24 @@ class Checkpointer:
         stream (BatchStream): the training batches.
         metrics_path (Path, optional): ``metrics.jsonl``; resume drops its records after the
             checkpoint's iteration.
+        phase_groups (Callable, optional): ``Phase`` -> the param groups its optimiser will
+            get (``param_groups``), to check a checkpoint's optimiser state before resuming;
+            None: that state is checked when the phase starts.
     """
 
     def __init__(self, *, directory: Path, period: int, keep: int, extra: dict | None,
                  phases: list[Phase], position: TrainingPosition,
                  models: dict[str, nn.Module | None], optimization: PhaseOptimizer,
                  evaluation: Stateful, divergence: Stateful, stream: BatchStream,
-                 metrics_path: Path | None = None) -> None:
+                 metrics_path: Path | None = None,
+                 phase_groups: Callable[[Phase], list[dict]] | None = None) -> None:
         self.directory, self.every, self.keep = Path(directory), Every(int(period)), int(keep)
         self.extra = dict(extra or {})
         self.phases, self.position, self.models = phases, position, models
         self.optimization, self.evaluation, self.stream = optimization, evaluation, stream
         self.divergence = divergence
         self.metrics_path = metrics_path
+        self.phase_groups = phase_groups
         self.last: Path | None = None  # the newest checkpoint written
         self.saved_iteration: int | None = None
 
@@ -138,16 +142,46 @@ class Checkpointer:
 
     def resume(self, checkpoint: str | Path | dict) -> None:
         """Continue from a checkpoint written by ``save`` (a path or the loaded dict); call before
-        training."""
+        training. Every value is checked first (``check``); a refused checkpoint changes
+        nothing, and a failure while restoring leaves no data loader workers behind."""
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
-        self._check(state, source)
+        position = self.check(state, source)
+        try:
+            self._restore(state, position)
+        except BaseException:
+            self.stream.close()  # its worker processes exit now, not at interpreter exit
+            raise
+        if dist.is_main() and self.metrics_path is not None and self.metrics_path.is_file():
+            drop_records_after(self.metrics_path, self.position.iteration)
+        p = self.position
+        log.info("resumed at iteration %d/%d (phase %d/%d, step %d)", p.iteration,
+                 sum(ph.iterations for ph in self.phases), p.phase_index + 1, len(self.phases),
+                 p.phase_iter)
+
+    def check(self, state, source: str) -> dict:
+        """Refuse a checkpoint this run cannot continue from (``resume_checks`` and
+        ``optim.check_optimization``: another schedule, other classes or class order, another
+        model, a value out of its range) with one line; returns its checked position."""
+        position = check_resume_state(state, source=source, phases=self.phases,
+                                      class_names=self.extra.get("class_names"),
+                                      model=self.models["main"])
+        index = position["phase_index"]
+        phase = self.phases[index] if index < len(self.phases) else None
+        groups = (self.phase_groups(phase) if phase is not None and self.phase_groups is not None
+                  else None)
+        check_optimization(state, Where(source), optimization=self.optimization, groups=groups,
+                           iterations=phase.iterations if phase is not None else 0)
+        return position
+
+    def _restore(self, state: dict, position: dict) -> None:
+        """Put a checked checkpoint's state back (exactly, on the CPU)."""
         self.models["main"].load_state_dict(state["model"])
-        if state["rpn_model"] is not None:
+        if state.get("rpn_model") is not None:
             self.models["rpn"] = copy.deepcopy(self.models["main"])
             self.models["rpn"].load_state_dict(state["rpn_model"])
         self.optimization.load_state_dict(state)
-        self.position.load_state_dict({**state["trainer"], "iteration": state["iteration"]})
+        self.position.load_state_dict(position)
         self.evaluation.load_state_dict(state["trainer"])
         self.divergence.load_state_dict(state["trainer"].get("divergence"))  # older: none
         self.saved_iteration = self.position.iteration
@@ -158,25 +192,3 @@ class Checkpointer:
             log.warning("the checkpoint holds the random state of %d processes, this run has %d",
                         len(rngs), dist.get_world_size())
         restore_rng_state(rngs[rank % len(rngs)])
-        if dist.is_main() and self.metrics_path is not None and self.metrics_path.is_file():
-            drop_records_after(self.metrics_path, self.position.iteration)
-        p = self.position
-        log.info("resumed at iteration %d/%d (phase %d/%d, step %d)", p.iteration,
-                 sum(ph.iterations for ph in self.phases), p.phase_index + 1, len(self.phases),
-                 p.phase_iter)
-
-    def _check(self, state: dict, source: str) -> None:
-        """Refuse another schedule or other classes; warn about other phase lengths."""
-        saved, names = state["trainer"], [p.name for p in self.phases]
-        if saved["phases"] != names:
-            raise CheckpointMismatchError(f"{source} is of a run with phases {saved['phases']}, "
-                                          f"this run has {names}: resume with the same schedule")
-        classes, ours = state.get("class_names"), self.extra.get("class_names")
-        if classes is not None and ours is not None and list(classes) != list(ours):
-            raise CheckpointMismatchError(f"{source} is for the classes {list(classes)}, this "
-                                          f"run's dataset has {list(ours)}: resume it with its "
-                                          f"own dataset")
-        if saved["phase_iterations"] != [p.iterations for p in self.phases]:
-            log.warning("resuming with different phase lengths (%s, checkpoint %s): the LR "
-                        "schedule differs from the interrupted run's",
-                        [p.iterations for p in self.phases], saved["phase_iterations"])

@@ -126,7 +126,8 @@ class Trainer:
             keep=cadence.keep_checkpoints, extra=checkpoint_extra, phases=phases,
             position=self.position, models=self.models, optimization=self.optimization,
             evaluation=self.evaluation, divergence=self.divergence, stream=self.stream,
-            metrics_path=getattr(self.logger, "metrics_path", None))
+            metrics_path=getattr(self.logger, "metrics_path", None),
+            phase_groups=self._phase_groups)
         self._consecutive_skips = 0
         self.on_step = on_step
 
@@ -170,20 +171,10 @@ class Trainer:
             (what stopped the run early, e.g. "SIGTERM", or None).
         """
         start, position = time.perf_counter(), self.position
-        interrupted = None
-        while position.phase_index < len(self.phases) and interrupted is None:
-            phase = self.phases[position.phase_index]
-            if not position.phase_begun:
-                log.info("phase %d/%d: %s (%d iterations, training %s on %s)",
-                         position.phase_index + 1, len(self.phases), phase.name,
-                         phase.iterations, "+".join(phase.train_modules), "+".join(phase.losses))
-                self._begin(phase)
-                position.phase_begun = True
-            if self._run_phase(phase):
-                position.next_phase()
-            else:  # (under torchrun the request may have reached another rank only)
-                interrupted = self.stop_signal.reason or "a stop request on another process"
-        self.stream.close()  # training data workers are not needed any more
+        try:
+            interrupted = self._run_phases()
+        finally:  # the training data workers are not needed any more (nor after an error:
+            self.stream.close()  # left alive, they would keep the process from exiting)
         self._restore(self.models["main"])
         if interrupted is None:
             self.checkpointer.save_at_end()
@@ -196,6 +187,32 @@ class Trainer:
         return {"metrics": metrics, "wall_time": time.perf_counter() - start,
                 "iterations": position.iteration, "skipped_steps": position.skipped_steps,
                 "checkpoint": self.checkpointer.last, "interrupted": interrupted}
+
+    def _run_phases(self) -> str | None:
+        """Run the phases from the current position; returns what stopped them early, or None."""
+        position = self.position
+        while position.phase_index < len(self.phases):
+            phase = self.phases[position.phase_index]
+            if not position.phase_begun:
+                log.info("phase %d/%d: %s (%d iterations, training %s on %s)",
+                         position.phase_index + 1, len(self.phases), phase.name,
+                         phase.iterations, "+".join(phase.train_modules), "+".join(phase.losses))
+                self._begin(phase)
+                position.phase_begun = True
+            if not self._run_phase(phase):  # stopped (under torchrun: maybe by another rank)
+                return self.stop_signal.reason or "a stop request on another process"
+            position.next_phase()
+        return None
+
+    def _phase_groups(self, phase: Phase) -> list[dict]:
+        """The param groups ``phase``'s optimiser will get (for checking a checkpoint's): the
+        main model's, with the phase's trainable flags (the "rpn" model is a copy of it)."""
+        model = self.models["main"]
+        self._configure(model, phase)
+        try:
+            return self.optimization.groups(model)
+        finally:
+            self._restore(model)
 
     def _begin(self, phase: Phase) -> None:
         if phase.start == "copy_initial_to_rpn":

@@ -78,5 +78,5 @@ class PeriodicEvaluation:
         return {"last_metrics": self.last_metrics, "last_eval_iteration": self.last_iteration}
 
     def load_state_dict(self, state: dict) -> None:
-        self.last_metrics = state["last_metrics"]
-        self.last_iteration = state["last_eval_iteration"]
+        self.last_metrics = state.get("last_metrics")
+        self.last_iteration = state.get("last_eval_iteration")

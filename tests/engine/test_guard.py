@@ -167,6 +167,20 @@ def test_signal_sets_the_flag_and_handlers_are_restored(signum):
     assert signal.getsignal(signum) == previous
 
 
+def test_no_handler_outlives_a_failed_block_or_a_failed_install():
+    """An error inside the block (a refused resume) or while installing the second handler:
+    the previous handlers are back either way (before, a failed install left SIGINT routed to
+    a flag nobody reads: Ctrl-C did nothing)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignal()
+    with pytest.raises(RuntimeError, match="refused"), stop.installed():
+        raise RuntimeError("refused")
+    assert {s: signal.getsignal(s) for s in before} == before
+    with pytest.raises(ValueError), stop.installed((signal.SIGINT, signal.NSIG + 5)):
+        pass
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
 def test_second_sigint_aborts_at_once():
     stop = StopSignal()
     with stop.installed(), pytest.raises(KeyboardInterrupt):

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from hostile_files import make_directory, make_fifo, make_link_loop
 from hydra.errors import InstantiationException
 from load_file import load_file
 from run_tool import run_tool
@@ -227,3 +230,98 @@ def test_truncated_checkpoint_is_named_and_resume_true_passes_over_it(overrides,
     assert any("skipping unreadable checkpoint" in r.getMessage() and "iter_0000006" in
                r.getMessage() for r in caplog.records)
     assert load_checkpoint(run / "checkpoints" / "final.pth")["iteration"] == total
+
+
+# ---------------------------------------------------------------------------- hostile resumes
+@pytest.fixture(scope="module")
+def finished_run(overrides, tmp_path_factory) -> tuple[list[str], Path]:
+    """(the arguments, the folder) of one finished 4-iteration run with checkpoints at 2 and 4."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    args = [*overrides, "schedule.iterations=4", "train.checkpoint_period=2"]
+    assert train_net.run(rel._compose("train", [*args, f"output_dir={run}"])) == 0
+    return args, run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def _edited(state_path: Path, target: Path, edit) -> Path:
+    state = torch.load(state_path, weights_only=True)
+    edit(state)
+    torch.save(state, target)
+    return target
+
+
+def _fifo(folder: Path) -> Path:
+    return make_fifo(folder, "iter_0000099.pth")
+
+
+def _loop(folder: Path) -> Path:
+    return make_link_loop(folder, "a.pth", "b.pth")
+
+
+def _directory(folder: Path) -> Path:
+    return make_directory(folder, "iter_0000002.pth")
+
+
+REFUSED_RESUMES = {  # id: (make the resume=PATH from (run, scratch folder), the one line says)
+    "final_pth": (lambda run, tmp: run / "checkpoints" / "final.pth",
+                  "final.pth is a final checkpoint: the trained model without the training state"),
+    "classes_reordered": (lambda run, tmp: _edited(
+        run / "checkpoints" / "iter_0000002.pth", tmp / "reordered.pth",
+        lambda s: s.update(class_names=s["class_names"][::-1])),
+        "reordered.pth is for the same classes in another order"),
+    "iteration_-1": (lambda run, tmp: _edited(
+        run / "checkpoints" / "iter_0000002.pth", tmp / "minus.pth",
+        lambda s: s.update(iteration=-1)), "minus.pth: iteration is -1, not an integer in"),
+    "fifo": (lambda run, tmp: _fifo(tmp), "iter_0000099.pth is a FIFO (named pipe), not a "
+                                          "checkpoint file"),
+    "dev_zero": (lambda run, tmp: Path("/dev/zero"), "checkpoint /dev/zero is a character "
+                                                     "device, not a checkpoint file"),
+    "directory": (lambda run, tmp: _directory(tmp), "iter_0000002.pth is a directory, not a "
+                                                    "checkpoint file"),
+    "symlink_loop": (lambda run, tmp: _loop(tmp), "a.pth is a symlink loop"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_RESUMES)
+def test_a_refused_resume_is_one_line_and_leaves_the_run_as_it_was(case, finished_run, tmp_path,
+                                                                   capsys):
+    """Before: KeyError 'trainer' (final.pth), a silent restart that emptied metrics.jsonl
+    (iteration -1), "no such checkpoint file" for a FIFO, /dev/zero, a folder or a loop."""
+    args, finished = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    make, message = REFUSED_RESUMES[case]
+    resume = make(run, tmp_path)
+    before = _files(run)
+    capsys.readouterr()
+    assert train_net.run(rel._compose("train", [*args, f"output_dir={run}",
+                                                f"resume={resume}"])) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line, line
+    assert _files(run) == before  # metrics.jsonl, config.json, tensorboard/, checkpoints/
+
+
+@pytest.mark.slow
+def test_a_bad_random_state_exits_2_at_once_with_data_workers(finished_run, tmp_path):
+    """Before: a traceback, then the process never exited (the resumed loader's 2 workers,
+    which ignore SIGTERM, outlived the error and the exit joined them; Ctrl-C did nothing)."""
+    args, finished = finished_run
+    bad = _edited(finished / "checkpoints" / "iter_0000002.pth", tmp_path / "bad_rng.pth",
+                  lambda s: s["rng"][0].update(torch=torch.zeros(3, dtype=torch.uint8)))
+    command = [a for a in args if not a.startswith("num_workers=")]
+    proc = _start([*command, "num_workers=2", f"output_dir={tmp_path / 'run'}", f"resume={bad}"])
+    try:
+        output, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the refused resume did not exit within 180 s")
+    assert proc.returncode == 2, output[-3000:]
+    assert output.strip().splitlines()[-1] == (
+        f"error: checkpoint {bad}: rng[0].torch is a torch.uint8 tensor of shape [3], not a "
+        f"torch.uint8 tensor of {torch.get_rng_state().numel()} bytes (a generator state)")
+    assert "Traceback" not in output

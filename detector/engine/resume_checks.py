@@ -1,0 +1,336 @@
+"""What a training checkpoint must hold to be resumed: every value checked before anything is
+restored or any file touched.
+
+A checkpoint (``Checkpointer.state_dict``) is plain data from a file that may come from anywhere
+(a shared run folder, a download). ``check_resume_state`` checks all of it first: the schedule and
+the classes (in this run's order: the same classes in another order would silently mean other
+labels), each number of the position in its range (``iteration`` in [``phase_iter``, the
+schedule's iterations], ``phase_iter`` within its phase, the data stream's ``epoch`` and
+``position`` within the iterations done), the random generators exactly as
+``capture_rng_state`` writes them, the weights with this model's keys, shapes and dtypes (and
+finite), and the last evaluation and divergence reference as plain numbers. A value outside is
+one line naming its key: ``CheckpointError`` (malformed), ``CheckpointMismatchError`` (another
+run's: other classes, another schedule or model). The optimiser's state is checked against the
+phase's optimiser by ``detector.engine.optim.check_optimization``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from detector.checkpoint import CheckpointError, CheckpointMismatchError
+from detector.engine.schedules import TAKE_FROM_RPN, Phase
+
+__all__ = ["MAX_PHASE_ITERATIONS", "Where", "check_resume_state", "part", "plain_data", "show"]
+
+log = logging.getLogger("detector.train")
+
+MAX_PHASE_ITERATIONS = 10**9  # no phase of a real schedule is longer
+MAX_RANKS = 4096  # random states of this many processes at most
+MT_WORDS = 624  # the Mersenne Twister's state words (NumPy's and Python's generators)
+
+
+def show(value) -> str:
+    """A short description of ``value`` for a one-line message (never a huge repr)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    return f"a {type(value).__name__}"
+
+
+def part(name) -> str:
+    """A dict key as part of a dotted key in a message: a short identifier as it is, anything
+    else as ``show`` describes it."""
+    return name if isinstance(name, str) and len(name) <= 60 and name.isidentifier() else \
+        show(name)
+
+
+def _names(names: list[str]) -> str:
+    shown = [name[:40] for name in names[:8]]
+    return str(shown)[:-1] + (f", ... ({len(names)} in all)]" if len(names) > 8 else "]")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and (
+        isinstance(value, int) or math.isfinite(value))
+
+
+def plain_data(value, *, budget: int = 1_000_000, depth: int = 4, strings: bool = True) -> bool:
+    """Whether ``value`` is JSON-like data (dicts with string keys, lists; None, bools, finite
+    numbers and, with ``strings``, strings as leaves) of at most ``depth`` levels and ``budget``
+    items in all (a pickle may share one list many times over)."""
+    todo, seen = [(value, 0)], 0
+    while todo:
+        item, level = todo.pop()
+        seen += 1
+        if seen > budget or level > depth:
+            return False
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            todo += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list | tuple):
+            todo += [(v, level + 1) for v in item]
+        elif not (item is None or isinstance(item, bool) or _is_number(item)
+                  or (strings and isinstance(item, str))):
+            return False
+    return True
+
+
+class Where:
+    """Where a value comes from (``source``: "checkpoint PATH"), and the one-line refusals
+    naming its key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, key: str, what: str, kind: type[CheckpointError] = CheckpointError):
+        return kind(f"{self.source}: {key} {what}")
+
+    def integer(self, value, key: str, low: int, high: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise self.error(key, f"is {show(value)}, not an integer in [{low}, {high}]")
+        return value
+
+    def number(self, value, key: str, *, low: float = -math.inf) -> float:
+        if not _is_number(value) or value < low:
+            raise self.error(key, f"is {show(value)}, not a finite number >= {low:g}")
+        return value
+
+    def mapping(self, value, key: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(key, f"is {show(value)}, not a dict")
+        return value
+
+    def sequence(self, value, key: str, length: int | None = None, *, most: int = 10**6) -> list:
+        if not isinstance(value, list | tuple) or len(value) > most or (
+                length is not None and len(value) != length):
+            size = f" of {length} entries" if length is not None else ""
+            raise self.error(key, f"is {show(value)}, not a list{size}")
+        return list(value)
+
+
+def check_resume_state(state, *, source: str, phases: list[Phase], class_names: list | None,
+                       model: torch.nn.Module) -> dict:
+    """Check a loaded training checkpoint before anything of it is restored.
+
+    Args:
+        state: what ``load_checkpoint`` returned.
+        source (str): "checkpoint PATH" (or "the checkpoint"), the start of every message.
+        phases: this run's schedule. class_names: this run's classes (None: not checked).
+        model: this run's main model (the "rpn" model is a copy of it).
+
+    Returns:
+        dict: the position (``TrainingPosition.state_dict()``), checked.
+    """
+    where = Where(source)
+    if not isinstance(state, dict) or "trainer" not in state:
+        raise _not_resumable(state, source)
+    trainer = where.mapping(state["trainer"], "trainer")
+    lengths = _check_schedule(trainer, where, phases)
+    _check_classes(state, where, class_names)
+    position = _check_position(state, trainer, where, lengths, phases)
+    iteration = position["iteration"]
+    _check_evaluation(trainer, where, iteration)
+    _check_divergence(trainer.get("divergence"), where)
+    data = where.mapping(state.get("data"), "data")
+    where.integer(data.get("epoch"), "data.epoch", 0, iteration)
+    where.integer(data.get("position"), "data.position", 0, iteration)
+    if data.get("seed") is not None:
+        where.integer(data["seed"], "data.seed", -2**63, 2**64 - 1)
+    _check_rng(state.get("rng"), where)
+    reference = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    check_weights(state.get("model"), where, "model", reference)
+    if state.get("rpn_model") is not None:
+        check_weights(state["rpn_model"], where, "rpn_model", reference)
+    elif _needs_rpn(phases, position["phase_index"], position["phase_begun"]):
+        raise where.error("rpn_model", "is missing, but the schedule still needs the step-1 model")
+    return position
+
+
+def _not_resumable(state, source: str) -> CheckpointError:
+    if isinstance(state, dict) and "model" in state:
+        return CheckpointError(
+            f"{source} is a final checkpoint: the trained model without the training state "
+            f"(no 'trainer' key), so training cannot continue from it; resume from an "
+            f"iter_*.pth of its run (resume=PATH, or resume=true with output_dir=<its run>)")
+    return CheckpointError(f"{source} is not a training checkpoint (no 'trainer' key)")
+
+
+def _check_schedule(trainer: dict, where: Where, phases: list[Phase]) -> list[int]:
+    """The checkpoint's phase lengths; its phase names must be this run's."""
+    saved = where.sequence(trainer.get("phases"), "trainer.phases", most=64)
+    if not all(isinstance(name, str) and len(name) <= 100 for name in saved):
+        raise where.error("trainer.phases", "is not a list of phase names")
+    names = [p.name for p in phases]
+    if saved != names:
+        raise CheckpointMismatchError(f"{where.source} is of a run with phases {_names(saved)}, "
+                                      f"this run has {names}: resume with the same schedule")
+    lengths = where.sequence(trainer.get("phase_iterations"), "trainer.phase_iterations",
+                             len(names))
+    for i, length in enumerate(lengths):
+        where.integer(length, f"trainer.phase_iterations[{i}]", 1, MAX_PHASE_ITERATIONS)
+    if lengths != [p.iterations for p in phases]:
+        log.warning("resuming with different phase lengths (%s, checkpoint %s): the LR "
+                    "schedule differs from the interrupted run's",
+                    [p.iterations for p in phases], lengths)
+    return lengths
+
+
+def _check_classes(state: dict, where: Where, ours: list | None) -> None:
+    """The checkpoint's classes must be this run's, in the same order (label i = class i)."""
+    if ours is None:
+        return
+    saved = state.get("class_names")
+    if not isinstance(saved, list | tuple) or len(saved) > 100_000 or not all(
+            isinstance(name, str) for name in saved):
+        raise where.error("class_names", f"is {show(saved)}, not a list of class names")
+    saved, ours = list(saved), list(ours)
+    if saved == ours:
+        return
+    if sorted(saved) == sorted(ours):
+        raise CheckpointMismatchError(
+            f"{where.source} is for the same classes in another order ({_names(saved)}; this "
+            f"run's dataset: {_names(ours)}): its label numbers would name other classes; "
+            f"resume with the class order it was trained with")
+    raise CheckpointMismatchError(f"{where.source} is for the classes {_names(saved)}, this "
+                                  f"run's dataset has {_names(ours)}: resume it with its own "
+                                  f"dataset")
+
+
+def _check_position(state: dict, trainer: dict, where: Where, lengths: list[int],
+                    phases: list[Phase]) -> dict:
+    index = where.integer(trainer.get("phase_index"), "trainer.phase_index", 0, len(lengths))
+    phase_iter = where.integer(trainer.get("phase_iter"), "trainer.phase_iter", 0,
+                               lengths[index] if index < len(lengths) else 0)
+    total = max(sum(lengths), sum(p.iterations for p in phases))
+    iteration = where.integer(state.get("iteration"), "iteration", phase_iter, total)
+    begun = trainer.get("phase_begun")
+    if not isinstance(begun, bool) or (phase_iter > 0 and not begun):
+        raise where.error("trainer.phase_begun", f"is {show(begun)}, not true or false (true "
+                                                 f"once a step of the phase ran)")
+    skipped = where.integer(trainer.get("skipped_steps"), "trainer.skipped_steps", 0, iteration)
+    return {"iteration": iteration, "phase_index": index, "phase_iter": phase_iter,
+            "phase_begun": begun, "skipped_steps": skipped}
+
+
+def _check_evaluation(trainer: dict, where: Where, iteration: int) -> None:
+    metrics = trainer.get("last_metrics")
+    if metrics is not None and not (isinstance(metrics, dict)
+                                    and plain_data(metrics, strings=False)):
+        raise where.error("trainer.last_metrics", f"is {show(metrics)}, not a dict of metrics "
+                                                  f"(names to numbers)")
+    if trainer.get("last_eval_iteration") is not None:
+        where.integer(trainer["last_eval_iteration"], "trainer.last_eval_iteration", 0,
+                      iteration)
+
+
+def _check_divergence(state, where: Where) -> None:
+    if state is None:
+        return  # older checkpoints: none
+    where.mapping(state, "trainer.divergence")
+    if state.get("reference") is not None:
+        where.number(state["reference"], "trainer.divergence.reference")
+    where.integer(state.get("strikes", 0), "trainer.divergence.strikes", 0, 10**6)
+
+
+def _check_rng(rngs, where: Where) -> None:
+    """One state per process, each exactly what ``capture_rng_state`` writes."""
+    rngs = where.sequence(rngs, "rng", most=MAX_RANKS)
+    if not rngs:
+        raise where.error("rng", "is empty, not one random state per process")
+    torch_bytes = torch.get_rng_state().numel()
+    for rank, rng in enumerate(rngs):
+        key = f"rng[{rank}]"
+        rng = where.mapping(rng, key)
+        _byte_state(rng.get("torch"), where, f"{key}.torch", torch_bytes)
+        cuda = where.sequence(rng.get("cuda", []), f"{key}.cuda", most=1024)
+        used = torch.cuda.is_available() and len(cuda) == torch.cuda.device_count()
+        for i, value in enumerate(cuda):
+            length = torch.cuda.get_rng_state(i).numel() if used else None
+            _byte_state(value, where, f"{key}.cuda[{i}]", length)
+        _check_numpy_state(rng.get("numpy"), where, f"{key}.numpy")
+        _check_python_state(rng.get("python"), where, f"{key}.python")
+
+
+def _byte_state(value, where: Where, key: str, length: int | None) -> None:
+    good = (isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+            and value.layout == torch.strided
+            and (value.numel() == length if length is not None else value.numel() <= 4096))
+    if not good:
+        size = f"{length} bytes" if length is not None else "bytes"
+        raise where.error(key, f"is {show(value)}, not a torch.uint8 tensor of {size} (a "
+                               f"generator state)")
+
+
+def _check_numpy_state(state, where: Where, key: str) -> None:
+    state = where.mapping(state, key)
+    if state.get("name") != "MT19937":
+        raise where.error(f"{key}.name", f"is {show(state.get('name'))}, not 'MT19937'")
+    keys = state.get("keys")
+    if not (isinstance(keys, torch.Tensor) and keys.dtype == torch.int64 and keys.dim() == 1
+            and keys.numel() == MT_WORDS and keys.layout == torch.strided
+            and int(keys.min()) >= 0 and int(keys.max()) < 2**32):
+        raise where.error(f"{key}.keys", f"is {show(keys)}, not {MT_WORDS} int64 words in "
+                                         f"[0, 2**32)")
+    where.integer(state.get("pos"), f"{key}.pos", 0, MT_WORDS)
+    where.integer(state.get("has_gauss"), f"{key}.has_gauss", 0, 1)
+    where.number(state.get("cached"), f"{key}.cached")
+
+
+def _check_python_state(state, where: Where, key: str) -> None:
+    version, internal, gauss = where.sequence(state, key, 3)
+    where.integer(version, f"{key}[0]", 3, 3)  # random.getstate()'s format version
+    internal = where.sequence(internal, f"{key}[1]", MT_WORDS + 1)
+    if not all(isinstance(word, int) and not isinstance(word, bool) and 0 <= word < 2**32
+               for word in internal[:MT_WORDS]):
+        raise where.error(f"{key}[1]", f"is not {MT_WORDS} words in [0, 2**32) and an index")
+    where.integer(internal[MT_WORDS], f"{key}[1][{MT_WORDS}]", 0, MT_WORDS)
+    if gauss is not None:
+        where.number(gauss, f"{key}[2]")
+
+
+def check_weights(weights, where: Where, key: str, reference: dict) -> None:
+    """``weights`` must be a state dict with ``reference``'s keys and, for each, a tensor of its
+    (shape, dtype), finite where floating-point."""
+    weights = where.mapping(weights, key)
+    missing = [k for k in reference if k not in weights]
+    extra = [k for k in weights if k not in reference]
+    if missing or extra:
+        raise where.error(key, f"does not fit this model ({len(missing)} of its weights missing"
+                               f"{', e.g. ' + show(missing[0]) if missing else ''}; "
+                               f"{len(extra)} unknown{', e.g. ' + show(extra[0]) if extra else ''}"
+                               f"): resume with the model it was trained with",
+                          CheckpointMismatchError)
+    for name, (shape, dtype) in reference.items():
+        value = weights[name]
+        if not (isinstance(value, torch.Tensor) and value.shape == shape and value.dtype == dtype
+                and value.layout == torch.strided):
+            raise where.error(f"{key}.{name}", f"is {show(value)}, this model's is a {dtype} "
+                                               f"tensor of shape {list(shape)}",
+                              CheckpointMismatchError)
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise where.error(f"{key}.{name}", "holds NaN or infinite values")
+
+
+def _needs_rpn(phases: list[Phase], index: int, begun: bool) -> bool:
+    """Whether the step-1 ("rpn") model is used from phase ``index`` on before a phase start
+    makes it afresh."""
+    for j in range(index, len(phases)):
+        phase = phases[j]
+        if not (j == index and begun):
+            if phase.start == "copy_initial_to_rpn":
+                return False
+            if phase.start in TAKE_FROM_RPN:
+                return True
+        if "rpn" in (phase.model, phase.proposals_from):
+            return True
+    return False
