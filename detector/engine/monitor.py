@@ -1,5 +1,5 @@
 """What moves inside the model during training, per block (``backbone.conv1`` .. ``backbone.conv5``
-for VGG16-BN, ``rpn_head``, ``roi_head``; see ``detector.inspection.blocks``):
+for VGG16-BN, ``rpn_head``, ``roi_head``; see ``detector.modeling.blocks``):
 
 * ``grad_weight_ratios``: ||grad|| / ||w|| of each block's parameters, logged at every log point.
   From random initialisation VGG16-BN's conv1 moves ~50x faster than conv5 by this measure, the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detector.inspection.blocks import block_name
+from detector.modeling.blocks import block_name
 
 __all__ = ["block_parameters", "grad_weight_ratios", "ratio_key", "write_histograms"]
 

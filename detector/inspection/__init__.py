@@ -5,9 +5,9 @@ Everything takes plain state dicts, modules and tensors (no Hydra), so a noteboo
 """
 
 from detector.inspection.activations import ActivationStats, activation_stats
-from detector.inspection.blocks import block_name, layer_label
 from detector.inspection.report import Inspection, Thresholds, inspect_state, write_report
 from detector.inspection.weights import LayerStats, bn_gammas, prunable_channels, weight_stats
+from detector.modeling.blocks import block_name, layer_label
 
 __all__ = [
     "ActivationStats",

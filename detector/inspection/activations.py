@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from detector.inspection.blocks import block_name, layer_label
+from detector.modeling.blocks import block_name, layer_label
 
 __all__ = ["ActivationStats", "activation_stats", "merge_by_block"]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from torch import Tensor
 
 from detector.inspection.activations import ActivationStats, merge_by_block
-from detector.inspection.blocks import layer_label
 from detector.inspection.plots import (
     plot_activations,
     plot_block_histograms,
@@ -25,6 +24,7 @@ from detector.inspection.weights import (
     prunable_channels,
     weight_stats,
 )
+from detector.modeling.blocks import layer_label
 from detector.untrusted import (
     path_component,
     shown,

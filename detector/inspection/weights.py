@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from detector.inspection.blocks import block_name, layer_label
+from detector.modeling.blocks import block_name, layer_label
 
 __all__ = ["LayerStats", "bn_gammas", "layer_weights", "prunable_channels", "weight_stats"]
 

@@ -1,10 +1,8 @@
-"""Where and why runs differ, beyond one AP number: TIDE error decomposition, calibration,
-confusion and per-class AP against training frequency for finished runs, grouped by seed as in
-:func:`detector.study.compare`, into one folder with ``analysis.md`` and figures.
-
-    from detector.study.analysis import analyze
-    report = analyze(["outputs/multirun/2026-12-03_15-00-00"], "outputs/analysis")
-    print(report.text)
+"""Where and why runs differ, beyond one AP number: the measures of one finished run (TIDE error
+decomposition, calibration, confusion and per-class AP against training frequency) and their
+values over a seed group. :mod:`detector.study.analysis_text` and
+:mod:`detector.study.analysis_plots` render them; :func:`detector.study.analyze`
+(:mod:`detector.study.analysis_report`) writes the report.
 
 A run is analysed from the detections its evaluation wrote: ``final_results.json`` (written at
 the end of training) or ``checkpoints/<name>_<split>_results.json`` (``tools/eval.py``), COCO
@@ -18,12 +16,10 @@ are left out and counted.
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 import warnings
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from detector.evaluation.coco_eval import evaluate_coco
+from detector.run_files import CHECKPOINTS, FINAL_RESULTS, FINISHED
 from detector.study.calibration import Reliability, d_ece, reliability
 from detector.study.coco_checks import check_coco, check_results, inside
 from detector.study.confusion import confusion_matrix
@@ -44,13 +41,12 @@ from detector.study.errors import (
     error_dap,
     ground_truth,
 )
-from detector.study.outcome import FINAL_RESULTS, FINISHED
-from detector.study.runs import Run, StudyError, check_same_dataset, find_runs
-from detector.study.summary import Study, build_study
-from detector.untrusted import RunFileError, read_json, shown, writable_file
+from detector.study.runs import Run, StudyError
+from detector.study.summary import Group, seed_of
+from detector.untrusted import RunFileError, read_json, shown
 
-__all__ = ["AnalysisOptions", "AnalysisReport", "RunAnalysis", "analyze", "analyze_run",
-           "class_frequency", "find_detections", "split_files"]
+__all__ = ["AnalysisOptions", "Measure", "RunAnalysis", "analyze_run", "class_frequency",
+           "find_detections", "group_values", "split_files"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ def find_detections(run: Run) -> tuple[Path, str] | None:
     if (run.path / FINAL_RESULTS).is_file():
         return run.path / FINAL_RESULTS, "val"
     found = []
-    for path in (run.path / "checkpoints").glob("*_results.json"):
+    for path in (run.path / CHECKPOINTS).glob("*_results.json"):
         try:
             info = path.stat()
         except (OSError, ValueError):
@@ -240,38 +236,17 @@ def _measure(run: Run, results: list, coco: dict, folders: tuple[Path, Path],
         dataset_root=folders[0], image_dir=folders[1])
 
 
-@dataclass
-class AnalysisReport:
-    """What :func:`analyze` wrote: the folder, its files, the markdown as printed, the runs
-    (grouped as ``study.groups``) and their analyses by run name."""
-
-    out_dir: Path
-    files: list[Path]
-    text: str
-    study: Study
-    analyses: dict[str, RunAnalysis]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+Measure = Callable[[RunAnalysis], float | None]
 
 
-def analyze(arguments: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-            options: AnalysisOptions = AnalysisOptions()) -> AnalysisReport:
-    """Analyse the runs under ``arguments`` (run folders, sweep folders or globs) into
-    ``out_dir``: analysis.md, errors.png, calibration.png, confusion.png,
-    class_ap_vs_frequency.png and worst/. Runs with malformed files are left out
-    (``AnalysisReport.skipped``, one line of the text); gallery images that cannot be shown are
-    counted in it. Raises StudyError (one sentence) for no runs or mixed datasets."""
-    from detector.study.analysis_plots import write_figures  # matplotlib, cv2: on use only
-    from detector.study.analysis_text import analysis_text
-    from detector.study.report import prepare_out_dir
-
-    skipped: list[tuple[str, str]] = []
-    runs = find_runs(arguments, skipped)
-    check_same_dataset(runs)
-    study = build_study(runs)
-    analyses = {run.name: analyze_run(run, options) for run in runs}
-    out = prepare_out_dir(out_dir)
-    left_out: Counter[str] = Counter()
-    figures = write_figures(study, analyses, out, options, left_out)
-    text = analysis_text(study, analyses, options, skipped=skipped, left_out=left_out)
-    writable_file(out / "analysis.md").write_text(text, encoding="utf-8")
-    return AnalysisReport(out, [out / "analysis.md", *figures], text, study, analyses, skipped)
+def group_values(group: Group, analyses: Mapping[str, RunAnalysis],
+                 measure: Measure) -> dict[Any, float]:
+    """seed -> value over the group's analysed runs (keyed by position when a seed is unknown
+    or repeated, so that nothing pairs)."""
+    pairs = [(seed_of(r), measure(analyses[r.name])) for r in group.runs
+             if analyses[r.name].analysed]
+    pairs = [(s, v) for s, v in pairs if v is not None]
+    seeds = [s for s, _ in pairs]
+    if None in seeds or len(set(seeds)) < len(seeds):
+        return {(group.label, i): v for i, (_, v) in enumerate(pairs)}
+    return dict(pairs)

@@ -16,10 +16,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from detector.study.analysis import AnalysisOptions, RunAnalysis
-from detector.study.analysis_text import group_values
+from detector.study.analysis import AnalysisOptions, RunAnalysis, group_values
 from detector.study.calibration import reliability
 from detector.study.errors import ERROR_TYPES, FP_TYPES, TP
+from detector.study.gallery import write_gallery
 from detector.study.summary import Group, Study
 from detector.untrusted import plain_text, writable_file
 
@@ -199,8 +199,6 @@ def write_figures(study: Study, analyses: Mapping[str, RunAnalysis], out: Path,
                   options: AnalysisOptions, left_out: Counter | None = None) -> list[Path]:
     """Every figure of the report, and the worst-image gallery under ``out/worst``
     (``left_out`` counts its images not drawn, by reason)."""
-    from detector.study.gallery import write_gallery
-
     return [plot_errors(study, analyses, out / "errors.png"),
             plot_calibration(study, analyses, out / "calibration.png", options),
             plot_confusion(study, analyses, out / "confusion.png", options),

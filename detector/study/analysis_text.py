@@ -4,21 +4,19 @@ D-ECE), the difference of two groups with a 95 % interval, and the per-class tab
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
-from detector.study.analysis import AnalysisOptions, RunAnalysis
+from detector.study.analysis import AnalysisOptions, Measure, RunAnalysis, group_values
 from detector.study.errors import ERROR_TYPES
-from detector.study.report import markdown_table
 from detector.study.runs import skipped_line
 from detector.study.stats import difference, mean_std
-from detector.study.summary import Group, Study, seed_of, value_of
+from detector.study.summary import Study, value_of
+from detector.study.tables import markdown_table
 from detector.untrusted import shown_text
 
-__all__ = ["analysis_text", "group_values"]
+__all__ = ["analysis_text"]
 
 MISSING = "-"
-Measure = Callable[[RunAnalysis], float | None]
 
 
 def _measures() -> dict[str, Measure]:
@@ -29,19 +27,6 @@ def _measures() -> dict[str, Measure]:
         found[f"{kind} dAP50"] = lambda a, k=kind: a.dap.get(k)
     found["D-ECE"] = lambda a: a.d_ece
     return found
-
-
-def group_values(group: Group, analyses: Mapping[str, RunAnalysis],
-                 measure: Measure) -> dict[Any, float]:
-    """seed -> value over the group's analysed runs (keyed by position when a seed is unknown
-    or repeated, so that nothing pairs)."""
-    pairs = [(seed_of(r), measure(analyses[r.name])) for r in group.runs
-             if analyses[r.name].analysed]
-    pairs = [(s, v) for s, v in pairs if v is not None]
-    seeds = [s for s, _ in pairs]
-    if None in seeds or len(set(seeds)) < len(seeds):
-        return {(group.label, i): v for i, (_, v) in enumerate(pairs)}
-    return dict(pairs)
 
 
 def _cell(count: int | None, gain: float | None) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from detector.study.plots import has_pr_data, numeric_key, plot_curves, plot_pr_curves, plot_sweep
 from detector.study.runs import StudyError, check_same_dataset, find_runs, skipped_line
 from detector.study.summary import Study, build_study, difference_lines, group_table, run_table
+from detector.study.tables import markdown_table
 from detector.untrusted import (
     RunFileError,
     shown,
@@ -27,7 +28,7 @@ from detector.untrusted import (
     writable_file,
 )
 
-__all__ = ["Report", "compare", "csv_cell", "markdown_table", "prepare_out_dir", "summary_text"]
+__all__ = ["Report", "compare", "csv_cell", "prepare_out_dir", "summary_text"]
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -42,15 +43,6 @@ class Report:
     text: str
     study: Study
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def markdown_table(rows: Sequence[Sequence[str]]) -> str:
-    """Header row + data rows as a GitHub markdown table (``|`` in cells escaped; control
-    characters escaped and cells cut to 500 characters, see ``untrusted.shown``)."""
-    cells = [[shown(c, limit=500).replace("|", "\\|") for c in row] for row in rows]
-    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
-    return "\n".join(lines)
 
 
 def summary_text(study: Study, skipped: Sequence[tuple[str, str]] = ()) -> str:

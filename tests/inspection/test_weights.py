@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detector.inspection import bn_gammas, layer_label, prunable_channels, weight_stats
-from detector.inspection.blocks import block_name
+from detector.modeling.blocks import block_name
 
 
 def _state() -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from load_file import load_tool
 
+from detector.run_files import last_logged_losses
 from detector.study import StudyError, build_study, compare, find_runs
-from detector.study.outcome import last_logged_losses
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("circle", "square")
