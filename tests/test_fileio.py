@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from detector.checkpoint import save_checkpoint
-from detector.engine.state import drop_records_after
 from detector.evaluation.coco_eval import save_metrics, save_results
 from detector.fileio import atomic_write_text, atomic_writer
+from detector.run_files import drop_records_after
 
 
 def _plain_mode(path: Path) -> int:

@@ -5,7 +5,6 @@ two log points."""
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ import torch
 from detector.engine import distributed as dist
 from detector.engine.monitor import ratio_key, write_histograms
 from detector.errors import UserError
+from detector.run_files import METRICS, TENSORBOARD, append_record, eval_record, train_record
 
 __all__ = ["LogWindow", "RunFolderError", "TrainLogger", "format_duration", "memory_mb",
            "mean_max"]
@@ -100,7 +100,7 @@ class TrainLogger:
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.metrics_path = self.output_dir / METRICS
         try:
             mode = os.lstat(self.metrics_path).st_mode
         except FileNotFoundError:
@@ -116,18 +116,11 @@ class TrainLogger:
         if self._writer is None and self.tensorboard and self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.output_dir / TENSORBOARD))
         return self._writer
 
     def _write(self, record: dict, iteration: int, prefix: str) -> None:
-        # appended without following a symlink, and never blocking on a FIFO: a metrics.jsonl
-        # that is no regular file of the run (a shared run folder) is an OSError, not a hang
-        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_NONBLOCK, 0o666)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(f"{self.metrics_path} is not a regular file")
-            f.write(json.dumps(record) + "\n")
+        append_record(self.metrics_path, record)  # an OSError, never a hang, on a FIFO or link
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("iter", "phase_iter"):
@@ -156,11 +149,10 @@ class TrainLogger:
             phase, phase_iter, phase_total, total, terms, grad, lr, sec_per_iter,
             format_duration(eta), memory,
         )
-        record = {"iter": iteration, "phase": phase, "phase_iter": phase_iter, "loss": total,
-                  **losses, "lr": lr, "sec_per_iter": sec_per_iter, "memory_mb": memory}
-        if grad_norm is not None:
-            record["grad_norm"], record["grad_norm_max"] = grad_norm
-        record.update({ratio_key(block): r for block, r in (grad_ratios or {}).items()})
+        record = train_record(
+            iteration=iteration, phase=phase, phase_iter=phase_iter, losses=losses, lr=lr,
+            sec_per_iter=sec_per_iter, memory_mb=memory, grad_norm=grad_norm,
+            extra={ratio_key(block): r for block, r in (grad_ratios or {}).items()})
         self._write(record, iteration, "train")
 
     def histograms(self, model: torch.nn.Module, iteration: int) -> None:
@@ -175,9 +167,8 @@ class TrainLogger:
         ap, ap50 = metrics.get("AP"), metrics.get("AP50")
         log.info("[%s] eval at iter %d: AP %s  AP50 %s", phase, iteration,
                  "n/a" if ap is None else f"{ap:.4f}", "n/a" if ap50 is None else f"{ap50:.4f}")
-        record = {"iter": iteration, "phase": phase}
-        record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        self._write(record, iteration, "val")
+        self._write(eval_record(iteration=iteration, phase=phase, metrics=metrics), iteration,
+                    "val")
 
     def close(self) -> None:
         if self._writer is not None:

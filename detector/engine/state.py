@@ -11,20 +11,16 @@ captured by ``capture_rng_state``; the last two only need ``BatchStream``'s (epo
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from detector.data.samplers import AspectRatioGroupedBatchSampler
-from detector.fileio import atomic_writer
-from detector.study.curves import parse_record
 
-__all__ = ["BatchStream", "capture_rng_state", "drop_records_after", "restore_rng_state"]
+__all__ = ["BatchStream", "capture_rng_state", "restore_rng_state"]
 
 log = logging.getLogger("detector.train")
 
@@ -54,35 +50,6 @@ def restore_rng_state(state: dict) -> None:
                          numpy["has_gauss"], numpy["cached"]))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-def drop_records_after(metrics_path: Path, iteration: int) -> int:
-    """Remove the ``metrics.jsonl`` records of iterations after ``iteration`` (logged by a run
-    that was killed after its last checkpoint; the resumed run logs them again). Returns how
-    many were dropped; the file is rewritten atomically, its other lines byte for byte (lines
-    that are no record, or not UTF-8, are kept).
-
-    Raises:
-        ValueError: ``iteration`` is negative (it would drop every record).
-    """
-    if iteration < 0:
-        raise ValueError(f"iteration must be >= 0, got {iteration}")
-    lines = metrics_path.read_bytes().splitlines(keepends=True)
-    kept = [line for line in lines
-            if _record_iteration(line.decode("utf-8", errors="replace")) <= iteration]
-    if len(kept) != len(lines):
-        with atomic_writer(metrics_path) as f:
-            f.write(b"".join(kept))
-    return len(lines) - len(kept)
-
-
-def _record_iteration(line: str) -> float:
-    record = parse_record(line)
-    try:
-        value = float(record.get("iter", -1)) if record is not None else -1
-    except (TypeError, ValueError, OverflowError):
-        return -1  # keep what cannot be read
-    return value if math.isfinite(value) else -1
 
 
 class BatchStream:

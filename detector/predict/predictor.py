@@ -33,7 +33,9 @@ from detector.modeling.spec import (
     model_from_checkpoint,
     read_checkpoint,
 )
+from detector.ops.boxes import xyxy_to_xywh
 from detector.predict.image_files import read_image_file
+from detector.run_files import FINAL_METRICS
 from detector.runtime import autocast, resolve_device, resolve_precision, to_device
 from detector.untrusted import RunFileError, read_json
 
@@ -103,12 +105,14 @@ class Detections:
         ``label``, ``category_id`` (the dataset's own id when ``label_to_cat_id`` is given) and
         ``category``."""
         out = []
-        for (x1, y1, x2, y2), score, label, name in zip(
-                self.boxes.tolist(), _shown(self.scores), self.labels.tolist(), self.class_names,
-                strict=True):
+        xywh = xyxy_to_xywh(torch.as_tensor(self.boxes, dtype=torch.float64).reshape(-1, 4))
+        xywh = xywh.tolist()
+        for xyxy, bbox, score, label, name in zip(
+                self.boxes.tolist(), xywh, _shown(self.scores), self.labels.tolist(),
+                self.class_names, strict=True):
             cat_id = label_to_cat_id.get(label, label) if label_to_cat_id else label
-            out.append({"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                        "box_xyxy": [round(v, 2) for v in (x1, y1, x2, y2)],
+            out.append({"bbox": [round(v, 2) for v in bbox],
+                        "box_xyxy": [round(v, 2) for v in xyxy],
                         "score": score, "label": label, "category_id": int(cat_id),
                         "category": name})
         return out
@@ -174,7 +178,7 @@ def checkpoint_metrics(path: str | Path) -> dict | None:
     A file that is no regular file, over 1 MiB, not a JSON object or nested deeper than 8 levels
     counts as absent (``detector.untrusted.read_json``)."""
     path = Path(path)
-    for candidate in (path.parent.parent / "final_metrics.json",
+    for candidate in (path.parent.parent / FINAL_METRICS,  # checkpoints/<name>.pth of a run
                       path.parent / f"{path.stem}_val_metrics.json"):
         try:
             metrics = read_json(candidate, limit=_MAX_METRICS_BYTES)

@@ -1,14 +1,13 @@
 """Training curves of a run: its ``metrics.jsonl`` read back and drawn (matplotlib, Agg).
 
 ``metrics.jsonl`` holds one JSON object per line, each with ``"iter"`` and any of the loss keys,
-``"lr"`` and evaluation keys (``"AP"``, ``"AP50"``, ...). Lines that carry ``"step"`` and/or
-``"phase"`` values (multi-step schedules) are drawn as separate, labelled series. This is the one
-reader of that file (training's resume, the study tools and the plots use it). Figures are drawn
-on their own Agg canvas: pyplot and its global state are never used.
+``"lr"`` and evaluation keys (``"AP"``, ``"AP50"``, ...); :mod:`detector.run_files` reads it (the
+one reader of that file). Lines that carry ``"step"`` and/or ``"phase"`` values (multi-step
+schedules) are drawn as separate, labelled series. Figures are drawn on their own Agg canvas:
+pyplot and its global state are never used.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -20,7 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from detector.untrusted import plain_text, shown
+from detector.run_files import read_metrics_jsonl
+from detector.untrusted import plain_text
 
 LOSS_KEYS: tuple[str, ...] = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box")
 EVAL_KEYS: tuple[str, ...] = ("AP", "AP50")
@@ -29,44 +29,6 @@ GROUP_KEYS: tuple[str, ...] = ("step", "phase")
 _EVAL_TITLE = "COCO eval"
 
 Series = dict[str, tuple[list[float], list[float]]]  # group label -> (iters, values)
-
-
-def parse_record(line: str) -> dict | None:
-    """One ``metrics.jsonl`` line as a dict, or None (blank, half-written, not an object, a
-    number of more than 4,300 digits or nesting deeper than the stack)."""
-    try:
-        record = json.loads(line)
-    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
-        return None
-    return record if isinstance(record, dict) else None
-
-
-# --- curves ----------------------------------------------------------------------------------
-
-
-def metrics_records(text: str, *, source: str) -> list[dict]:
-    """The JSON objects of a ``metrics.jsonl``'s text; lines that are not (a half-written tail)
-    are skipped with one warning naming ``source``, the first such line and how many more."""
-    records, bad = [], []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        record = parse_record(line)
-        if record is None:
-            bad.append(n)
-            continue
-        records.append(record)
-    if bad:
-        more = f" (and {len(bad) - 1} more lines)" if len(bad) > 1 else ""
-        warnings.warn(f"{source}:{bad[0]}: not a JSON object, skipped{more}", stacklevel=3)
-    return records
-
-
-def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a ``metrics.jsonl``; unparsable lines (a half-written tail) are
-    skipped with a warning."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    return metrics_records(text, source=shown(path))
 
 
 def metric_series(records: Iterable[Mapping[str, Any]], key: str, *, positive: bool = False) -> Series:

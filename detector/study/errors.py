@@ -39,7 +39,7 @@ import torch
 from pycocotools.coco import COCO
 
 from detector.evaluation.coco_eval import evaluate_coco
-from detector.ops.boxes import box_iou
+from detector.ops.boxes import box_iou, xywh_to_xyxy, xyxy_to_xywh
 
 __all__ = ["ERROR_TYPES", "FP_TYPES", "Boxes", "ErrorAnalysis", "classify_errors", "coco_from_dict",
            "error_dap", "ground_truth", "detections"]
@@ -77,7 +77,7 @@ def _boxes(rows: Sequence[Mapping[str, Any]], *, score_key: str | None) -> Boxes
     xywh = np.asarray([r["bbox"] for r in rows], dtype=np.float64).reshape(-1, 4)
     return Boxes(
         image_ids=np.asarray([r["image_id"] for r in rows], dtype=np.int64),
-        boxes=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
+        boxes=xywh_to_xyxy(torch.from_numpy(xywh)).numpy(),
         labels=np.asarray([r["category_id"] for r in rows], dtype=np.int64),
         scores=np.asarray([r[score_key] if score_key else 1.0 for r in rows], dtype=np.float64),
         crowd=np.asarray([bool(r.get("iscrowd", 0)) for r in rows], dtype=bool))
@@ -213,9 +213,9 @@ def _fixed_detections(gt: Boxes, det: Boxes, analysis: ErrorAnalysis, kind: int)
 
 
 def _results(det: Boxes) -> list[dict]:
-    xywh = np.concatenate([det.boxes[:, :2], det.boxes[:, 2:] - det.boxes[:, :2]], axis=1)
+    xywh = xyxy_to_xywh(torch.from_numpy(det.boxes)).tolist()
     return [{"image_id": int(i), "category_id": int(c), "bbox": b, "score": float(s)}
-            for i, c, b, s in zip(det.image_ids, det.labels, xywh.tolist(), det.scores,
+            for i, c, b, s in zip(det.image_ids, det.labels, xywh, det.scores,
                                   strict=True)]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from detector.study.outcome import DIVERGED, FINISHED
+from detector.run_files import DIVERGED, FINISHED
 from detector.study.runs import Run
 from detector.study.summary import SEED_KEY, Group, Study, value_of
 from detector.untrusted import finite_number, plain_text, shown

@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from detector.study.outcome import DIVERGED, FINISHED
+from detector.run_files import DIVERGED, FINISHED
 from detector.untrusted import RunFileError, finite_number, shown
 
 __all__ = ["MAX_DEPTH", "NAME_LIMIT", "check_config", "check_final", "check_name",

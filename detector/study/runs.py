@@ -1,9 +1,10 @@
 """Run folders as a study sees them: what was asked (config, command-line overrides), how it
 ended (``final_metrics.json``) and how it went (``metrics.jsonl``).
 
-A run folder is one ``tools/train_net.py`` output directory: it holds ``config.json`` (the
-resolved config), ``.hydra/overrides.yaml``, ``metrics.jsonl`` and, once the run has ended,
-``final_metrics.json``. A sweep folder holds run folders (one per job) and a ``sweep.jsonl``.
+A run folder is one training run's output directory (its files: :mod:`detector.run_files`): it
+holds ``config.json`` (the resolved config), ``.hydra/overrides.yaml``, ``metrics.jsonl`` and,
+once the run has ended, ``final_metrics.json``. A sweep folder holds run folders (one per job)
+and a ``sweep.jsonl``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from detector.errors import UserError
-from detector.study.curves import metrics_records
-from detector.study.outcome import DIVERGED, FINISHED, INCOMPLETE
+from detector.run_files import (
+    CONFIG,
+    DIVERGED,
+    FINAL_METRICS,
+    FINISHED,
+    INCOMPLETE,
+    METRICS,
+    OVERRIDES,
+    RUN_MARKERS,
+    read_config,
+    read_final_metrics,
+    read_metrics_jsonl,
+)
 from detector.study.run_checks import (
     check_config,
     check_final,
@@ -26,19 +38,11 @@ from detector.study.run_checks import (
     check_records,
     flatten,
 )
-from detector.untrusted import (
-    RunFileError,
-    finite_number,
-    read_bytes,
-    read_json,
-    read_plain_yaml,
-    shown,
-)
+from detector.untrusted import RunFileError, finite_number, read_plain_yaml, shown
 
 __all__ = ["Run", "RunFileError", "StudyError", "check_same_dataset", "find_runs", "flatten",
            "load_run", "report_dir", "skipped_line"]
 
-RUN_MARKERS = ("config.json", "metrics.jsonl", "final_metrics.json", ".hydra")
 MAX_DEPTH = 32  # folders below an argument searched for runs
 MAX_METRICS_BYTES = 512 << 20
 MAX_OVERRIDES_BYTES = 256 << 10  # YAML is parsed in Python: ~6 s per MiB of short items
@@ -113,11 +117,8 @@ def _read_overrides(path: Path) -> dict[str, str]:
 
 
 def _read_records(path: Path) -> list[dict]:
-    data = read_bytes(path, limit=MAX_METRICS_BYTES)
-    if data is None:
-        return []
-    text = data.decode("utf-8", errors="replace")  # a bad line is skipped like a half-written one
-    return check_records(metrics_records(text, source=shown(path)), str(path))
+    # a line that is not UTF-8 is skipped (with a warning) like a half-written one
+    return check_records(read_metrics_jsonl(path, limit=MAX_METRICS_BYTES), str(path))
 
 
 def load_run(path: str | os.PathLike, name: str | None = None) -> Run:
@@ -130,11 +131,10 @@ def load_run(path: str | os.PathLike, name: str | None = None) -> Run:
     """
     path = Path(path)
     return Run(path=path, name=name or shown(path.name, limit=None),
-               config=check_config(read_json(path / "config.json"), str(path / "config.json")),
-               overrides=_read_overrides(path / ".hydra" / "overrides.yaml"),
-               final=check_final(read_json(path / "final_metrics.json"),
-                                 str(path / "final_metrics.json")),
-               records=_read_records(path / "metrics.jsonl"))
+               config=check_config(read_config(path), str(path / CONFIG)),
+               overrides=_read_overrides(path / OVERRIDES),
+               final=check_final(read_final_metrics(path), str(path / FINAL_METRICS)),
+               records=_read_records(path / METRICS))
 
 
 def _is_run(path: Path) -> bool:

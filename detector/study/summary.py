@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from detector.study.outcome import FINISHED
+from detector.run_files import FINISHED
 from detector.study.runs import Run
 from detector.study.stats import Difference, difference, mean_std
 from detector.untrusted import shown

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from detector.study.curves import parse_record
-from detector.study.report import markdown_table
+from detector.run_files import parse_record
 from detector.study.runs import Run, load_run
+from detector.study.tables import markdown_table
 from detector.untrusted import RunFileError, finite_number, read_bytes, shown
 
 __all__ = ["INDEX_JSONL", "INDEX_MD", "index_markdown", "job_entry", "job_folder_name",

@@ -11,7 +11,7 @@ import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
 
 from detector.engine.guard import DivergedError, DivergenceGuard, NonFiniteError
-from detector.study.outcome import diverged_record
+from detector.run_files import diverged_record
 
 
 def _guard(reference: float, **options) -> DivergenceGuard:

@@ -1,4 +1,4 @@
-"""Training curves: reading metrics.jsonl back and plotting it (detector.study.curves)."""
+"""Training curves: metrics.jsonl read back (detector.run_files) and plotted (detector.study.curves)."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,8 @@ import json
 import cv2
 import pytest
 
-from detector.study.curves import (
-    metric_series,
-    parse_record,
-    plot_metrics,
-    read_metrics_jsonl,
-)
+from detector.run_files import read_metrics_jsonl
+from detector.study.curves import metric_series, plot_metrics
 
 
 def write_jsonl(path, records, tail: str = ""):
@@ -78,9 +74,3 @@ def test_series_split_by_step_and_skip_bad_values(tmp_path):
     }
     both = metric_series([{"iter": 5, "step": 3, "phase": "val", "AP": 0.1}], "AP")
     assert both == {"step 3, phase val": ([5.0], [0.1])}
-
-
-def test_parse_record_takes_objects_only():
-    assert parse_record('{"iter": 3, "loss": 1.5}') == {"iter": 3, "loss": 1.5}
-    assert parse_record('{"iter": 3, "lo') is None  # half-written tail
-    assert parse_record("[1, 2]") is None and parse_record("") is None
