@@ -15,10 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 
 from detector.data.image_io import read_image_rgb
 from detector.data.report import DataReport, DatasetError, shown
+from detector.ops.boxes import xywh_to_xyxy
 
 MAX_ANNOTATION_BYTES = 4 * 2**30  # an instances file (COCO train2017's is 448 MB)
 MAX_ID = 2**53  # image and annotation ids (JSON's exact integers)
@@ -242,7 +244,7 @@ def _clean_annotations(
         else:
             report.bad(problem[0], f"{source}: annotation id {shown(ann.get('id'))} {problem[1]}")
     xywh = np.array([a["bbox"] for a in usable], dtype=np.float64).reshape(-1, 4)
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    xyxy = xywh_to_xyxy(torch.from_numpy(xywh)).numpy()
     sizes = np.array([[images[a["image_id"]][k] for k in ("height", "width")] for a in usable],
                      dtype=np.float64).reshape(-1, 2)
     clipped, was_clipped, keep = clip_and_filter_boxes(xyxy, sizes, min_size=min_box_size)

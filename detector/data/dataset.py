@@ -18,6 +18,7 @@ from detector.data.coco_format import category_maps, clean_coco_dict, index_coco
 from detector.data.image_io import read_image_rgb
 from detector.data.report import DataReport, DatasetError
 from detector.data.transforms import DetectionTransforms, build_transforms
+from detector.ops.boxes import xywh_to_xyxy
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def build_records(
             report.count("empty_image_filtered")
             continue
         xywh = np.array([a["bbox"] for a in targets], dtype=np.float32).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes = xywh_to_xyxy(torch.from_numpy(xywh)).numpy()
         labels = np.array([cat_id_to_label[a["category_id"]] for a in targets], dtype=np.int64)
         records.append(ImageRecord(int(image["id"]), image_dir / image["file_name"],
                                    int(image["height"]), int(image["width"]), boxes, labels))

@@ -1,43 +1,37 @@
-"""Multi-GPU / multi-node training through ``torchrun``: process group, DDP, reductions, gathered
-evaluation.
+"""Multi-GPU / multi-node training through ``torchrun``: process group, DDP, reductions.
 
 ``torchrun --nproc_per_node=N tools/train_net.py ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment; ``init_distributed`` joins them (nccl on
 CUDA, gloo on the CPU). Every rank trains on its own shard of each epoch (the distributed
 ``AspectRatioGroupedBatchSampler``), gradients are averaged by ``DistributedDataParallel``, and
 logged losses are averaged over ranks. Only rank 0 logs, writes checkpoints and runs COCO
-evaluation, on the detections gathered from every rank. Without torchrun every helper here is
-the single-process identity.
+evaluation, on the detections gathered from every rank
+(``detector.evaluation.sharded.evaluate_sharded``). Without torchrun every helper here is the
+single-process identity.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-
-from detector.evaluation.inference import EvaluationStopped, predict, score_detections
 
 __all__ = [
     "all_gather_objects",
     "all_reduce",
     "broadcast_object",
     "cleanup_distributed",
-    "evaluate_sharded",
     "get_rank",
     "get_world_size",
     "init_distributed",
     "is_distributed",
     "is_main",
     "launched_by_torchrun",
-    "sync_buffers",
     "wrap_ddp",
 ]
 
@@ -121,16 +115,6 @@ def broadcast_object(obj, *, src: int = 0):
     return box[0]
 
 
-def sync_buffers(model: nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
-
-    DDP broadcasts them before each training forward, which then updates them locally; call this
-    before evaluating on every rank, so each shard is scored by the model rank 0 saves."""
-    if is_distributed():
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` in ``DistributedDataParallel`` when distributed, else ``model`` itself.
 
@@ -142,36 +126,3 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
-
-def evaluate_sharded(
-    model: nn.Module, loader: DataLoader, *, device: torch.device, precision: str = "fp32",
-    progress: bool = True, should_stop: Callable[[], bool] | None = None,
-) -> tuple[dict | None, list[dict]]:
-    """COCO evaluation when each rank's ``loader`` holds a shard of the val set: every rank
-    predicts its shard, rank 0 evaluates the detections of all ranks, every rank gets the
-    metrics. Single-process: the same as ``detector.evaluation.inference.evaluate``.
-
-    ``should_stop`` (see ``predict``) is asked by each rank before each of its batches; when it
-    stops any rank, every rank raises ``EvaluationStopped`` (after the gather, so no rank is
-    left waiting in a collective).
-
-    Returns:
-        (metrics from ``detector.evaluation.evaluate_coco``, all detections sorted by image id).
-    """
-    sync_buffers(model)
-    try:
-        mine = predict(model, loader, device=device, precision=precision,
-                       progress=progress and is_main(), should_stop=should_stop)
-    except EvaluationStopped as stopped:
-        mine = stopped.images_done  # every rank still takes part in the gather below
-    parts = all_gather_objects(mine)
-    if any(isinstance(p, int) for p in parts):
-        done = sum(p if isinstance(p, int) else len(p) for p in parts)
-        raise EvaluationStopped(f"evaluation abandoned after {done} images (stop requested)",
-                                images_done=done)
-    detections = [d for part in parts for d in part]
-    detections.sort(key=lambda d: d["image_id"])
-    metrics = None
-    if is_main():
-        metrics = score_detections(loader.dataset, detections)
-    return broadcast_object(metrics), detections

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detector import run_files
 from detector.engine import distributed as dist
 from detector.engine.guard import (
     NONFINITE_HINT,
@@ -37,9 +38,9 @@ from detector.engine.logger import LogWindow, TrainLogger, memory_mb
 from detector.engine.monitor import grad_weight_ratios
 from detector.engine.optim import PhaseOptimizer
 from detector.engine.position import Cadence, Every, StepOptions, TrainingPosition
-from detector.engine.resume import Checkpointer
+from detector.engine.resume import Checkpointer, TrainingCheck, training_parts
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
-from detector.engine.state import BatchStream, capture_rng_state
+from detector.engine.state import BatchStream
 from detector.engine.validation import PeriodicEvaluation
 from detector.runtime import apply_layout, autocast, resolve_layout, to_device
 
@@ -122,12 +123,15 @@ class Trainer:
             precision=step.precision, progress=self.progress, logger=self.logger,
             stop_signal=self.stop_signal)
         self.checkpointer = Checkpointer(
-            directory=output_dir / "checkpoints", period=cadence.checkpoint_period,
+            directory=output_dir / run_files.CHECKPOINTS, period=cadence.checkpoint_period,
             keep=cadence.keep_checkpoints, extra=checkpoint_extra, phases=phases,
-            position=self.position, models=self.models, optimization=self.optimization,
-            evaluation=self.evaluation, divergence=self.divergence, stream=self.stream,
-            metrics_path=getattr(self.logger, "metrics_path", None),
-            phase_groups=self._phase_groups)
+            position=self.position, parts=training_parts(
+                phases=phases, position=self.position, models=self.models,
+                optimization=self.optimization, evaluation=self.evaluation,
+                divergence=self.divergence, stream=self.stream),
+            check=TrainingCheck(phases=phases, model=model, optimization=self.optimization,
+                                phase_groups=self._phase_groups),
+            metrics_path=getattr(self.logger, "metrics_path", None))
         self._consecutive_skips = 0
         self.on_step = on_step
 
@@ -343,7 +347,7 @@ class Trainer:
         skipped as non-finite; the gradient norm before clipping; whether to stop after it)."""
         # the state before the step, put back if it turns out non-finite: the random generators
         # and data position (for the checkpoint) and the buffers the forward updates (BN stats)
-        cursor = {"rng": capture_rng_state(), "data": self.stream.state_dict()}
+        cursor = self.checkpointer.capture()
         buffers = list(self.models[phase.model].buffers())
         saved_buffers = [b.detach().clone() for b in buffers]
         batch = to_device(next(self.stream), self.device)

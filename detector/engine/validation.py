@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from detector.engine import distributed as dist
 from detector.engine.guard import StopSignal
 from detector.engine.logger import TrainLogger, format_duration
 from detector.engine.position import Every
 from detector.engine.schedules import Phase
 from detector.evaluation.inference import EvaluationStopped
+from detector.evaluation.sharded import evaluate_sharded
 
 __all__ = ["PeriodicEvaluation"]
 
@@ -60,7 +60,7 @@ class PeriodicEvaluation:
         t0 = time.perf_counter()
         log.info("evaluation at iteration %d (%d val images)", iteration, len(self.loader.dataset))
         try:
-            metrics, self.last_detections = dist.evaluate_sharded(
+            metrics, self.last_detections = evaluate_sharded(
                 model, self.loader, device=self.device, precision=self.precision,
                 progress=self.progress, should_stop=lambda: self.stop_signal.requested)
         except EvaluationStopped as stopped:

@@ -3,11 +3,12 @@
 Data flow (B images, Hf = H/16, A anchors, R proposals, S sampled RoIs, K classes)::
 
     images [B,3,H,W] -> backbone -> features [B,C,Hf,Wf]
-        features -> RPNHead -> rpn_logits [B,A], rpn_deltas [B,A,4]
+        features -> RPNHead -> pred_rpn_logits [B,A], pred_rpn_deltas [B,A,4]
         anchors [A,4] + rpn outputs -> ProposalGenerator -> proposals [B,R,4] (+ valid)
-        (training targets) proposals + GT -> ROISampler -> rois [B,S,4], roi_labels, roi_target_deltas
+        (training targets) proposals + GT -> ROISampler -> rois [B,S,4], gt_roi_labels,
+                                                           gt_roi_deltas
         features + rois -> ROIHead (RoIPool/RoIAlign -> box head -> predictor)
-                        -> roi_logits [B,S,K+1], roi_deltas [B,S,4K]
+                        -> pred_roi_logits [B,S,K+1], pred_roi_deltas [B,S,4K]
     outputs + targets -> FasterRCNNCriterion -> loss_rpn_cls, loss_rpn_box, loss_cls, loss_box
     outputs -> FasterRCNN.detect -> per image {boxes [D,4], scores [D], labels [D]}
 
@@ -88,11 +89,15 @@ class FasterRCNN(nn.Module):
                 this model's RPN proposals (4-step training feeds another RPN's proposals).
 
         Returns:
-            dict of raw outputs: ``image_sizes``, ``anchors [A,4]``, ``anchor_grid`` (the same
-            anchors as x/y intervals, ``AnchorGenerator.grid_intervals``), ``rpn_logits [B,A]``,
-            ``rpn_deltas [B,A,4]``, ``proposals [B,R,4]``, ``proposal_valid [B,R]``; with targets
-            also ``rois``, ``roi_valid``, ``roi_labels``, ``roi_target_deltas``, ``roi_logits``,
-            ``roi_deltas``; with detect also ``det_logits [B,R,K+1]``, ``det_deltas [B,R,4K]``.
+            dict of raw outputs, ``pred_*`` what the heads predict and ``gt_*`` the training
+            targets of the sampled RoIs (the rest are the boxes the stages pass on):
+            ``image_sizes``, ``anchors [A,4]``, ``anchor_grid`` (the same anchors as x/y
+            intervals, ``AnchorGenerator.grid_intervals``), ``pred_rpn_logits [B,A]``,
+            ``pred_rpn_deltas [B,A,4]``, ``proposals [B,R,4]``, ``proposal_valid [B,R]``; with
+            targets also ``rois [B,S,4]``, ``roi_valid [B,S]``, ``gt_roi_labels [B,S]``,
+            ``gt_roi_deltas [B,S,4]``, ``pred_roi_logits [B,S,K+1]``, ``pred_roi_deltas
+            [B,S,4K]``; with detect also ``pred_det_logits [B,R,K+1]``, ``pred_det_deltas
+            [B,R,4K]``.
         """
         features = self.backbone(images)
         anchors = self.anchor_generator(features)
@@ -104,17 +109,18 @@ class FasterRCNN(nn.Module):
             boxes, valid = proposals
         out = {
             "image_sizes": image_sizes, "anchors": anchors, "anchor_grid": anchor_grid,
-            "rpn_logits": rpn_logits,
-            "rpn_deltas": rpn_deltas, "proposals": boxes, "proposal_valid": valid,
+            "pred_rpn_logits": rpn_logits,
+            "pred_rpn_deltas": rpn_deltas, "proposals": boxes, "proposal_valid": valid,
         }
         if targets is not None:
             sampled = self.roi_sampler(boxes, valid, targets)
             out.update(sampled)
-            out["roi_logits"], out["roi_deltas"] = self.roi_head(
+            out["pred_roi_logits"], out["pred_roi_deltas"] = self.roi_head(
                 features, sampled["rois"], sampled["roi_valid"]
             )
         if detect if detect is not None else not self.training:
-            out["det_logits"], out["det_deltas"] = self.roi_head(features, boxes, valid)
+            out["pred_det_logits"], out["pred_det_deltas"] = self.roi_head(features, boxes,
+                                                                           valid)
         return out
 
     def detect(self, outputs: dict, scales: Tensor | None = None) -> list[dict[str, Tensor]]:
@@ -129,8 +135,8 @@ class FasterRCNN(nn.Module):
             list of B dicts: ``boxes [D,4]`` xyxy, ``scores [D]``, ``labels [D]`` (1..K).
         """
         return self.postprocessor(
-            outputs["proposals"], outputs["proposal_valid"], outputs["det_logits"],
-            outputs["det_deltas"], outputs["image_sizes"], scales,
+            outputs["proposals"], outputs["proposal_valid"], outputs["pred_det_logits"],
+            outputs["pred_det_deltas"], outputs["image_sizes"], scales,
         )
 
 
@@ -160,6 +166,6 @@ class FasterRCNNCriterion(nn.Module):
         """outputs of ``FasterRCNN.forward(..., targets)`` and the same targets -> losses (float32
         scalars, weighted)."""
         losses = self.rpn(outputs, targets)
-        if "roi_logits" in outputs:
+        if "pred_roi_logits" in outputs:
             losses.update(self.roi(outputs, targets))
         return {name: value * self.weights[name] for name, value in losses.items()}

@@ -62,8 +62,9 @@ class ROISampler(nn.Module):
             targets (dict): ``boxes [B, G, 4]``, ``labels [B, G]``, ``box_valid [B, G]``.
 
         Returns:
-            dict with ``rois [B, S, 4]``, ``roi_valid [B, S]``, ``roi_labels [B, S]`` (0..K, -1 in
-            padding) and ``roi_target_deltas [B, S, 4]`` (zero unless foreground).
+            dict with ``rois [B, S, 4]``, ``roi_valid [B, S]`` and their targets,
+            ``gt_roi_labels [B, S]`` (0..K, -1 in padding) and ``gt_roi_deltas [B, S, 4]`` (zero
+            unless foreground).
         """
         candidates, valid = proposals.float(), proposal_valid
         if self.append_gt:
@@ -80,8 +81,8 @@ class ROISampler(nn.Module):
         return {
             "rois": gather_rows(candidates, index),
             "roi_valid": roi_valid,
-            "roi_labels": gather_rows(assigned.labels, index).masked_fill(~roi_valid, -1),
-            "roi_target_deltas": gather_rows(assigned.deltas, index),
+            "gt_roi_labels": gather_rows(assigned.labels, index).masked_fill(~roi_valid, -1),
+            "gt_roi_deltas": gather_rows(assigned.deltas, index),
         }
 
 
@@ -176,20 +177,21 @@ class ROICriterion(nn.Module):
         self.normalize_by_positives = bool(normalize_by_positives)
 
     def forward(self, outputs: dict, targets: dict | None = None) -> dict[str, Tensor]:
-        """outputs: ``roi_logits [B, S, K+1]``, ``roi_deltas [B, S, 4K]``, ``roi_labels [B, S]``,
-        ``roi_target_deltas [B, S, 4]``. Returns ``{"loss_cls", "loss_box"}`` (float32)."""
-        labels = outputs["roi_labels"]
+        """outputs: ``pred_roi_logits [B, S, K+1]``, ``pred_roi_deltas [B, S, 4K]``,
+        ``gt_roi_labels [B, S]``, ``gt_roi_deltas [B, S, 4]``. Returns ``{"loss_cls",
+        "loss_box"}`` (float32)."""
+        labels = outputs["gt_roi_labels"]
         used = (labels >= 0).float()
         positive = labels > 0
         count = positive.float() if self.normalize_by_positives else used
         normaliser = count.sum().clamp(min=1.0)
-        logits = outputs["roi_logits"]
+        logits = outputs["pred_roi_logits"]
         cls = self.cls_loss(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).flatten())
-        deltas = outputs["roi_deltas"].float().unflatten(-1, (-1, 4))  # [B, S, K, 4]
+        deltas = outputs["pred_roi_deltas"].float().unflatten(-1, (-1, 4))  # [B, S, K, 4]
         class_idx = (labels - 1).clamp(min=0)
         own = deltas.gather(2, class_idx[..., None, None].expand(*labels.shape, 1, 4)).squeeze(2)
         box = torch.nn.functional.smooth_l1_loss(
-            own, outputs["roi_target_deltas"].float(), beta=self.box_beta, reduction="none"
+            own, outputs["gt_roi_deltas"].float(), beta=self.box_beta, reduction="none"
         ).sum(dim=-1)
         return {
             "loss_cls": (cls * used.flatten()).sum() / normaliser,

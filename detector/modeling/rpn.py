@@ -210,8 +210,9 @@ class RPNCriterion(nn.Module):
         self.anchor_border = anchor_border
 
     def forward(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
-        """outputs: ``anchors [A, 4]``, ``rpn_logits [B, A]``, ``rpn_deltas [B, A, 4]``,
-        ``image_sizes [B, 2]``, optionally ``anchor_grid`` (the anchors' x/y intervals: fast IoU); targets: ``boxes [B, G, 4]``, ``box_valid [B, G]``.
+        """outputs: ``anchors [A, 4]``, ``pred_rpn_logits [B, A]``, ``pred_rpn_deltas [B, A, 4]``,
+        ``image_sizes [B, 2]``, optionally ``anchor_grid`` (the anchors' x/y intervals: fast
+        IoU); targets: ``boxes [B, G, 4]``, ``box_valid [B, G]``.
 
         Returns: ``{"loss_rpn_cls": Tensor[], "loss_rpn_box": Tensor[]}`` (float32).
         """
@@ -228,9 +229,10 @@ class RPNCriterion(nn.Module):
         used = (assigned.labels >= 0).float()
         positive = (assigned.labels > 0).float()
         normaliser = (used if self.num_samples is not None else positive).sum().clamp(min=1.0)
-        cls = self.cls_loss(outputs["rpn_logits"].flatten(), positive.flatten())
+        cls = self.cls_loss(outputs["pred_rpn_logits"].flatten(), positive.flatten())
         box = torch.nn.functional.smooth_l1_loss(
-            outputs["rpn_deltas"].float(), assigned.deltas, beta=self.box_beta, reduction="none"
+            outputs["pred_rpn_deltas"].float(), assigned.deltas, beta=self.box_beta,
+            reduction="none"
         ).sum(dim=-1)
         return {
             "loss_rpn_cls": (cls * used.flatten()).sum() / normaliser,

@@ -23,6 +23,7 @@ __all__ = [
     "clip_boxes",
     "grid_box_iou",
     "remove_small_boxes_mask",
+    "xywh_to_xyxy",
     "xyxy_to_xywh",
 ]
 
@@ -37,6 +38,14 @@ def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """boxes (Tensor[..., 4]): xyxy -> (Tensor[..., 4]): x, y, w, h (COCO)."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+
+
+def xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """boxes (Tensor[..., 4]): x, y, w, h (COCO: top-left corner and size) -> (Tensor[..., 4]):
+    xyxy, in the input's dtype (for NumPy data: ``xywh_to_xyxy(torch.from_numpy(a)).numpy()``
+    gives what the same sums in NumPy give)."""
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack((x, y, x + w, y + h), dim=-1)
 
 
 def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

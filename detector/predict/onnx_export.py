@@ -46,15 +46,18 @@ from detector.modeling.spec import (
     model_from_checkpoint,
     read_checkpoint,
 )
+from detector.predict.onnx_predictor import (
+    INPUT_NAMES,
+    METADATA_PREFIX,
+    OUTPUT_NAMES,
+    OnnxPredictor,
+)
 from detector.predict.predictor import resize_settings
 
 __all__ = ["INPUT_NAMES", "METADATA_PREFIX", "OUTPUT_NAMES", "DetectionGraph", "ExportError",
            "ExportResult",
            "default_input_size", "export_checkpoint", "export_onnx"]
 
-INPUT_NAMES = ("images", "image_sizes")
-OUTPUT_NAMES = ("boxes", "scores", "labels", "valid")
-METADATA_PREFIX = "detector."
 OPSET = 17  # RoiAlign's half_pixel mode (aligned=True) needs >= 16
 
 
@@ -79,8 +82,8 @@ class DetectionGraph(nn.Module):
         (BoolTensor[B, D]); padding rows are zero."""
         out = self.model(images, image_sizes, detect=True)
         boxes, scores, labels, valid = self.model.postprocessor.padded(
-            out["proposals"], out["proposal_valid"], out["det_logits"], out["det_deltas"],
-            image_sizes)
+            out["proposals"], out["proposal_valid"], out["pred_det_logits"],
+            out["pred_det_deltas"], image_sizes)
         return (boxes * valid[..., None], scores * valid, labels * valid, valid)
 
 
@@ -189,8 +192,6 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, height: int
             a square image as the run resizes it; ``output`` is a folder or the checkpoint
             itself.
     """
-    from detector.predict.onnx_predictor import OnnxPredictor
-
     checkpoint, output = Path(checkpoint), Path(output)
     _check_output(checkpoint, output)
     state = read_checkpoint(checkpoint)

@@ -31,12 +31,16 @@ from detector.data.transforms import DetectionTransforms, build_transforms
 from detector.errors import UserError
 from detector.modeling.spec import MAX_IMAGE_SIDE, SpecError, checked_label_map
 from detector.predict.inputs import InputError
-from detector.predict.onnx_export import INPUT_NAMES, METADATA_PREFIX, OUTPUT_NAMES
 from detector.predict.predictor import Detections, Predictor
 
-__all__ = ["ITERATING", "OnnxModelError", "OnnxPredictor", "check_graph", "check_metadata",
-           "check_signature", "label_map", "read_metadata"]
+__all__ = ["INPUT_NAMES", "ITERATING", "METADATA_PREFIX", "OUTPUT_NAMES", "OnnxModelError",
+           "OnnxPredictor", "check_graph", "check_metadata", "check_signature", "label_map",
+           "read_metadata"]
 
+# the graph's inputs and outputs, and the prefix of its metadata keys, as tools/export.py writes
+INPUT_NAMES = ("images", "image_sizes")
+OUTPUT_NAMES = ("boxes", "scores", "labels", "valid")
+METADATA_PREFIX = "detector."
 ITERATING = ("Loop", "Scan", "SequenceMap")  # ops that run a subgraph a data-given number of times
 # name -> (element type, rank, fixed dimensions by position) of what tools/export.py writes
 _SIGNATURE = {

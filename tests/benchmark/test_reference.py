@@ -30,9 +30,10 @@ def test_torchvision_model_with_our_weights_computes_our_features_and_rpn_output
         objectness, deltas = tv.rpn.head([features])
     torch.testing.assert_close(features, ours.backbone(data.images))
     b, a, h, w = objectness[0].shape
-    torch.testing.assert_close(objectness[0].permute(0, 2, 3, 1).reshape(b, -1), out["rpn_logits"])
+    torch.testing.assert_close(objectness[0].permute(0, 2, 3, 1).reshape(b, -1),
+                               out["pred_rpn_logits"])
     tv_deltas = deltas[0].view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)
-    torch.testing.assert_close(tv_deltas, out["rpn_deltas"])
+    torch.testing.assert_close(tv_deltas, out["pred_rpn_deltas"])
     bbox = tv.roi_heads.box_predictor.bbox_pred.weight
     assert (bbox[:4] == 0).all() and torch.equal(bbox[4:], ours.roi_head.bbox_pred.weight)
 

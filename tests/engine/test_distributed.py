@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detector.data import build_dataloader
 from detector.engine import distributed as dist
 from detector.evaluation.inference import evaluate
+from detector.evaluation.sharded import evaluate_sharded
 
 
 def _free_port() -> int:
@@ -93,8 +94,8 @@ def test_ddp_training_and_sharded_evaluation_match_a_plain_run(shapes_root, tmp_
         assert ddp_summary["metrics"]["AP"] == pytest.approx(plain_summary["metrics"]["AP"])
         loader = build_dataloader(dataset=tiny.shapes(shapes_root, "val", train=False),
                                   batch_size=3, train=False, num_replicas=1, rank=0)
-        sharded, detections = dist.evaluate_sharded(ddp.models["main"], loader,
-                                                    device=torch.device("cpu"), progress=False)
+        sharded, detections = evaluate_sharded(ddp.models["main"], loader,
+                                               device=torch.device("cpu"), progress=False)
         single, _ = evaluate(ddp.models["main"], loader, device=torch.device("cpu"),
                              progress=False)
         assert sharded == single and [d["image_id"] for d in detections] == [1, 2, 3, 4]

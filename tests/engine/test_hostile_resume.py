@@ -23,7 +23,7 @@ import torch
 from detector.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint
 from detector.engine import resume as resume_module
 from detector.engine.logger import RunFolderError, TrainLogger
-from detector.engine.state import drop_records_after
+from detector.run_files import drop_records_after
 
 CLASSES = ["square", "circle", "triangle", "ellipse"]
 PHASES = 4  # iterations of the end-to-end schedule

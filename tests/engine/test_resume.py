@@ -18,12 +18,8 @@ from detector.checkpoint import (
     periodic_checkpoint_path,
     save_periodic_checkpoint,
 )
-from detector.engine.state import (
-    BatchStream,
-    capture_rng_state,
-    drop_records_after,
-    restore_rng_state,
-)
+from detector.engine.state import BatchStream, capture_rng_state, restore_rng_state
+from detector.run_files import drop_records_after
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:

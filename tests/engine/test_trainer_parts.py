@@ -4,6 +4,7 @@ phase optimiser and a checkpoint's round trip through ``Checkpointer``."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -11,12 +12,22 @@ import pytest
 import torch
 from torch import nn
 
-from detector.checkpoint import list_periodic_checkpoints, load_checkpoint
+from detector.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    list_periodic_checkpoints,
+    load_checkpoint,
+)
 from detector.engine.guard import DivergenceGuard, StopSignal
 from detector.engine.logger import LogWindow, mean_max
 from detector.engine.optim import PhaseOptimizer
 from detector.engine.position import Cadence, Every, StepOptions, TrainingPosition
-from detector.engine.resume import Checkpointer
+from detector.engine.resume import (
+    CHECKPOINT_FORMAT,
+    Checkpointer,
+    TrainingCheck,
+    training_parts,
+)
 from detector.engine.schedules import Phase, end_to_end, four_step
 from detector.engine.state import BatchStream
 from detector.engine.validation import PeriodicEvaluation
@@ -163,37 +174,64 @@ class Remembered:
         self.state = {k: state[k] for k in self.state}
 
 
-def _checkpointer(tmp_path, *, period=3, keep=2, phases=None, seed=0):
+@dataclasses.dataclass
+class Run:
+    """A ``Checkpointer`` over the trainer's parts (``training_parts``), and those parts."""
+
+    checkpointer: Checkpointer
+    position: TrainingPosition
+    models: dict
+    optimization: PhaseOptimizer
+    evaluation: Remembered
+    divergence: DivergenceGuard
+    stream: BatchStream
+
+    def save(self):
+        return self.checkpointer.save()
+
+
+def _run(tmp_path, *, period=3, keep=2, phases=None, seed=0, more=None) -> Run:
+    """``more``: parts besides the trainer's (e.g. an EMA of the weights)."""
     torch.manual_seed(seed)
     loader = torch.utils.data.DataLoader(list(range(6)), batch_size=2)
-    return Checkpointer(
+    phases = phases or end_to_end(iterations=8)
+    position, models = TrainingPosition(), {"main": nn.Linear(2, 1), "rpn": None}
+    optimization, stream = _optimization(), BatchStream(loader)
+    evaluation, divergence = Remembered(), DivergenceGuard()
+    parts = training_parts(phases=phases, position=position, models=models,
+                           optimization=optimization, evaluation=evaluation,
+                           divergence=divergence, stream=stream)
+    checkpointer = Checkpointer(
         directory=tmp_path / "checkpoints", period=period, keep=keep,
-        extra={"class_names": ["a", "b"]}, phases=phases or end_to_end(iterations=8),
-        position=TrainingPosition(), models={"main": nn.Linear(2, 1), "rpn": None},
-        optimization=_optimization(), evaluation=Remembered(),
-        divergence=DivergenceGuard(), stream=BatchStream(loader))
+        extra={"class_names": ["a", "b"]}, phases=phases, position=position,
+        parts={**parts, **(more or {})},
+        check=TrainingCheck(phases=phases, model=models["main"], optimization=optimization))
+    return Run(checkpointer, position, models, optimization, evaluation, divergence, stream)
 
 
 def test_checkpointer_fires_every_period_and_at_the_end(tmp_path):
-    checkpointer = _checkpointer(tmp_path, period=3)
+    run = _run(tmp_path, period=3)
+    checkpointer = run.checkpointer
     assert [i for i in range(1, 9) if checkpointer.due(i)] == [3, 6]
-    assert not any(_checkpointer(tmp_path, period=0).due(i) for i in range(1, 9))
-    checkpointer.position.iteration = 6
+    assert not any(_run(tmp_path, period=0).checkpointer.due(i) for i in range(1, 9))
+    run.position.iteration = 6
     checkpointer.save()
     checkpointer.save_unless_saved()  # already written at iteration 6: not again
-    checkpointer.position.iteration = 8
+    run.position.iteration = 8
     checkpointer.save_at_end()
     assert [p.name for p in list_periodic_checkpoints(tmp_path / "checkpoints")] == [
         "iter_0000006.pth", "iter_0000008.pth"]
     assert checkpointer.last.name == "iter_0000008.pth"
-    off = _checkpointer(tmp_path / "off", period=0)
+    off = _run(tmp_path / "off", period=0)
     off.position.iteration = 8
-    off.save_at_end()  # periodic checkpoints off: no final one either
-    assert off.last is None and not (tmp_path / "off").exists()
+    off.checkpointer.save_at_end()  # periodic checkpoints off: no final one either
+    assert off.checkpointer.last is None and not (tmp_path / "off").exists()
 
 
-def test_checkpointer_round_trip_puts_every_part_back(tmp_path):
-    source = _checkpointer(tmp_path, seed=0)
+def _advanced(tmp_path, **options) -> Run:
+    """A run after one optimiser step, at iteration 5 with a last evaluation, a divergence
+    reference and one batch taken."""
+    source = _run(tmp_path, **options)
     source.optimization.start(source.models["main"], iterations=8)
     _one_step(source.optimization, source.models["main"])
     source.position.load_state_dict({"iteration": 5, "phase_index": 0, "phase_iter": 5,
@@ -201,15 +239,28 @@ def test_checkpointer_round_trip_puts_every_part_back(tmp_path):
     source.evaluation.state = {"last_metrics": {"AP": 0.25}, "last_eval_iteration": 4}
     source.divergence.load_state_dict({"reference": 2.5, "strikes": 1})
     next(source.stream)
+    return source
+
+
+def test_checkpointer_round_trip_puts_every_part_back(tmp_path):
+    source = _advanced(tmp_path)
     path = source.save()
     state = load_checkpoint(path)
     assert state["iteration"] == 5 and state["class_names"] == ["a", "b"]
     assert state["trainer"]["phase_iter"] == 5 and state["trainer"]["phases"] == ["end_to_end"]
     assert state["data"]["position"] == 1 and state["rpn_model"] is None
+    # format 1's keys, each part's where it always was, and the layout's version
+    assert set(state) == {"class_names", "format", "model", "rpn_model", "optimizer",
+                          "scheduler", "scaler", "iteration", "trainer", "data", "rng"}
+    assert state["format"] == CHECKPOINT_FORMAT == 2
 
-    target = _checkpointer(tmp_path, seed=1)
-    target.resume(path)
-    assert target.position == source.position and target.saved_iteration == 5
+    target = _run(tmp_path, seed=1)
+    target.checkpointer.resume(path)
+    _assert_resumed(target, source)
+
+
+def _assert_resumed(target: Run, source: Run) -> None:
+    assert target.position == source.position and target.checkpointer.saved_iteration == 5
     assert target.evaluation.state == source.evaluation.state
     assert target.divergence.state_dict() == {"reference": 2.5, "strikes": 1}
     assert target.stream.state_dict() == source.stream.state_dict()
@@ -219,19 +270,83 @@ def test_checkpointer_round_trip_puts_every_part_back(tmp_path):
     assert math.isclose(target.optimization.lr, source.optimization.lr)
 
 
+def test_a_checkpoint_written_before_the_format_version_still_resumes(tmp_path):
+    """Format 1 (no "format" key, the same keys otherwise) is what every older checkpoint is."""
+    source = _advanced(tmp_path)
+    state = source.checkpointer.state_dict()
+    del state["format"]
+    target = _run(tmp_path, seed=1)
+    target.checkpointer.resume(state)
+    _assert_resumed(target, source)
+
+
+@pytest.mark.parametrize(("version", "error", "message"), [
+    (3, CheckpointMismatchError, r"checkpoint format 3, this version of detector reads formats "
+                                 r"1 to 2"),
+    (10**400, CheckpointMismatchError, "format a number of about 401 digits"),
+    ("2", CheckpointError, "format is '2', not a checkpoint format number"),
+    (True, CheckpointError, "format is True, not a checkpoint format number"),
+    (0, CheckpointError, "format is 0, not a checkpoint format number"),
+])
+def test_an_unknown_format_is_refused_in_one_line_before_anything_changes(
+        tmp_path, version, error, message):
+    state = _advanced(tmp_path).checkpointer.state_dict()
+    state["format"] = version
+    torch.save(state, tmp_path / "newer.pth")
+    target = _run(tmp_path, seed=1)
+    before = {k: v.clone() for k, v in target.models["main"].state_dict().items()}
+    with pytest.raises(error, match=message) as refused:
+        target.checkpointer.resume(tmp_path / "newer.pth")
+    assert len(str(refused.value).splitlines()) == 1 and "newer.pth" in str(refused.value)
+    assert target.position == TrainingPosition() and target.checkpointer.saved_iteration is None
+    for key, value in before.items():
+        assert torch.equal(target.models["main"].state_dict()[key], value), key
+
+
+def test_one_more_part_is_one_more_key(tmp_path):
+    """A new stateful part (an EMA of the weights, say) is saved under its name and given its
+    state back on resume; a checkpoint without it gives it None."""
+    ema = Remembered()
+    ema.state = {"last_metrics": {"decay": 0.5}, "last_eval_iteration": 3}
+    source = _advanced(tmp_path, more={"ema": ema})
+    path = source.save()
+    assert load_checkpoint(path)["ema"] == ema.state
+    target_ema = Remembered()
+    target = _run(tmp_path, seed=1, more={"ema": target_ema})
+    target.checkpointer.resume(path)
+    assert target_ema.state == ema.state
+    received = []
+    ema_less = _run(tmp_path, seed=1, more={"ema": _Recorder(received)})
+    ema_less.checkpointer.resume(_advanced(tmp_path).checkpointer.state_dict())
+    assert received == [None]
+
+
+class _Recorder:
+    """A part that records what resume gives it."""
+
+    def __init__(self, received: list) -> None:
+        self.received = received
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state) -> None:
+        self.received.append(state)
+
+
 def test_a_finished_run_saves_no_optimizer(tmp_path):
-    checkpointer = _checkpointer(tmp_path)
-    checkpointer.optimization.start(checkpointer.models["main"], iterations=8)
-    assert checkpointer.state_dict()["optimizer"] is not None
-    checkpointer.position.next_phase()  # past the last phase
-    state = checkpointer.state_dict()
+    run = _run(tmp_path)
+    run.optimization.start(run.models["main"], iterations=8)
+    assert run.checkpointer.state_dict()["optimizer"] is not None
+    run.position.next_phase()  # past the last phase
+    state = run.checkpointer.state_dict()
     assert state["optimizer"] is None and state["scheduler"] is None
 
 
 def test_checkpointer_refuses_another_schedule(tmp_path):
-    path = _checkpointer(tmp_path).save()
-    other = _checkpointer(tmp_path, phases=four_step(
+    path = _run(tmp_path).save()
+    other = _run(tmp_path, phases=four_step(
         rpn_iterations=1, fast_rcnn_iterations=1, rpn_finetune_iterations=1,
         fast_rcnn_finetune_iterations=1))
     with pytest.raises(ValueError, match="same schedule"):
-        other.resume(path)
+        other.checkpointer.resume(path)

@@ -14,9 +14,11 @@ import torchvision
 from torch import nn
 
 from detector.data import CocoDetection, build_dataloader, build_transforms
-from detector.evaluation.inference import evaluate, predict
+from detector.evaluation.inference import EvaluationStopped, evaluate, predict
+from detector.evaluation.sharded import evaluate_sharded
 from detector.modeling import build_model
 from detector.modeling.box_head import MLPBoxHead
+from detector.ops.boxes import xywh_to_xyxy
 from detector.runtime import autocast, to_device
 
 # Images (id, height, width) and boxes (image id, category id, xywh) of a tiny COCO set whose
@@ -147,7 +149,7 @@ class _GroundTruthModel(nn.Module):
             anns = self.dataset.coco.imgToAnns[next(self.order)]
             xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
             labels = [self.relabel(self.dataset.cat_id_to_label[a["category_id"]]) for a in anns]
-            out.append({"boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1),
+            out.append({"boxes": xywh_to_xyxy(xywh),
                         "scores": torch.ones(len(anns)),
                         "labels": torch.tensor(labels, dtype=torch.long)})
         return out
@@ -171,3 +173,21 @@ def test_evaluate_wrong_classes_give_ap_zero(dataset):
     model = _GroundTruthModel(dataset, relabel=lambda label: 3 - label)  # cat <-> dog
     metrics, _ = evaluate(model, loader, device=torch.device("cpu"), progress=False)
     assert metrics["AP"] == 0.0
+
+
+# ---------------------------------------------------------------------------- evaluate_sharded
+def test_sharded_evaluation_without_a_process_group_is_evaluate(dataset):
+    """One process: the same metrics as ``evaluate``, detections sorted by image id; a stop
+    request is ``EvaluationStopped`` counting the images done."""
+    loader = build_dataloader(dataset=dataset, batch_size=2, train=False)
+    metrics, detections = evaluate_sharded(_GroundTruthModel(dataset), loader,
+                                           device=torch.device("cpu"), progress=False)
+    single, _ = evaluate(_GroundTruthModel(dataset), loader, device=torch.device("cpu"),
+                         progress=False)
+    assert metrics == single and metrics["AP"] == pytest.approx(1.0, abs=1e-9)
+    assert [d["image_id"] for d in detections] == [10, 20, 30]
+    asked = iter([False, True])
+    with pytest.raises(EvaluationStopped, match="abandoned after 2 images") as stopped:
+        evaluate_sharded(_GroundTruthModel(dataset), loader, device=torch.device("cpu"),
+                         progress=False, should_stop=lambda: next(asked))
+    assert stopped.value.images_done == 2

@@ -163,18 +163,18 @@ def test_output_shapes_and_dtypes(layout):
         s = min(ROI_SAMPLES, r + targets["boxes"].shape[1])
         expected = {
             "anchors": ((num_anchors, 4), torch.float32),
-            "rpn_logits": ((batch, num_anchors), torch.float32),
-            "rpn_deltas": ((batch, num_anchors, 4), torch.float32),
+            "pred_rpn_logits": ((batch, num_anchors), torch.float32),
+            "pred_rpn_deltas": ((batch, num_anchors, 4), torch.float32),
             "proposals": ((batch, r, 4), torch.float32),
             "proposal_valid": ((batch, r), torch.bool),
             "rois": ((batch, s, 4), torch.float32),
             "roi_valid": ((batch, s), torch.bool),
-            "roi_labels": ((batch, s), torch.long),
-            "roi_target_deltas": ((batch, s, 4), torch.float32),
-            "roi_logits": ((batch, s, NUM_CLASSES + 1), torch.float32),
-            "roi_deltas": ((batch, s, 4 * NUM_CLASSES), torch.float32),
-            "det_logits": ((batch, r, NUM_CLASSES + 1), torch.float32),
-            "det_deltas": ((batch, r, 4 * NUM_CLASSES), torch.float32),
+            "gt_roi_labels": ((batch, s), torch.long),
+            "gt_roi_deltas": ((batch, s, 4), torch.float32),
+            "pred_roi_logits": ((batch, s, NUM_CLASSES + 1), torch.float32),
+            "pred_roi_deltas": ((batch, s, 4 * NUM_CLASSES), torch.float32),
+            "pred_det_logits": ((batch, r, NUM_CLASSES + 1), torch.float32),
+            "pred_det_deltas": ((batch, r, 4 * NUM_CLASSES), torch.float32),
         }
         assert {k: (tuple(out[k].shape), out[k].dtype) for k in expected} == expected
         # proposals lie inside their own image
@@ -184,7 +184,7 @@ def test_output_shapes_and_dtypes(layout):
         # RoIs of images without boxes are all background or padding
         for i, n in enumerate(counts):
             if n == 0:
-                assert (out["roi_labels"][i] <= 0).all()
+                assert (out["gt_roi_labels"][i] <= 0).all()
         losses = criterion(out, targets)
         assert set(losses) == set(LOSS_NAMES)
         for value in losses.values():
@@ -206,12 +206,13 @@ def test_images_without_boxes_give_finite_class_losses_and_no_box_loss(make_crit
     # a mixed batch: the image without boxes gets no box-loss gradient
     data = random_batch([(64, 64), (64, 64)], [2, 0])
     out = model(data["images"], data["image_sizes"], data["targets"])
-    out["rpn_deltas"].retain_grad()
-    out["roi_deltas"].retain_grad()
+    out["pred_rpn_deltas"].retain_grad()
+    out["pred_roi_deltas"].retain_grad()
     losses = criterion(out, data["targets"])
     (losses["loss_rpn_box"] + losses["loss_box"]).backward()
-    assert (out["rpn_deltas"].grad[1] == 0).all() and (out["roi_deltas"].grad[1] == 0).all()
-    assert (out["rpn_deltas"].grad[0] != 0).any() and (out["roi_deltas"].grad[0] != 0).any()
+    rpn, roi = out["pred_rpn_deltas"].grad, out["pred_roi_deltas"].grad
+    assert (rpn[1] == 0).all() and (roi[1] == 0).all()
+    assert (rpn[0] != 0).any() and (roi[0] != 0).any()
     for p in model.parameters():
         assert p.grad is None or torch.isfinite(p.grad).all()
 
@@ -272,11 +273,11 @@ def test_eval_mode_with_targets_gives_validation_losses_and_detections_in_one_ca
         _check_detections(dets, 2, data["image_sizes"] * 2, 100)
         # without targets: no RoI sampling, detections only; detect=False: no detection outputs
         plain = model(data["images"], data["image_sizes"])
-        assert "roi_logits" not in plain and "det_logits" in plain
+        assert "pred_roi_logits" not in plain and "pred_det_logits" in plain
         assert set(criterion(plain, data["targets"])) == {"loss_rpn_cls", "loss_rpn_box"}
-        assert "det_logits" not in model(data["images"], data["image_sizes"], detect=False)
+        assert "pred_det_logits" not in model(data["images"], data["image_sizes"], detect=False)
     model.train()
-    assert "det_logits" not in model(data["images"], data["image_sizes"], data["targets"])
+    assert "pred_det_logits" not in model(data["images"], data["image_sizes"], data["targets"])
 
 
 def test_external_proposals_replace_the_rpn_proposals():
@@ -292,7 +293,7 @@ def test_external_proposals_replace_the_rpn_proposals():
     # sampling-free RoIs: the valid external proposals (+ the ground truth of image 0), in order
     assert out["roi_valid"].sum(dim=1).tolist() == [3, 1]
     assert torch.equal(out["rois"][1, 0], boxes[1, 0])
-    assert out["det_logits"].shape[:2] == (2, 2)
+    assert out["pred_det_logits"].shape[:2] == (2, 2)
 
 
 # ----------------------------------------------------------------------------- compaction

@@ -64,10 +64,10 @@ def test_ground_truth_is_appended_with_its_label(num_samples):
             gt = targets["boxes"][b, g]
             hit = out["roi_valid"][b] & (out["rois"][b] == gt).all(dim=-1)
             assert hit.sum() == 1
-            assert out["roi_labels"][b][hit].item() == targets["labels"][b, g].item()
-            assert (out["roi_target_deltas"][b][hit] == 0).all()  # GT regresses onto itself
+            assert out["gt_roi_labels"][b][hit].item() == targets["labels"][b, g].item()
+            assert (out["gt_roi_deltas"][b][hit] == 0).all()  # GT regresses onto itself
         # only the ground truth is foreground here
-        assert (out["roi_labels"][b] > 0).sum() == targets["box_valid"][b].sum()
+        assert (out["gt_roi_labels"][b] > 0).sum() == targets["box_valid"][b].sum()
     # the padded ground-truth row of image 1 never becomes a RoI
     assert not (out["roi_valid"][1] & (out["rois"][1] == 0).all(dim=-1)).any()
 
@@ -77,7 +77,7 @@ def test_without_append_gt_far_proposals_are_all_background():
     proposals = torch.tensor(FAR)[None]
     out = _sampler(append_gt=False)(proposals, torch.ones(1, 3, dtype=torch.bool), targets)
     assert out["rois"].shape == (1, 3, 4)
-    assert out["roi_labels"].tolist() == [[0, 0, 0]]
+    assert out["gt_roi_labels"].tolist() == [[0, 0, 0]]
 
 
 def _jittered(box: list[float], count: int, generator: torch.Generator) -> torch.Tensor:
@@ -98,8 +98,8 @@ def test_sample_size_and_foreground_fraction():
     for seed in range(3):
         torch.manual_seed(seed)
         out = _sampler(num_samples=16, positive_fraction=0.25)(proposals, valid, targets)
-        assert out["rois"].shape == (2, 16, 4) and out["roi_labels"].shape == (2, 16)
-        labels, roi_valid = out["roi_labels"], out["roi_valid"]
+        assert out["rois"].shape == (2, 16, 4) and out["gt_roi_labels"].shape == (2, 16)
+        labels, roi_valid = out["gt_roi_labels"], out["roi_valid"]
         # image 0: 11 fg candidates (10 + GT) -> 4 of them, 12 of the 20 bg
         assert (labels[0] == 2).sum() == 4 and (labels[0] == 0).sum() == 12 and roi_valid[0].all()
         # image 1: 6 fg candidates, no bg -> 4 fg, rest padding
@@ -107,9 +107,9 @@ def test_sample_size_and_foreground_fraction():
         assert (labels[1][~roi_valid[1]] == -1).all()
         # foreground targets decode back onto the ground truth
         is_fg = labels > 0
-        decoded = ROI_CODER.decode(out["rois"][is_fg], out["roi_target_deltas"][is_fg])
+        decoded = ROI_CODER.decode(out["rois"][is_fg], out["gt_roi_deltas"][is_fg])
         torch.testing.assert_close(decoded, torch.tensor(gt).expand_as(decoded))
-        assert (out["roi_target_deltas"][~is_fg] == 0).all()
+        assert (out["gt_roi_deltas"][~is_fg] == 0).all()
 
 
 def test_sampling_free_keeps_every_non_ignored_candidate_in_order():
@@ -132,7 +132,7 @@ def test_sampling_free_keeps_every_non_ignored_candidate_in_order():
     assert out["roi_valid"].tolist() == [[True, True, True, True, False, False]]
     kept = proposals[0, [1, 2, 4]].tolist() + [gt]
     assert out["rois"][0, :4].tolist() == kept
-    assert out["roi_labels"].tolist() == [[0, 3, 0, 3, -1, -1]]
+    assert out["gt_roi_labels"].tolist() == [[0, 3, 0, 3, -1, -1]]
 
 
 def test_sampler_with_no_ground_truth_in_the_batch():
@@ -140,16 +140,16 @@ def test_sampler_with_no_ground_truth_in_the_batch():
     valid = torch.tensor([[True, True, True], [True, False, True], [False, False, False]])
     targets = _targets([[], [], []], [[], [], []])
     out = _sampler(num_samples=8)(proposals, valid, targets)
-    assert out["rois"].shape == (3, 3, 4) and out["roi_labels"].dtype == torch.long
+    assert out["rois"].shape == (3, 3, 4) and out["gt_roi_labels"].dtype == torch.long
     assert out["roi_valid"].sum(dim=1).tolist() == [3, 2, 0]
-    assert (out["roi_labels"][out["roi_valid"]] == 0).all()
-    assert (out["roi_labels"][~out["roi_valid"]] == -1).all()
-    assert (out["roi_target_deltas"] == 0).all()
+    assert (out["gt_roi_labels"][out["roi_valid"]] == 0).all()
+    assert (out["gt_roi_labels"][~out["roi_valid"]] == -1).all()
+    assert (out["gt_roi_deltas"] == 0).all()
     # nothing at all to sample from
     empty = _sampler(num_samples=8)(
         torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), _targets([[], []], [[], []])
     )
-    assert empty["rois"].shape == (2, 0, 4) and empty["roi_labels"].shape == (2, 0)
+    assert empty["rois"].shape == (2, 0, 4) and empty["gt_roi_labels"].shape == (2, 0)
 
 
 # ----------------------------------------------------------------------------- ROIHead
@@ -269,25 +269,25 @@ def _roi_outputs(labels: list[list[int]], num_classes: int = 3, seed: int = 0) -
     labels_t = torch.tensor(labels)
     b, s = labels_t.shape
     return {
-        "roi_labels": labels_t,
-        "roi_logits": torch.randn(b, s, num_classes + 1, generator=generator),
-        "roi_deltas": torch.randn(b, s, 4 * num_classes, generator=generator),
-        "roi_target_deltas": torch.zeros(b, s, 4),
+        "gt_roi_labels": labels_t,
+        "pred_roi_logits": torch.randn(b, s, num_classes + 1, generator=generator),
+        "pred_roi_deltas": torch.randn(b, s, 4 * num_classes, generator=generator),
+        "gt_roi_deltas": torch.zeros(b, s, 4),
     }
 
 
 def test_roi_box_loss_uses_only_the_ground_truth_class_deltas():
     outputs = _roi_outputs([[3, 0, -1, 1]])  # K = 3: fg of class 3, bg, padding, fg of class 1
     targets = torch.tensor([[0.3, -0.2, 0.1, 0.4], [-0.5, 0.2, 0.0, 0.1]])
-    outputs["roi_target_deltas"][0, [0, 3]] = targets
+    outputs["gt_roi_deltas"][0, [0, 3]] = targets
     deltas = torch.full((1, 4, 3, 4), 100.0)  # garbage everywhere ...
     deltas[0, 0, 2] = targets[0]  # ... except class 3's slot of RoI 0
     deltas[0, 3, 0] = targets[1]  # ... and class 1's slot of RoI 3
-    outputs["roi_deltas"] = deltas.flatten(2)
+    outputs["pred_roi_deltas"] = deltas.flatten(2)
     criterion = ROICriterion(cls_loss=CrossEntropy())
     assert criterion(outputs)["loss_box"].item() == 0.0
     deltas[0, 0, 2, 2] += 0.5  # dw off by 0.5: smooth L1 (beta 1) = 0.5 * 0.5^2 = 0.125
-    outputs["roi_deltas"] = deltas.flatten(2)
+    outputs["pred_roi_deltas"] = deltas.flatten(2)
     # normalised by the three used RoIs (two fg, one bg); the padding RoI does not count
     assert criterion(outputs)["loss_box"].item() == pytest.approx(0.125 / 3, rel=1e-6)
     by_pos = ROICriterion(cls_loss=CrossEntropy(), normalize_by_positives=True)
@@ -296,15 +296,16 @@ def test_roi_box_loss_uses_only_the_ground_truth_class_deltas():
 
 def test_roi_classification_loss_is_the_mean_over_used_rois():
     outputs = _roi_outputs([[1, 0, 3, -1], [0, -1, -1, -1], [2, 2, 0, 0]])
-    outputs["roi_logits"][0, 3] = torch.tensor([50.0, -50.0, 0.0, 0.0])  # padding must not count
-    labels = outputs["roi_labels"]
+    # padding must not count
+    outputs["pred_roi_logits"][0, 3] = torch.tensor([50.0, -50.0, 0.0, 0.0])
+    labels = outputs["gt_roi_labels"]
     used = labels >= 0
-    expected = F.cross_entropy(outputs["roi_logits"][used], labels[used])
+    expected = F.cross_entropy(outputs["pred_roi_logits"][used], labels[used])
     losses = ROICriterion(cls_loss=CrossEntropy())(outputs)
     assert set(losses) == {"loss_cls", "loss_box"}
     torch.testing.assert_close(losses["loss_cls"], expected)
     by_pos = ROICriterion(cls_loss=CrossEntropy(), normalize_by_positives=True)(outputs)
-    expected_sum = F.cross_entropy(outputs["roi_logits"][used], labels[used], reduction="sum")
+    expected_sum = F.cross_entropy(outputs["pred_roi_logits"][used], labels[used], reduction="sum")
     torch.testing.assert_close(by_pos["loss_cls"], expected_sum / 4)  # four foreground RoIs
 
 
@@ -321,11 +322,11 @@ def test_roi_focal_with_gamma_zero_equals_cross_entropy():
 
 def test_roi_focal_down_weights_easy_rois():
     outputs = _roi_outputs([[1, 0, 3, 2]], num_classes=3)
-    labels = outputs["roi_labels"]
+    labels = outputs["gt_roi_labels"]
 
     def ratio(margin: float) -> float:
         # the target logit is ``margin``, the other three 0: p_t = e^m / (e^m + 3)
-        outputs["roi_logits"] = F.one_hot(labels, 4).float() * margin
+        outputs["pred_roi_logits"] = F.one_hot(labels, 4).float() * margin
         focal = ROICriterion(cls_loss=SoftmaxFocalLoss(gamma=2.0))(outputs)["loss_cls"]
         ce = ROICriterion(cls_loss=CrossEntropy())(outputs)["loss_cls"]
         return (focal / ce).item()
@@ -340,8 +341,8 @@ def test_roi_focal_down_weights_easy_rois():
 
 def test_roi_losses_without_foreground():
     outputs = _roi_outputs([[0, 0, -1], [-1, -1, -1]])
-    logits = outputs["roi_logits"].requires_grad_(True)
-    deltas = outputs["roi_deltas"].requires_grad_(True)
+    logits = outputs["pred_roi_logits"].requires_grad_(True)
+    deltas = outputs["pred_roi_deltas"].requires_grad_(True)
     for by_pos in (False, True):
         losses = ROICriterion(cls_loss=SoftmaxFocalLoss(), normalize_by_positives=by_pos)(outputs)
         assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0

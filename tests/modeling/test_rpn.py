@@ -243,8 +243,8 @@ def _hand_batch():
     deltas[1] = 3.0  # image without boxes: nothing to regress
     outputs = {
         "anchors": HAND_ANCHORS,
-        "rpn_logits": logits,
-        "rpn_deltas": deltas,
+        "pred_rpn_logits": logits,
+        "pred_rpn_deltas": deltas,
         "image_sizes": torch.tensor([[64, 64], [64, 64]]),
     }
     targets = {
@@ -269,7 +269,7 @@ def _smooth_l1(d: float, beta: float) -> float:
 def test_sampling_free_focal_rpn_loss_is_normalised_by_positives():
     outputs, targets = _hand_batch()
     losses = _criterion(SigmoidFocalLoss(alpha=0.25, gamma=2.0))(outputs, targets)
-    logits = outputs["rpn_logits"].tolist()
+    logits = outputs["pred_rpn_logits"].tolist()
     total = sum(
         _focal(x, t, 0.25, 2.0)
         for x, t in zip(logits[0], HAND_TARGETS, strict=True)
@@ -288,7 +288,7 @@ def test_sampled_rpn_loss_is_normalised_by_sampled_anchors():
     outputs, targets = _hand_batch()
     # 256 per image exceeds the candidates: every non-ignored anchor is drawn (5 + 6 of them)
     losses = _criterion(BinaryCrossEntropy(), num_samples=256)(outputs, targets)
-    logits = outputs["rpn_logits"].tolist()
+    logits = outputs["pred_rpn_logits"].tolist()
     total = sum(
         _focal(x, t, None, 0.0)
         for x, t in zip(logits[0], HAND_TARGETS, strict=True)
@@ -304,7 +304,7 @@ def test_sampled_rpn_loss_with_a_small_sample():
     # 2 per image at half foreground: image 0 draws 1 fg + 1 bg, image 1 (no boxes) 2 bg. All fg
     # anchors share one logit and all bg anchors another, so the loss does not depend on the draw.
     outputs, targets = _hand_batch()
-    outputs["rpn_logits"] = torch.where(HAND_FG, 0.8, -0.3).float()
+    outputs["pred_rpn_logits"] = torch.where(HAND_FG, 0.8, -0.3).float()
     for seed in range(3):
         torch.manual_seed(seed)
         losses = _criterion(BinaryCrossEntropy(), num_samples=2)(outputs, targets)
@@ -315,7 +315,7 @@ def test_sampled_rpn_loss_with_a_small_sample():
 def test_anchor_border_ignores_cross_boundary_anchors():
     outputs, targets = _hand_batch()
     outputs["anchors"] = HAND_ANCHORS - 1.0  # anchors 0-3 now cross the top-left border
-    outputs["rpn_logits"] = torch.zeros(2, 6)
+    outputs["pred_rpn_logits"] = torch.zeros(2, 6)
     centre = _criterion(BinaryCrossEntropy(), num_samples=256)(outputs, targets)
     strict = _criterion(BinaryCrossEntropy(), num_samples=256, anchor_border=0.0)(outputs, targets)
     # every used anchor costs log 2 here, so the normalised loss stays log 2; the positives,
@@ -329,7 +329,7 @@ def test_anchor_border_ignores_cross_boundary_anchors():
 @pytest.mark.parametrize("num_samples", [None, 256])
 def test_rpn_focal_with_gamma_zero_equals_cross_entropy(num_samples):
     outputs, targets = _hand_batch()
-    outputs["rpn_logits"] = torch.randn(2, 6)
+    outputs["pred_rpn_logits"] = torch.randn(2, 6)
     torch.manual_seed(0)
     ce = _criterion(BinaryCrossEntropy(), num_samples=num_samples)(outputs, targets)
     torch.manual_seed(0)
@@ -345,7 +345,7 @@ def test_rpn_focal_down_weights_easy_anchors():
 
     def ratio(margin: float) -> float:
         """focal / cross-entropy when every anchor's logit is ``margin`` on its correct side."""
-        outputs["rpn_logits"] = torch.where(HAND_FG, margin, -margin).float()
+        outputs["pred_rpn_logits"] = torch.where(HAND_FG, margin, -margin).float()
         focal = _criterion(SigmoidFocalLoss(alpha=None, gamma=2.0))(outputs, targets)[
             "loss_rpn_cls"
         ]
@@ -363,9 +363,9 @@ def test_rpn_focal_down_weights_easy_anchors():
 def test_rpn_loss_without_any_boxes(num_samples):
     outputs, targets = _hand_batch()
     targets = {"boxes": torch.zeros(2, 0, 4), "box_valid": torch.zeros(2, 0, dtype=torch.bool)}
-    logits = outputs["rpn_logits"].clone().requires_grad_(True)
-    deltas = outputs["rpn_deltas"].clone().requires_grad_(True)
-    outputs.update(rpn_logits=logits, rpn_deltas=deltas)
+    logits = outputs["pred_rpn_logits"].clone().requires_grad_(True)
+    deltas = outputs["pred_rpn_deltas"].clone().requires_grad_(True)
+    outputs.update(pred_rpn_logits=logits, pred_rpn_deltas=deltas)
     losses = _criterion(SigmoidFocalLoss(), num_samples=num_samples)(outputs, targets)
     assert torch.isfinite(losses["loss_rpn_cls"]) and losses["loss_rpn_cls"] > 0
     assert losses["loss_rpn_box"].item() == 0.0
@@ -376,8 +376,8 @@ def test_rpn_loss_without_any_boxes(num_samples):
 
 def test_rpn_box_loss_gradient_only_reaches_positive_anchors():
     outputs, targets = _hand_batch()
-    deltas = outputs["rpn_deltas"].clone().requires_grad_(True)
-    outputs["rpn_deltas"] = deltas
+    deltas = outputs["pred_rpn_deltas"].clone().requires_grad_(True)
+    outputs["pred_rpn_deltas"] = deltas
     _criterion(BinaryCrossEntropy())(outputs, targets)["loss_rpn_box"].backward()
     touched = (deltas.grad != 0).any(dim=-1)
     assert touched.tolist() == [[True, True, False, False, False, False], [False] * 6]

@@ -20,6 +20,7 @@ from detector.ops.boxes import (
     clip_boxes,
     grid_box_iou,
     remove_small_boxes_mask,
+    xywh_to_xyxy,
     xyxy_to_xywh,
 )
 
@@ -42,6 +43,17 @@ def test_conversions_hand_values():
     xyxy = torch.tensor([[1.0, 2.0, 5.0, 10.0]])
     assert torch.equal(xyxy_to_xywh(xyxy), torch.tensor([[1.0, 2.0, 4.0, 8.0]]))
     assert xyxy_to_xywh(torch.zeros(2, 0, 4)).shape == (2, 0, 4)
+
+
+def test_xywh_to_xyxy_hand_values():
+    """A COCO box at (1.5, 2) of 4 x 8.25 ends at (5.5, 10.25); a zero-size box is its corner;
+    leading dimensions, dtype and the empty case are kept."""
+    xywh = torch.tensor([[[1.5, 2.0, 4.0, 8.25], [3.0, 7.0, 0.0, 0.0]]], dtype=torch.float64)
+    xyxy = xywh_to_xyxy(xywh)
+    assert xyxy.dtype == torch.float64 and xyxy.shape == (1, 2, 4)
+    assert xyxy.tolist() == [[[1.5, 2.0, 5.5, 10.25], [3.0, 7.0, 3.0, 7.0]]]
+    assert torch.equal(xyxy_to_xywh(xyxy), xywh)  # the way back
+    assert xywh_to_xyxy(torch.zeros(0, 4)).shape == (0, 4)
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -145,6 +145,23 @@ def test_detections_to_list_is_coco_xywh():
     assert row["score"] == pytest.approx(0.9)
 
 
+def test_detections_to_list_sizes_are_the_float64_differences_of_the_corners():
+    """w and h as the corners' Python floats subtract (not float32 differences), rounded to 2
+    decimals; no detections, no rows."""
+    boxes = np.random.default_rng(0).uniform(0, 1000, (200, 4)).astype(np.float32)
+    boxes[:, 2:] += boxes[:, :2]
+    # float32(x2 - x1) = 3408.41 after rounding, the float64 difference 3408.40
+    boxes[0] = [0.7918000817298889, 0.0, 3409.19677734375, 1.0]
+    det = Detections(boxes=boxes, scores=np.full(200, 0.5, np.float32),
+                     labels=np.ones(200, np.int64), class_names=["a"] * 200, image_size=(9, 9))
+    expected = [[round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+                for x1, y1, x2, y2 in boxes.tolist()]
+    assert [row["bbox"] for row in det.to_list()] == expected
+    empty = Detections(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+                       labels=np.zeros(0, np.int64), class_names=[], image_size=(9, 9))
+    assert empty.to_list() == []
+
+
 def test_info_carries_the_run_metrics(predictor, tiny_checkpoint):
     assert predictor.class_names == TINY_CLASSES
     assert predictor.info["metrics"] == {"AP": 0.25, "AP50": 0.5}
