@@ -1,18 +1,26 @@
 """Where and how a model runs: device and precision choice, autocast, moving batches, seeding.
 
-Shared by training, evaluation and inference (it imports nothing of the package)."""
+Shared by training, evaluation and inference (it imports only ``detector.errors``). The value
+rules of ``device``, ``precision`` and ``channels_last`` live here, once: a bad value is an
+``OptionError`` (one line for the tools)."""
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 import warnings
 
 import numpy as np
 import torch
 
-__all__ = ["LAYOUTS", "apply_layout", "autocast", "resolve_device", "resolve_layout",
-           "resolve_precision", "seed_everything", "to_device"]
+from detector.errors import OptionError
+
+__all__ = ["LAYOUTS", "PRECISIONS", "apply_layout", "autocast", "check_layout_setting",
+           "resolve_device", "resolve_layout", "resolve_precision", "seed_everything",
+           "to_device"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # what a run computes in ("auto" chooses one)
 
 # memory layouts of a training run (train.channels_last; see resolve_layout)
 LAYOUTS = ("channels_last", "contiguous", "mixed")
@@ -21,12 +29,23 @@ MIXED_NCHW_MAX_CHANNELS = 128
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; any other torch device string as given."""
+    """"auto" -> CUDA when available, else CPU; "cpu", "cuda" or "cuda:N" as given.
+
+    Raises:
+        OptionError: another name, or a CUDA device this machine does not have.
+    """
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise OptionError("device", f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} was asked for but CUDA is not available; use device=cpu")
+        raise OptionError("device", f"device={name} was asked for but CUDA is not available; "
+                                    f"use device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise OptionError("device", f"device={name} but this machine has "
+                                    f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -39,8 +58,15 @@ def seed_everything(seed: int) -> None:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> "bf16" where the device computes bfloat16 natively (CUDA with bf16 support, or a
-    CPU whose oneDNN kernels support it, e.g. AVX-512 BF16 / AMX), else "fp32"; others as given."""
+    CPU whose oneDNN kernels support it, e.g. AVX-512 BF16 / AMX), else "fp32"; others as given.
+
+    Raises:
+        OptionError: a precision other than auto or one of ``PRECISIONS``.
+    """
     if precision != "auto":
+        if precision not in PRECISIONS:
+            raise OptionError("precision", f"precision must be auto, fp32, bf16 or fp16, got "
+                                           f"{precision!r}")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -59,11 +85,18 @@ def resolve_layout(setting: bool | str, device: torch.device, precision: str) ->
     (conv1_2: 295 vs 124 ms per step), while the forward and the deep layers favour channels-last;
     the mixed layout takes the faster of each (about 8 % per step). With bf16 or on CUDA,
     channels-last throughout was the faster (~10 % on the bf16 CPU)."""
+    check_layout_setting(setting)
     if setting is True or setting is False:
         return "channels_last" if setting else "contiguous"
-    if setting != "auto":
-        raise ValueError(f"channels_last must be true, false or auto, got {setting!r}")
     return "mixed" if device.type == "cpu" and precision == "fp32" else "channels_last"
+
+
+def check_layout_setting(setting: bool | str) -> None:
+    """Raise ``OptionError`` unless ``setting`` is True, False or "auto" (``resolve_layout``)."""
+    if not (setting is True or setting is False or (isinstance(setting, str) and
+                                                   setting == "auto")):
+        raise OptionError("channels_last", f"channels_last must be true, false or auto, got "
+                                           f"{setting!r}")
 
 
 def apply_layout(model: torch.nn.Module, layout: str) -> torch.memory_format:

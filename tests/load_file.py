@@ -1,9 +1,10 @@
 """Import a Python file as a module by path (not a test module).
 
-``tools/`` and ``tests/`` are no packages, so tests load a tool (``load_tool("soak.py")``) or a
-helper module of another test folder (``load_file(path, "tiny_training", register=True)``) with
-this. Test modules import it by name (``from load_file import load_tool``): the root conftest
-registers it.
+``tools/`` and ``tests/`` are no packages, so tests load a tool's script (``load_tool("eval.py")``:
+its ``main``) or a helper module of another test folder (``load_file(path, "tiny_training",
+register=True)``) with this. What the tools share is the installed ``detector_cli`` package:
+tests import that by name. Test modules import this by name (``from load_file import
+load_tool``): the root conftest registers it.
 """
 
 from __future__ import annotations
@@ -16,26 +17,18 @@ from types import ModuleType
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def load_file(path: Path, name: str, *, register: bool = False,
-              restore_sys_path: bool = False) -> ModuleType:
+def load_file(path: Path, name: str, *, register: bool = False) -> ModuleType:
     """Execute ``path`` as the module ``name``.
 
     Args:
         register: put the module in ``sys.modules`` under ``name`` (before executing it, as an
             import does), so that other modules, pickling and dataclasses find it.
-        restore_sys_path: undo what the file adds to ``sys.path`` (the tools put ``tools/`` on
-            it to import their siblings).
     """
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     if register:
         sys.modules[name] = module
-    saved = sys.path[:]
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if restore_sys_path:
-            sys.path[:] = saved
+    spec.loader.exec_module(module)
     return module
 
 

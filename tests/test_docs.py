@@ -29,6 +29,8 @@ from load_file import load_tool
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from detector_cli import cli, profile, soak
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
 DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "datasets" / "README.md",
@@ -164,22 +166,12 @@ def _skip_without_launcher(args: list[str]) -> None:
                 pytest.skip(f"{arg} needs the optional extra: pip install -e '.[{extra}]'")
 
 
-def _tools_cli():
-    """``tools/cli.py`` (it imports its siblings, so ``tools/`` is on ``sys.path`` meanwhile)."""
-    saved = sys.path[:]
-    sys.path.insert(0, str(TOOLS))
-    try:
-        return load_tool("cli.py")
-    finally:
-        sys.path[:] = saved
-
-
 def _compose_all(config_name: str, args: list[str]) -> int:
     """Compose ``config_name`` with every job's overrides and resolve it; returns the job count."""
     flags = {"-m", "--multirun"}
     multirun = any(arg in flags for arg in args)
     # as the tools do before Hydra parses their command line: paths with = or , as typed
-    overrides = _tools_cli().quote_path_overrides([arg for arg in args if arg not in flags])
+    overrides = cli.quote_path_overrides([arg for arg in args if arg not in flags])
     assert not [a for a in overrides if a.startswith("-")], f"unknown Hydra flags in {args}"
     _skip_without_launcher(overrides)
     jobs = _expand_sweeps(overrides, multirun=multirun)
@@ -201,7 +193,7 @@ class _Parsed(Exception):
 
 def _parse_with_argparse(tool: str, args: list[str], monkeypatch) -> argparse.Namespace:
     """Run the tool's ``main`` until its ArgumentParser has parsed ``args``, then stop."""
-    module = load_tool(tool, restore_sys_path=True)
+    module = load_tool(tool)
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
@@ -218,12 +210,12 @@ def _parse_with_argparse(tool: str, args: list[str], monkeypatch) -> argparse.Na
 def _check(command: Command, monkeypatch) -> None:
     args = list(command.args)
     if command.tool == "soak.py":  # its own keys, then training overrides on experiment=focal
-        own = load_tool("soak.py", restore_sys_path=True).OWN_KEYS
+        own = soak.OWN_KEYS  # detector_cli.soak: what tools/soak.py runs
         args = ["experiment=focal", *(a for a in args if a.split("=", 1)[0] not in own)]
         _compose_all("train", args)
         return
     if command.tool == "profile_step.py":  # its options (argparse), then overrides of train.yaml
-        parsed = load_tool("profile_step.py", restore_sys_path=True).parse_args(args)
+        parsed = profile.parse_args(args)  # detector_cli.profile: what tools/profile_step.py runs
         _compose_all("train", ["experiment=focal", *parsed.overrides])
         return
     config_name = _hydra_config_name(command.tool)

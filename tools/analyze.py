@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from detector.errors import UserError  # noqa: E402
-from detector.study.analysis import AnalysisOptions, analyze  # noqa: E402
+from detector.study import AnalysisOptions, analyze  # noqa: E402
 from detector.study.runs import report_dir  # noqa: E402
 from detector.untrusted import shown  # noqa: E402
 

@@ -71,10 +71,10 @@ def parse_args() -> argparse.Namespace:
 def loader_figure(args: argparse.Namespace) -> str:
     """Images/s of the training loader that configs/train.yaml (+ overrides) builds."""
     import hydra
-    from cli import quote_path_overrides  # tools/ is on sys.path: this file's folder
     from hydra import compose, initialize_config_dir
 
     from detector.data import build_dataloader
+    from detector_cli.cli import quote_path_overrides
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name="train", overrides=quote_path_overrides(list(args.overrides)))

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from detector.engine import distributed as dist
+from detector.errors import OptionError
 
 __all__ = ["NONFINITE_HINT", "DivergedError", "DivergenceGuard", "NonFiniteError", "StopSignal",
            "describe_nonfinite", "gather_values", "grad_norm", "step_flags"]
@@ -81,8 +82,10 @@ class DivergenceGuard:
     """
 
     def __init__(self, *, factor: float | None = 100.0, window: int = 3) -> None:
-        if factor is not None and not factor > 1:
-            raise ValueError(f"the divergence factor must be > 1 (or None: off), got {factor}")
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float)
+                                   or not factor > 1):
+            raise OptionError("factor", f"factor must be a number > 1 (or None: off), got "
+                                        f"{factor!r}")
         self.factor, self.window = factor, max(0, int(window))
         self.reference: float | None = None
         self.strikes = 0  # log points in a row above the limit

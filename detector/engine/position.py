@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from detector.errors import OptionError
+from detector.runtime import check_layout_setting
+
 __all__ = ["Cadence", "Every", "StepOptions", "TrainingPosition"]
 
 
@@ -107,5 +110,8 @@ class StepOptions:
     max_consecutive_skips: int = 20
 
     def __post_init__(self) -> None:
+        """Raises ``OptionError`` for an unknown ``on_nonfinite`` or ``channels_last``."""
         if self.on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+            raise OptionError("on_nonfinite", f"on_nonfinite must be 'stop' or 'skip', got "
+                                              f"{self.on_nonfinite!r}")
+        check_layout_setting(self.channels_last)

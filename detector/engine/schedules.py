@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from detector.errors import OptionError
+
 __all__ = ["STEP2_BACKBONES", "STEP2_LOSSES", "TAKE_FROM_RPN", "Phase", "end_to_end", "four_step"]
 
 RPN_LOSSES = ("loss_rpn_cls", "loss_rpn_box")
@@ -104,7 +106,7 @@ def four_step(
     for name, value, allowed in (("step2_backbone", step2_backbone, STEP2_BACKBONES),
                                  ("step2_losses", step2_losses, STEP2_LOSSES)):
         if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+            raise OptionError(name, f"{name} must be one of {allowed}, got {value!r}")
     joint = step2_losses == "all"
     step2_modules = ("backbone", "rpn_head", "roi_head") if joint else ("backbone", "roi_head")
     step2_start = None if step2_backbone == "initial" else (

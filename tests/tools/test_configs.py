@@ -1,5 +1,6 @@
-"""Every config under configs/ composes, resolves and instantiates; tools/config_checks.py rejects
-bad values with one clear line."""
+"""Every config under configs/ composes, resolves and instantiates; detector_cli.checks (and,
+for the values the library's constructors hold, detector_cli.train.build_options) rejects bad
+values with one clear line."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from load_file import load_tool
 from omegaconf import OmegaConf
 
 from detector.data import DetectionDataset
 from detector.engine.optim import param_groups
 from detector.engine.schedules import Phase
+from detector.errors import OptionError
 from detector.modeling import FasterRCNN, FasterRCNNCriterion
 from detector.modeling.pooler import RoIAlign, RoIPool
 from detector.ops.losses import BinaryCrossEntropy, CrossEntropy, SigmoidFocalLoss, SoftmaxFocalLoss
+from detector_cli import checks as config_checks
+from detector_cli.train import build_options
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -28,8 +31,6 @@ GROUP_OPTIONS = [(group, p.stem) for group in GROUPS
                  for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
 NUM_CLASSES = 3
 
-
-config_checks = load_tool("config_checks.py")
 
 
 @pytest.fixture(scope="module")
@@ -305,32 +306,52 @@ def test_eval_config_takes_another_dataset(hydra_compose, tmp_path):
     ("train.clip_grad_norm=0", "train.clip_grad_norm must be positive"),
     ("schedule.iterations=0", "schedule.iterations must be a positive integer"),
     ("device=tpu", "device must be auto, cpu, cuda or cuda:N"),
+    ("device=cuda:x", "device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
 ])
 def test_bad_training_values_are_one_line_config_errors(override, message, hydra_compose,
                                                         shapes_overrides, tmp_path):
+    """A ConfigError, or for device and precision the OptionError of the library's own rule
+    (detector.runtime), which the checks call before anything is read."""
     cfg = _train_cfg(hydra_compose, [*shapes_overrides, override], tmp_path)
-    with pytest.raises(config_checks.ConfigError, match=message) as info:
+    with pytest.raises((config_checks.ConfigError, OptionError), match=message) as info:
         config_checks.check_train_config(cfg)
     assert "\n" not in str(info.value)
 
 
+def test_two_stage_iterations_are_checked(hydra_compose, shapes_overrides, tmp_path):
+    cfg = _train_cfg(hydra_compose, [*shapes_overrides, "experiment=two_stage",
+                                     "schedule.rpn_finetune_iterations=0"], tmp_path)
+    with pytest.raises(config_checks.ConfigError, match="schedule.rpn_finetune_iterations"):
+        config_checks.check_train_config(cfg)
+
+
 @pytest.mark.parametrize(("override", "message"), [
-    ("schedule.rpn_finetune_iterations=0", "schedule.rpn_finetune_iterations"),
-    ("schedule.step2_backbone=imagenet", "schedule.step2_backbone must be initial or rpn"),
-    ("schedule.step2_losses=rpn", "schedule.step2_losses must be roi or all"),
+    ("schedule.step2_backbone=imagenet",
+     "schedule.step2_backbone must be one of ('initial', 'rpn'), got 'imagenet'"),
+    ("schedule.step2_losses=rpn", "schedule.step2_losses must be one of ('roi', 'all'), got 'rpn'"),
+    ("train.on_nonfinite=ignore", "train.on_nonfinite must be 'stop' or 'skip', got 'ignore'"),
+    ("train.channels_last=1", "train.channels_last must be true, false or auto, got 1"),
+    ("train.divergence_factor=0.5", "train.divergence_factor must be a number > 1 (or None: "
+                                    "off), got 0.5"),
+    ("train.divergence_factor=abc", "train.divergence_factor must be a number > 1"),
 ])
-def test_two_stage_values_are_checked(override, message, hydra_compose, shapes_overrides,
-                                      tmp_path):
+def test_values_the_trainer_parts_hold_are_named_by_their_key(override, message, hydra_compose,
+                                                              shapes_overrides, tmp_path):
+    """Not repeated in detector_cli.checks: the constructors (four_step, StepOptions,
+    DivergenceGuard) refuse them, and build_options names the config key (one line)."""
     cfg = _train_cfg(hydra_compose, [*shapes_overrides, "experiment=two_stage", override],
                      tmp_path)
-    with pytest.raises(config_checks.ConfigError, match=message):
-        config_checks.check_train_config(cfg)
+    config_checks.check_train_config(cfg)  # not the checks' rule
+    with pytest.raises(config_checks.ConfigError) as info:
+        build_options(cfg, torch.device("cpu"))
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_config_error(hydra_compose, shapes_overrides, tmp_path):
     cfg = _train_cfg(hydra_compose, [*shapes_overrides, "device=cuda"], tmp_path)
-    with pytest.raises(config_checks.ConfigError, match="CUDA is not available"):
+    with pytest.raises(OptionError, match="CUDA is not available"):
         config_checks.check_train_config(cfg)
 
 
@@ -344,8 +365,9 @@ def test_missing_dataset_root_is_a_config_error(hydra_compose, tmp_path):
 def test_good_training_config_passes(hydra_compose, shapes_overrides, tmp_path):
     for overrides in ([], ["experiment=two_stage"], ["experiment=two_stage_scratch"],
                       ["experiment=focal", "device=cpu"]):
-        config_checks.check_train_config(
-            _train_cfg(hydra_compose, [*shapes_overrides, *overrides], tmp_path))
+        cfg = _train_cfg(hydra_compose, [*shapes_overrides, *overrides], tmp_path)
+        config_checks.check_train_config(cfg)
+        build_options(cfg, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -355,6 +377,6 @@ def test_good_training_config_passes(hydra_compose, shapes_overrides, tmp_path):
 ])
 def test_bad_eval_values_are_config_errors(override, message, hydra_compose):
     cfg = hydra_compose("eval", [override])
-    with pytest.raises(config_checks.ConfigError, match=message):
+    with pytest.raises((config_checks.ConfigError, OptionError), match=message):
         config_checks.check_eval_config(cfg)
     config_checks.check_eval_config(hydra_compose("eval", ["device=cpu"]))

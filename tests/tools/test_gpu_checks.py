@@ -112,7 +112,7 @@ def test_the_gpu_run_adds_the_gpu_tests_and_benchmarks_at_full_size(tmp_path):
     assert list(steps) == ["gpu tests", *STEPS[:-1], "bf16 b8 compile", "loader"]
     assert steps["gpu tests"][1:] == ["-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
     assert "cpu-only" not in _flags(steps["target assignment"])
-    bench_model = load_tool("bench_model.py", restore_sys_path=True)
+    bench_model = load_tool("bench_model.py")
     for name in benches:
         flags = _flags(steps[name])
         assert (flags["device"], flags["precision"], flags["batch"]) == (

@@ -19,6 +19,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from load_file import load_tool
 from omegaconf import DictConfig, OmegaConf
 
+from detector_cli import cli as cli_module
+from detector_cli import train
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"
 TOOL_CONFIGS = ("eval", "inspect", "predict", "export", "serve", "train")
@@ -29,8 +32,7 @@ AWKWARD = [SWEEP_JOB, "a b", "it's", 'say "hi"', "[x]", "{y}", "back\\'slash", "
 
 @pytest.fixture(scope="module")
 def cli():
-    load_tool("export.py", restore_sys_path=True)  # puts tools/ on sys.path to import cli
-    return sys.modules["cli"]
+    return cli_module
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +93,16 @@ def _pasted(command: str, tool: str, cli) -> list[str]:
 
 
 def test_printed_commands_paste_back(cli, config, tmp_path, caplog):
-    train_net = load_tool("train_net.py", restore_sys_path=True)
     run_dir = tmp_path / "multirun" / SWEEP_JOB / "it's here"
     checkpoint = run_dir / "checkpoints" / "final.pth"
     (run_dir / "checkpoints").mkdir(parents=True)
     summary = {"metrics": None, "iterations": 3, "wall_time": 1.0, "skipped_steps": 0}
     with caplog.at_level(logging.INFO):
-        train_net.report(summary, checkpoint, run_dir)
+        train.report(summary, checkpoint, run_dir)
     hint = next(r.getMessage() for r in caplog.records if "evaluate it with" in r.getMessage())
     command = hint.split("evaluate it with: ", 1)[1]
     assert config("eval", _pasted(command, "eval.py", cli)).checkpoint == str(checkpoint)
-    resume = train_net.resume_command(OmegaConf.create({"output_dir": str(run_dir)}))
+    resume = train.resume_command(OmegaConf.create({"output_dir": str(run_dir)}))
     pasted = config("train", _pasted(resume, "train_net.py", cli))
     assert pasted.output_dir == str(run_dir) and pasted.resume is True
 
@@ -139,7 +140,7 @@ def test_predict_never_writes_over_its_inputs(config, tmp_path, capsys):
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), np.zeros((16, 16, 3), np.uint8))
     before = (folder / "a.png").read_bytes()
-    main = load_tool("predict.py", restore_sys_path=True).main
+    main = load_tool("predict.py").main
     for output, text in ((folder, "inside the input folder"),
                          (folder / "out", "inside the input folder")):
         # refused before any model is looked for (there is none under outputs_root)
@@ -181,7 +182,7 @@ BAD_VALUES = {
     (tool, override, text) for tool, cases in BAD_VALUES.items() for override, text in cases])
 def test_bad_values_are_one_line_before_any_work(tool, override, text, config, tiny_checkpoint,
                                                  tmp_path, capsys):
-    main = load_tool(f"{tool}.py", restore_sys_path=True).main
+    main = load_tool(f"{tool}.py").main
     given = {"predict": [f"input={tmp_path}"], "export": [], "serve": ["port=0"]}[tool]
     cfg = config(tool, [*given, f"checkpoint={tiny_checkpoint}", override])
     _exits_2(main, cfg, capsys, text)
@@ -189,7 +190,7 @@ def test_bad_values_are_one_line_before_any_work(tool, override, text, config, t
 
 
 def test_a_failed_start_leaves_no_run_folder(config, tmp_path, capsys):
-    main = load_tool("train_net.py", restore_sys_path=True).main
+    main = load_tool("train_net.py").main
     started = tmp_path / "outputs" / "ce_end_to_end" / "2026-01-01_00-00-00"
     kept = tmp_path / "outputs" / "ce_end_to_end" / "earlier"  # a run to resume: never removed
     for run_dir in (started, kept):  # what Hydra writes before the task function runs
@@ -217,7 +218,7 @@ def test_resume_true_over_only_unreadable_checkpoints_says_so(config, tmp_path, 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "iter_0000200.pth").write_bytes(b"cut short")
-    main = load_tool("train_net.py", restore_sys_path=True).main
+    main = load_tool("train_net.py").main
     line = _exits_2(main, config("train", ["resume=true", f"output_dir={run}"]), capsys,
                     "all 1 iter_*.pth in")
     assert "unreadable" in line and "holds no iter_" not in line

@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT / "tests" / "engine"))
 import tiny_training  # noqa: E402
-from load_file import load_tool  # noqa: E402
 
 from detector.data import generate_shapes_dataset  # noqa: E402
 from detector.modeling.spec import MODEL_CONSTRUCTORS  # noqa: E402
+from detector_cli import inspect_model  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the whole tool: two models, a dataset, ~70 matplotlib axes
 
@@ -27,7 +27,7 @@ DEAD = 3  # channel of the tiny backbone's first BN switched off: gamma 0, beta 
 
 
 def _tool():
-    return load_tool("inspect_model.py")
+    return inspect_model  # what tools/inspect_model.py runs
 
 
 def _compose(name: str, overrides: list[str]):

@@ -24,7 +24,7 @@ TOOLS = PROJECT_ROOT / "tools"
 
 
 def _tool_module(script: str):
-    return load_tool(script, restore_sys_path=True)
+    return load_tool(script)
 
 
 def _tool(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

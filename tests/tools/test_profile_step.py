@@ -1,16 +1,16 @@
-"""tools/profile_step.py: operator groups by hand, and a real (tiny) profile in process."""
+"""tools/profile_step.py (detector_cli.profile): operator groups by hand, and a real (tiny)
+profile in process."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
-from load_file import load_tool
 from run_tool import run_tool
 
 from detector.data import generate_shapes_dataset
+from detector_cli import profile as profile_step
 
-profile_step = load_tool("profile_step.py", restore_sys_path=True)
 TINY = ["dataset.num_train=8", "dataset.num_val=4", "dataset.image_size=64", "dataset.min_size=64",
         "dataset.max_size=64", "batch_size=2", "num_workers=0", "device=cpu"]
 

@@ -23,11 +23,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from load_file import load_file, load_tool
+from load_file import load_file
 
 from detector.checkpoint import find_resume_checkpoint, load_checkpoint
 from detector.data import SHAPES_CLASS_NAMES
 from detector.modeling.spec import MODEL_CONSTRUCTORS
+from detector_cli import checks as config_checks
+from detector_cli import evaluate as eval_tool
+from detector_cli import train as train_net
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"
@@ -36,9 +39,6 @@ ENGINE_TESTS = PROJECT_ROOT / "tests" / "engine"
 
 tiny = load_file(ENGINE_TESTS / "tiny_training.py", "tiny_training",  # model.backbone._target_
                  register=True)
-train_net = load_tool("train_net.py", register=True)
-eval_tool = load_tool("eval.py", register=True)
-config_checks = sys.modules["config_checks"]  # what train_net imported
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +89,8 @@ def test_hydra_rejections_become_one_line(override, message):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("train.on_nonfinite=ignore", "train.on_nonfinite must be stop or skip"),
     ("train.checkpoint_period=-1", "train.checkpoint_period must be an integer >= 0"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be a positive integer"),
-    ("train.channels_last=maybe", "train.channels_last must be true, false or auto"),
     ("train.eval_period=-5", "train.eval_period must be an integer >= 0"),
     ("resume=/nowhere/iter_0000010.pth", "resume=/nowhere/iter_0000010.pth: no such checkpoint"),
 ])
@@ -101,6 +99,26 @@ def test_bad_reliability_values_are_one_line(override, message, overrides, tmp_p
     with pytest.raises(config_checks.ConfigError, match=re.escape(message)) as info:
         config_checks.check_train_config(cfg)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.on_nonfinite=ignore", "train.on_nonfinite must be 'stop' or 'skip', got 'ignore'"),
+    ("train.channels_last=maybe", "train.channels_last must be true, false or auto, got 'maybe'"),
+    ("train.divergence_factor=true", "train.divergence_factor must be a number > 1 (or None: "
+                                     "off), got True"),
+    ("precision=fp8", "precision must be auto, fp32, bf16 or fp16, got 'fp8'"),
+])
+def test_values_the_library_refuses_are_one_line_before_any_data(override, message, tmp_path,
+                                                                  capsys):
+    """The rule lives in the constructor (StepOptions, DivergenceGuard, resolve_precision), not
+    in detector_cli.checks: the run still stops with one line naming the config key, before the
+    generated shapes set (made on first use) is written."""
+    root = tmp_path / "shapes"
+    cfg = _compose("train", [*tiny.CLI_OVERRIDES, f"dataset.root={root}",
+                             f"output_dir={tmp_path / 'run'}", override])
+    assert train_net.run(cfg) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not root.exists()
 
 
 def test_resume_true_without_checkpoints_names_the_fix(overrides, tmp_path, capsys):

@@ -165,7 +165,7 @@ def _tool_configs(path: Path, tmp_path: Path) -> dict[str, object]:
 def test_every_tool_refuses_every_attack_in_one_line(crafted, tmp_path, capsys):
     attack, path, _ = crafted
     for script, cfg in _tool_configs(path, tmp_path).items():
-        main = load_tool(script, restore_sys_path=True).main
+        main = load_tool(script).main
         with pytest.raises(SystemExit) as info:
             main(cfg)
         err = capsys.readouterr().err
@@ -261,7 +261,7 @@ def test_predict_with_malformed_onnx_metadata_exits_2(tmp_path, capsys):
     cfg = _compose("predict", [f"input={_image(tmp_path)}", "backend=onnxruntime",
                                f"onnx={path}", f"output={tmp_path / 'out'}", "progress=false"])
     with pytest.raises(SystemExit) as info:
-        load_tool("predict.py", restore_sys_path=True).main(cfg)
+        load_tool("predict.py").main(cfg)
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {path}: metadata detector.input_size is malformed"), err
@@ -276,7 +276,7 @@ def test_eval_of_a_checkpoint_whose_dataset_is_elsewhere_is_one_line(tiny_checkp
     torch.save(state, tmp_path / "moved.pth")
     cfg = _compose("eval", [f"checkpoint={tmp_path / 'moved.pth'}", "device=cpu"])
     with pytest.raises(SystemExit) as info:
-        load_tool("eval.py", restore_sys_path=True).main(cfg)
+        load_tool("eval.py").main(cfg)
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
     assert f"dataset root {tmp_path / 'gone'} does not exist here (dataset=coco)" in err

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from load_file import load_tool
 from PIL import Image
 
+from detector.errors import OptionError
+from detector_cli import serve
+from detector_cli.checks import ConfigError, check_overrides, check_serve_config
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-serve = load_tool("serve.py")
 
 
 def _cfg(*overrides: str):
@@ -35,18 +35,20 @@ def _cfg(*overrides: str):
     ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_values_are_one_line_config_errors(override, message):
-    with pytest.raises(serve.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        serve.check_serve_config(_cfg(override))
+    """ConfigErrors, or for device the OptionError of the library's rule (detector.runtime)."""
+    with pytest.raises((ConfigError, OptionError),
+                       match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_serve_config(_cfg(override))
 
 
 def test_an_unknown_option_is_one_line():
-    with pytest.raises(serve.ConfigError, match="Could not override 'prot'") as info:
-        serve.check_overrides(["prot=80"], config_name="serve")
+    with pytest.raises(ConfigError, match="Could not override 'prot'") as info:
+        check_overrides(["prot=80"], config_name="serve")
     assert "\n" not in str(info.value)
 
 
 def test_no_checkpoint_names_the_fix(tmp_path):
-    with pytest.raises(serve.ConfigError, match="make demo"):
+    with pytest.raises(ConfigError, match="make demo"):
         serve.resolve_checkpoint(_cfg(f"outputs_root={tmp_path}"))
 
 
@@ -55,7 +57,7 @@ def test_a_port_in_use_is_a_config_error():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(serve.ConfigError, match=f"127.0.0.1:{port}: the port is in use"):
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: the port is in use"):
             serve.bind(object(), _cfg(f"port={port}"))
 
 

@@ -1,4 +1,4 @@
-"""tools/soak.py's measuring parts: the RSS readers on Linux and the summary it prints (the
+"""tools/soak.py's measuring parts (detector_cli.soak): the RSS readers on Linux and the summary it prints (the
 2,000-iteration run itself is a benchmark, not a test)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from load_file import load_tool
 
-soak = load_tool("soak.py")
+from detector_cli import soak
+
 linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads /proc (Linux only)")
 

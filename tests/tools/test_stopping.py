@@ -9,7 +9,6 @@ The process-group tests start training in its own session (``start_new_session=T
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -26,20 +25,21 @@ import pytest
 import torch
 from hostile_files import make_directory, make_fifo, make_link_loop
 from hydra.errors import InstantiationException
-from load_file import load_file
+from load_file import load_file, load_tool
 from run_tool import run_tool
 
 from detector.checkpoint import find_resume_checkpoint, load_checkpoint
 from detector.data import DatasetError
 from detector.modeling.spec import MODEL_CONSTRUCTORS
+from detector_cli import cli
 
 HERE = Path(__file__).resolve().parent
 
 
 # its helpers and tools
 rel = load_file(HERE / "test_reliability.py", "reliability_helpers", register=True)
-train_net, eval_tool, tiny = rel.train_net, rel.eval_tool, rel.tiny
-cli = importlib.import_module("cli")  # tools/ is on sys.path: train_net put it there
+train_net, tiny = rel.train_net, rel.tiny  # detector_cli.train
+eval_tool = load_tool("eval.py")  # its main: the Hydra task function
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,19 @@ def test_a_bad_config_stops_the_sweep_at_once_with_one_line(tmp_path):
               or line.startswith("error")]
     assert len(errors) == 1 and "optimizer.lr must be positive" in errors[0], errors
     assert not (tmp_path / "sweep" / "optimizer.lr=1e-3").exists()  # the next job never ran
+
+
+def test_the_sweep_callback_and_resolver_come_from_the_installed_package(tmp_path):
+    """What a launcher that starts each job in a fresh interpreter elsewhere (joblib, submitit)
+    does: configs/train.yaml's callback target imports from the installed ``detector_cli`` (no
+    PYTHONPATH=tools), and importing it registers the ``${job_folder:...}`` resolver."""
+    code = ("import yaml; from hydra.utils import get_class; from omegaconf import OmegaConf; "
+            f"cfg = yaml.safe_load(open({str(PROJECT_ROOT / 'configs' / 'train.yaml')!r})); "
+            "target = cfg['hydra']['callbacks']['sweep_index']['_target_']; "
+            "print(target, get_class(target).__name__, "
+            "OmegaConf.create({'d': '${job_folder:x/y,3}'}).d)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["detector_cli.sweep.SweepIndex", "SweepIndex", "x_y"]

@@ -240,7 +240,7 @@ def test_unknown_key_fails_with_hydras_message(workdir):
 def _tool_main(script: str):
     """The tool's ``@hydra.main`` function; called with a composed config it runs without Hydra
     (no logging setup, no run directory)."""
-    return load_tool(script, restore_sys_path=True).main
+    return load_tool(script).main
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,7 @@ BAD_TRAIN = [
     ("precision=fp8", "precision must be auto, fp32, bf16 or fp16, got 'fp8'"),
     ("schedule.iterations=0", "schedule.iterations must be a positive integer"),
     ("train.eval_batch_size=0", "train.eval_batch_size must be a positive integer"),
-    ("train.divergence_factor=1", "train.divergence_factor must be a number > 1 or null"),
+    ("train.divergence_factor=1", "train.divergence_factor must be a number > 1 (or None: off)"),
     ("train.divergence_window=-1", "train.divergence_window must be an integer >= 0"),
 ]
 if not torch.cuda.is_available():

@@ -5,16 +5,16 @@ for other classes: the user needs the one sentence that says what is wrong, not 
 executing job with overrides", "Error in call to target ..." and "set HYDRA_FULL_ERROR" lines
 around it. ``HYDRA_FULL_ERROR=1`` keeps the full trace, for debugging.
 
-The API (import it as the tools do: ``sys.path.insert(0, <tools dir>)``, then ``import cli``)::
-
-    if __name__ == "__main__":
-        cli.check_command_line("train")  # a typo'd key or group option: one line, exit 2
-        main()
+The API (``from detector_cli import cli``; a tool is a shim around it)::
 
     @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
     def main(cfg):
         with cli.exit_on_user_error():   # inside the task function, so Hydra never sees it
             run(cfg)
+
+    if __name__ == "__main__":
+        cli.check_command_line("train")  # a typo'd key or group option: one line, exit 2
+        main()
 
 A tool whose library raises errors of its own kind passes them along:
 ``cli.exit_on_user_error(SomeError)`` (the library's own derive from
@@ -23,7 +23,8 @@ inside another (``hydra.utils.instantiate`` wraps what a constructor raised in a
 ``InstantiationException``); ``report_user_error(error)`` prints it and returns 2, for code that
 catches the errors itself. ``USER_ERRORS`` are the types every tool treats so.
 ``resolve_checkpoint(cfg)`` is the tools' shared ``checkpoint=`` rule: the given path, or the
-newest ``outputs/**/checkpoints/final.pth``.
+newest ``outputs/**/checkpoints/final.pth``. ``config_keys(section)`` names the config key of a
+library constructor's ``OptionError`` ("on_nonfinite must ..." -> "train.on_nonfinite must ...").
 
 Paths as typed: a sweep job's folder is named by its overrides
 (``outputs/multirun/<date>/experiment=focal,optimizer.lr=0.001/``), and Hydra's override grammar
@@ -46,12 +47,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from config_checks import ConfigError, check_overrides
-
 from detector.checkpoint import find_latest_checkpoint
-from detector.errors import UserError
+from detector.errors import OptionError, UserError
+from detector_cli.checks import ConfigError, check_overrides
 
-__all__ = ["USER_ERRORS", "check_command_line", "command_arg", "exit_on_user_error",
+__all__ = ["USER_ERRORS", "check_command_line", "command_arg", "config_keys", "exit_on_user_error",
            "hydra_quote", "is_path_key", "quote_path_overrides", "report_user_error",
            "resolve_checkpoint", "user_error"]
 
@@ -113,6 +113,23 @@ def exit_on_user_error(*extra: type[BaseException]) -> Iterator[None]:
         if found is None or full_error():
             raise
         sys.exit(report_user_error(found))
+
+
+@contextlib.contextmanager
+def config_keys(section: str, **renamed: str) -> Iterator[None]:
+    """Name the config key of an ``OptionError`` raised inside the block (even wrapped, as
+    ``hydra.utils.instantiate`` wraps what a constructor raised): ``<section>.<option>``, or
+    ``renamed[option]`` for an argument its config spells otherwise
+    (``factor="train.divergence_factor"``). Raises it as a ConfigError; others pass unchanged."""
+    try:
+        yield
+    except Exception as error:
+        found = user_error(error, (OptionError,))
+        if not isinstance(found, OptionError):
+            raise
+        key, text = renamed.get(found.option, f"{section}.{found.option}"), str(found)
+        named = text.startswith(found.option)
+        raise ConfigError(key + text[len(found.option):] if named else f"{key}: {text}") from found
 
 
 def is_path_key(key: str) -> bool:

@@ -1,5 +1,7 @@
-"""Hydra callback that keeps a sweep's index (registered in configs/train.yaml, hydra.callbacks),
-and the ${job_folder:...} resolver that names each job's folder (hydra.sweep.subdir).
+"""Hydra callback that keeps a sweep's index (registered in configs/train.yaml, hydra.callbacks:
+``_target_: detector_cli.sweep.SweepIndex``), and the ${job_folder:...} resolver that names each
+job's folder (hydra.sweep.subdir), registered when this module is imported (by
+``detector_cli.train``, and by Hydra itself when it builds the callback).
 
 After each job of a multirun it appends the job's overrides, folder and outcome to
 <sweep dir>/sweep.jsonl and rewrites <sweep dir>/sweep.md (detector.study.sweep_index); at the

@@ -1,22 +1,31 @@
-"""Config validation for the command-line tools: one clear line per problem, before any work."""
+"""Config validation for the command-line tools: one clear line per problem, before any work.
+
+The checks here are the tool-level ones: types, paths and ranges of keys that no library
+constructor holds, and Hydra's rejection of an override (``check_overrides``). A value rule that
+a constructor of ``detector/`` already holds (device, precision: ``detector.runtime``; the
+``train.*`` step options, the divergence guard, the schedule's choices: their classes) is not
+repeated: ``check_runtime`` calls the library's resolution, and ``detector_cli.train`` builds the
+cheap objects before any data is read.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from detector.checkpoint import CheckpointError, check_checkpoint_file, find_resume_checkpoint
-from detector.engine.schedules import STEP2_BACKBONES, STEP2_LOSSES
 from detector.errors import UserError
-from detector.runtime import resolve_device
+from detector.runtime import resolve_device, resolve_precision
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-__all__ = ["ConfigError", "check_dataset", "check_device", "check_eval_config", "check_export_config",
-           "check_number", "check_overrides", "check_path", "check_precision",
-           "check_predict_config", "check_reliability", "check_train_config", "resume_checkpoint"]
+__all__ = ["ConfigError", "check_checkpoint_dataset", "check_dataset", "check_eval_config",
+           "check_export_config", "check_inspect_config", "check_number", "check_overrides",
+           "check_path", "check_predict_config", "check_reliability", "check_runtime",
+           "check_serve_config", "check_train_config", "resume_checkpoint"]
 
 
 class ConfigError(UserError, ValueError):
@@ -31,25 +40,12 @@ def _positive_int(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
 
 
-def check_device(name: str) -> None:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and CUDA present when asked for."""
-    name = str(name)
-    if name != "auto" and not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    try:
-        device = resolve_device(name)
-    except (ValueError, RuntimeError) as error:
-        raise ConfigError(str(error)) from None
-    import torch
-
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA "
-                          f"device(s)")
-
-
-def check_precision(value) -> None:
-    if value not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {value!r}")
+def check_runtime(cfg: DictConfig, *, device: bool = True) -> None:
+    """``cfg.device`` (unless ``device`` is False: onnxruntime runs on the CPU whatever it says)
+    and ``cfg.precision`` through the library's own rules (``detector.runtime``): a bad name or
+    a CUDA device this machine lacks is one ``OptionError`` line before anything is read."""
+    where = resolve_device(cfg.device) if device else torch.device("cpu")
+    resolve_precision(cfg.precision, where)
 
 
 def check_number(cfg: DictConfig, key: str, *, low: float, high: float = math.inf,
@@ -85,9 +81,7 @@ def check_predict_config(cfg: DictConfig) -> None:
         raise ConfigError(f"backend must be torch or onnxruntime, got {cfg.backend!r}")
     if not isinstance(cfg.progress, bool):
         raise ConfigError(f"progress must be true or false, got {cfg.progress!r}")
-    check_precision(cfg.precision)
-    if cfg.backend == "torch":  # onnxruntime runs on the CPU whatever device says
-        check_device(cfg.device)
+    check_runtime(cfg, device=cfg.backend == "torch")
 
 
 def check_export_config(cfg: DictConfig) -> None:
@@ -103,8 +97,7 @@ def _common(cfg: DictConfig) -> None:
     """Keys shared by train.yaml and eval.yaml."""
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
-    check_precision(cfg.precision)
-    check_device(cfg.device)
+    check_runtime(cfg)
 
 
 def check_dataset(cfg: DictConfig) -> None:
@@ -128,7 +121,8 @@ def check_checkpoint_dataset(name, split_spec) -> None:
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first bad value of a training config."""
+    """Raise ConfigError for the first bad value of a training config (the values the Trainer's
+    parts hold rules for: ``detector_cli.train.build_options``)."""
     check_dataset(cfg)
     for key in ("batch_size", "train.log_period", "train.eval_batch_size", "dataset.max_size"):
         _positive_int(cfg, key)
@@ -136,10 +130,6 @@ def check_train_config(cfg: DictConfig) -> None:
     for key in cfg.schedule:
         if str(key).endswith("iterations"):
             _positive_int(cfg, f"schedule.{key}")
-    for key, allowed in (("step2_backbone", STEP2_BACKBONES), ("step2_losses", STEP2_LOSSES)):
-        value = cfg.schedule.get(key, allowed[0])
-        if value not in allowed:
-            raise ConfigError(f"schedule.{key} must be {' or '.join(allowed)}, got {value!r}")
     _common(cfg)
     if not cfg.optimizer.lr > 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
@@ -156,21 +146,12 @@ def _non_negative_int(cfg: DictConfig, key: str) -> None:
 
 
 def check_reliability(cfg: DictConfig) -> None:
-    """Checkpointing, resume, the NaN guard and memory-format keys of train.yaml."""
+    """Checkpointing and resume keys of train.yaml (the NaN guard, divergence and memory-format
+    keys: their constructors, ``detector_cli.train.build_options``)."""
     for key in ("train.checkpoint_period", "train.eval_period", "train.histogram_period",
                 "train.divergence_window"):
         _non_negative_int(cfg, key)
     _positive_int(cfg, "train.keep_checkpoints")
-    factor = cfg.train.divergence_factor
-    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float)
-                               or not factor > 1):
-        raise ConfigError(f"train.divergence_factor must be a number > 1 or null (off), got "
-                          f"{factor!r}")
-    if cfg.train.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"train.on_nonfinite must be stop or skip, got {cfg.train.on_nonfinite!r}")
-    if not isinstance(cfg.train.channels_last, bool) and cfg.train.channels_last != "auto":
-        raise ConfigError(f"train.channels_last must be true, false or auto, got "
-                          f"{cfg.train.channels_last!r}")
     resume = cfg.resume
     if not isinstance(resume, bool | None) and str(resume).lower() not in ("true", "false"):
         try:  # a directory, a FIFO, /dev/zero, a symlink loop: named as such, never opened
@@ -247,3 +228,35 @@ def check_eval_config(cfg: DictConfig) -> None:
     if cfg.split not in ("train", "val"):
         raise ConfigError(f"split must be train or val, got {cfg.split!r}")
     _common(cfg)
+
+
+def check_inspect_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value of tools/inspect_model.py's config."""
+    if not isinstance(cfg.num_images, int) or cfg.num_images < 0:
+        raise ConfigError(f"num_images must be an integer >= 0, got {cfg.num_images!r}")
+    for key in ("abs_threshold", "rel_threshold", "gamma_threshold"):
+        if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+            raise ConfigError(f"{key} must be a number >= 0, got {cfg[key]!r}")
+    if cfg.split not in ("train", "val"):
+        raise ConfigError(f"split must be train or val, got {cfg.split!r}")
+    resolve_device(cfg.device)
+
+
+def check_serve_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value of tools/serve.py's config."""
+    if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port must be an integer in 0..65535 (0 = any free port), "
+                          f"got {cfg.port!r}")
+    for key, least in (("threads", 1), ("num_samples", 0)):
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
+    for key in ("max_upload_mb", "max_megapixels"):
+        check_number(cfg, key, low=0.0, low_open=True)
+    for key in ("score_threshold", "display_threshold"):
+        check_number(cfg, key, low=0.0, high=1.0)
+    if not isinstance(cfg.host, str) or not cfg.host:
+        raise ConfigError(f"host must be a host name or address, got {cfg.host!r}")
+    for key in ("checkpoint", "outputs_root"):
+        check_path(cfg, key)
+    check_runtime(cfg)

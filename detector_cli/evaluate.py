@@ -1,0 +1,110 @@
+"""COCO mAP of a trained checkpoint from a composed configs/eval.yaml (``tools/eval.py``).
+
+``run(cfg)`` checks the config, loads the checkpoint (``cfg.checkpoint``, or the newest
+``final.pth`` under ``cfg.outputs_root``), evaluates it on the split ``cfg.split`` of the dataset
+the user composed or else the checkpoint's own, writes <name>_<split>_metrics.json,
+<name>_<split>_results.json and <name>_<split>_detections/ beside the checkpoint, prints the COCO
+and per-class tables and returns the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from detector.data import build_dataloader, read_image_rgb
+from detector.evaluation import (
+    detections_to_coco_results,
+    format_coco_table,
+    format_per_class_table,
+    save_metrics,
+    save_results,
+)
+from detector.evaluation.inference import evaluate
+from detector.modeling.spec import (
+    dataset_from_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from detector.ops.boxes import xywh_to_xyxy
+from detector.runtime import resolve_device, resolve_precision
+from detector.visualize import draw_detections, save_image
+from detector_cli.checks import (
+    ConfigError,
+    check_checkpoint_dataset,
+    check_dataset,
+    check_eval_config,
+)
+from detector_cli.cli import resolve_checkpoint
+
+__all__ = ["build_dataset", "build_model", "run", "visualize"]
+
+log = logging.getLogger("eval")
+
+
+def build_model(path: Path, state: dict, device: torch.device):
+    """The checkpoint's model, through the one checked route (``detector.modeling.spec``)."""
+    model = model_from_checkpoint(state, source=path)
+    # channels-last weights, as in training (train.channels_last, the default): NHWC convolutions
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def build_dataset(cfg: DictConfig, path: Path, state: dict):
+    """(dataset, name): the ``dataset=`` the user composed on the command line (Hydra), or else
+    the checkpoint's own, built only through the project's dataset constructors. Either way with
+    the evaluation transforms of its val split (never augmented)."""
+    if cfg.get("dataset") is None:
+        run_dataset = state["config"].get("dataset", {})
+        check_checkpoint_dataset(run_dataset.get("name"), run_dataset.get(cfg.split))
+        dataset = dataset_from_checkpoint(state, split=cfg.split, source=path)
+        return dataset, run_dataset.get("name")
+    check_dataset(OmegaConf.create({"dataset": cfg.dataset}))
+    dataset = hydra.utils.instantiate(cfg.dataset[cfg.split])
+    dataset.transforms = hydra.utils.instantiate(cfg.dataset.val.transforms)
+    return dataset, cfg.dataset.name
+
+
+def visualize(dataset, detections: list[dict], out_dir: Path, count: int, threshold: float):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for det in detections[:count]:
+        info = dataset.coco.imgs[det["image_id"]]
+        image = read_image_rgb(Path(dataset.image_dir) / info["file_name"])
+        gt = [a["bbox"] for a in dataset.coco.imgToAnns[det["image_id"]]]
+        gt_xyxy = xywh_to_xyxy(torch.tensor(gt, dtype=torch.float32).reshape(-1, 4))
+        drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"],
+                                class_names=dataset.class_names, score_threshold=threshold,
+                                gt_boxes=gt_xyxy)
+        save_image(out_dir / f"{det['image_id']}.png", drawn)
+
+
+def run(cfg: DictConfig) -> dict:
+    check_eval_config(cfg)
+    path = resolve_checkpoint(cfg)
+    state = read_checkpoint(path)  # refused unless the project's constructors and plain data
+    dataset, name = build_dataset(cfg, path, state)
+    if list(dataset.class_names) != list(state["class_names"]):
+        raise ConfigError(f"the checkpoint's classes {state['class_names']} differ from the "
+                          f"dataset's {dataset.class_names}")
+    device = resolve_device(cfg.device)
+    log.info("evaluating %s on %s (%s split, %d images) on %s", path, name, cfg.split,
+             len(dataset), device)
+    model = build_model(path, state, device)
+    loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
+                              num_workers=cfg.num_workers)
+    metrics, detections = evaluate(model, loader, device=device,
+                                   precision=resolve_precision(cfg.precision, device))
+    stem = f"{path.stem}_{cfg.split}"
+    save_metrics(path.parent / f"{stem}_metrics.json", metrics)
+    save_results(path.parent / f"{stem}_results.json",
+                 detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id))
+    visualize(dataset, detections, path.parent / f"{stem}_detections", cfg.num_visualize,
+              cfg.score_threshold_visualize)
+    print(format_coco_table(metrics))
+    print(format_per_class_table(metrics))
+    log.info("AP %.4f  AP50 %.4f  (metrics, results and drawings beside %s)",
+             metrics["AP"] or 0.0, metrics["AP50"] or 0.0, path)
+    return metrics
