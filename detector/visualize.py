@@ -39,7 +39,7 @@ def draw_detections(
     scores: Any = None,
     *,
     class_names: Sequence[str],
-    score_threshold: float = 0.0,
+    min_score: float = 0.0,
     gt_boxes: Any = None,
     thickness: int | None = None,
     captions: bool = True,
@@ -58,7 +58,7 @@ def draw_detections(
         boxes (Tensor|ndarray[D, 4]): xyxy pixels. The outline covers the boundary pixels:
             columns ``round(x1)`` and ``round(x2) - 1``, rows likewise.
         labels (Tensor|ndarray[D]): 1..K.
-        scores (Tensor|ndarray[D] | None): shown in captions; boxes below ``score_threshold``
+        scores (Tensor|ndarray[D] | None): shown in captions; boxes below ``min_score``
             are skipped. Higher scores are drawn last (on top).
         class_names: K names, ``class_names[label - 1]``; unknown labels print as numbers.
         gt_boxes (Tensor|ndarray[G, 4] | None): xyxy pixels, drawn dashed under the detections.
@@ -81,7 +81,7 @@ def draw_detections(
     scores_np = None if scores is None else _as_array(scores).reshape(-1).astype(np.float64)
     order = np.arange(len(boxes_np)) if scores_np is None else np.argsort(scores_np, kind="stable")
     if scores_np is not None:
-        order = order[scores_np[order] >= score_threshold]
+        order = order[scores_np[order] >= min_score]
     box_colors = [class_color(labels_np[i]) if colors is None else tuple(colors[i]) for i in order]
     corners = _pixel_corners(boxes_np[order])
     for (top_left, bottom_right), color in zip(corners, box_colors, strict=True):

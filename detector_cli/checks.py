@@ -75,7 +75,7 @@ def check_predict_config(cfg: DictConfig) -> None:
                                       "video")
     for key in ("checkpoint", "outputs_root", "output", "onnx"):
         check_path(cfg, key)
-    check_number(cfg, "score_threshold", low=0.0, high=1.0)
+    check_number(cfg, "min_score", low=0.0, high=1.0)
     _positive_int(cfg, "batch_size")
     if cfg.backend not in ("torch", "onnxruntime"):
         raise ConfigError(f"backend must be torch or onnxruntime, got {cfg.backend!r}")
@@ -253,7 +253,7 @@ def check_serve_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
     for key in ("max_upload_mb", "max_megapixels"):
         check_number(cfg, key, low=0.0, low_open=True)
-    for key in ("score_threshold", "display_threshold"):
+    for key in ("min_score", "display_min_score"):
         check_number(cfg, key, low=0.0, high=1.0)
     if not isinstance(cfg.host, str) or not cfg.host:
         raise ConfigError(f"host must be a host name or address, got {cfg.host!r}")

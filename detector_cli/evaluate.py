@@ -76,7 +76,7 @@ def visualize(dataset, detections: list[dict], out_dir: Path, count: int, thresh
         gt = [a["bbox"] for a in dataset.coco.imgToAnns[det["image_id"]]]
         gt_xyxy = xywh_to_xyxy(torch.tensor(gt, dtype=torch.float32).reshape(-1, 4))
         drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"],
-                                class_names=dataset.class_names, score_threshold=threshold,
+                                class_names=dataset.class_names, min_score=threshold,
                                 gt_boxes=gt_xyxy)
         save_image(out_dir / f"{det['image_id']}.png", drawn)
 
@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> dict:
     save_results(path.parent / f"{stem}_results.json",
                  detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id))
     visualize(dataset, detections, path.parent / f"{stem}_detections", cfg.num_visualize,
-              cfg.score_threshold_visualize)
+              cfg.min_score_visualize)
     print(format_coco_table(metrics))
     print(format_per_class_table(metrics))
     log.info("AP %.4f  AP50 %.4f  (metrics, results and drawings beside %s)",

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from detector.predict.files import output_paths, predict_files
 from detector.predict.inputs import collect_inputs, printable
 from detector.predict.onnx_predictor import OnnxPredictor
-from detector.predict.predictor import Predictor
+from detector.predict.predictor import Predictor, min_score_note
 from detector_cli.checks import ConfigError, check_predict_config
 from detector_cli.cli import resolve_checkpoint
 
@@ -43,9 +43,12 @@ def run(cfg: DictConfig) -> None:
     output_paths(inputs, output)  # never over an input file
     predictor = build_predictor(cfg)
     source = predictor.info.get("model") or predictor.info.get("checkpoint")
+    note = min_score_note(cfg.min_score, getattr(predictor, "score_threshold", None))
+    if note is not None:
+        print(f"note: {note}")
     print(f"{len(inputs.images)} images, {len(inputs.videos)} videos from "
           f"{printable(cfg.input)}; model {printable(source)} ({cfg.backend})")
-    report = predict_files(predictor, inputs, output, score_threshold=cfg.score_threshold,
+    report = predict_files(predictor, inputs, output, min_score=cfg.min_score,
                            progress=cfg.progress,
                            metadata={"input": str(cfg.input), "model": str(source),
                                      "backend": cfg.backend, "class_names": predictor.class_names})

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from detector.modeling.spec import read_checkpoint
 from detector.predict.inputs import printable
-from detector.predict.predictor import Predictor
+from detector.predict.predictor import Predictor, min_score_note
 from detector.web import create_app, make_server, sample_images, server_url
 from detector_cli.checks import ConfigError, check_serve_config
 from detector_cli.cli import resolve_checkpoint as cli_resolve_checkpoint
@@ -51,10 +51,13 @@ def run(cfg: DictConfig) -> None:
     run_dataset = read_checkpoint(path)["config"].get("dataset")  # refused unless plain data
     predictor = Predictor.from_checkpoint(path, device=cfg.device, precision=cfg.precision,
                                           batch_size=1)
+    note = min_score_note(cfg.min_score, predictor.score_threshold)
+    if note is not None:
+        log.warning("%s", note)
     samples = sample_images(run_dataset, count=cfg.num_samples)
     app = create_app(predictor=predictor, max_upload_mb=cfg.max_upload_mb, samples=samples,
                      max_pixels=megapixels_to_pixels(cfg.max_megapixels),
-                     score_threshold=cfg.score_threshold, display_threshold=cfg.display_threshold)
+                     min_score=cfg.min_score, display_min_score=cfg.display_min_score)
     server = bind(app, cfg)
     log.info("model %s (iteration %s, %d classes) on %s, %d sample images", printable(path),
              predictor.info.get("iteration"), len(predictor.class_names), predictor.device,

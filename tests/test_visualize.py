@@ -40,10 +40,10 @@ def test_caption_sits_above_the_box():
     assert (out[0:40] == GREY).all()  # but nothing far above it
 
 
-def test_score_threshold_hides_weak_boxes_and_tensors_are_accepted():
+def test_min_score_hides_weak_boxes_and_tensors_are_accepted():
     boxes = torch.tensor([[20.0, 30.0, 180.0, 170.0], [50.0, 50.0, 60.0, 60.0]])
     out = draw_detections(grey(), boxes, torch.tensor([1, 2]), torch.tensor([0.9, 0.1]),
-                          class_names=NAMES, score_threshold=0.5)
+                          class_names=NAMES, min_score=0.5)
     assert tuple(out[30, 100]) == class_color(1)
     assert (out[50:60, 50:60] == GREY).all()
 
@@ -86,7 +86,7 @@ def test_captions_do_not_bury_a_small_image():
     boxes = np.concatenate([xy, xy + rng.uniform(12, 32, (40, 2))], axis=1).clip(0, 128)
     scores = np.linspace(0.1, 0.9, 40)
     labels = rng.integers(1, 3, 40)
-    kwargs = dict(class_names=["triangle", "rectangle"], score_threshold=0.1)
+    kwargs = dict(class_names=["triangle", "rectangle"], min_score=0.1)
     image = grey(128, 128)
     captioned = draw_detections(image, boxes, labels, scores, **kwargs)
     bare = draw_detections(image, boxes, labels, scores, captions=False, **kwargs)

@@ -231,14 +231,14 @@ def _predict_video(predictor, path: Path, inputs: Inputs, out_path: Path, thresh
 
 
 def predict_files(predictor: Any, inputs: Inputs, output_dir: str | Path, *,
-                  score_threshold: float = 0.5, progress: bool = True,
+                  min_score: float = 0.5, progress: bool = True,
                   metadata: dict | None = None) -> PredictionReport:
     """Run ``predictor`` on every image and video frame of ``inputs``; write into ``output_dir``
     the annotated images (same relative paths as the inputs, see ``output_paths``), annotated
     videos (``.mp4``) and ``detections.json``. Nothing is written over an input file.
 
     Args:
-        score_threshold: detections below it are neither drawn nor listed.
+        min_score: detections below it are neither drawn nor listed.
         progress: show a tqdm bar (images and frames).
         metadata: extra entries for the top of ``detections.json`` (e.g. the checkpoint).
 
@@ -254,7 +254,7 @@ def predict_files(predictor: Any, inputs: Inputs, output_dir: str | Path, *,
     output_dir = Path(output_dir)
     outputs = output_paths(inputs, output_dir)  # refuses to write over an input
     output_dir.mkdir(parents=True, exist_ok=True)
-    threshold = float(score_threshold)
+    threshold = float(min_score)
     report = PredictionReport(output_dir=output_dir, skipped=list(inputs.skipped))
     total = len(inputs.images) + sum(info.frames for v in inputs.videos if (info := video_info(v)))
     start = time.perf_counter()
@@ -263,7 +263,7 @@ def predict_files(predictor: Any, inputs: Inputs, output_dir: str | Path, *,
         videos = [entry for path in inputs.videos if (entry := _predict_video(
             predictor, path, inputs, outputs[path], threshold, report, bar)) is not None]
     report.seconds = time.perf_counter() - start
-    document = {**(metadata or {}), "score_threshold": threshold, "images": images,
+    document = {**(metadata or {}), "min_score": threshold, "images": images,
                 "videos": videos,
                 "skipped": [{"file": name, "reason": reason} for name, reason in report.skipped]}
     (output_dir / DETECTIONS_FILE).write_text(json.dumps(document, indent=1))

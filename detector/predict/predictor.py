@@ -39,7 +39,7 @@ from detector.run_files import FINAL_METRICS
 from detector.runtime import autocast, resolve_device, resolve_precision, to_device
 from detector.untrusted import RunFileError, read_json
 
-__all__ = ["Detections", "Predictor", "checkpoint_metrics", "load_image",
+__all__ = ["Detections", "Predictor", "checkpoint_metrics", "load_image", "min_score_note",
            "resize_settings"]
 
 ImageInput = Any  # str | Path | np.ndarray[H, W, 3] uint8 | PIL.Image.Image
@@ -236,6 +236,12 @@ class Predictor:
                    device=dev, precision=resolve_precision(precision, dev),
                    batch_size=int(batch_size), label_to_cat_id=cat_ids, info=info)
 
+    @property
+    def score_threshold(self) -> float | None:
+        """The model's own filter: it keeps detections scoring above this (None: not known)."""
+        postprocessor = getattr(self.model, "postprocessor", None)
+        return None if postprocessor is None else float(postprocessor.score_threshold)
+
     def __call__(self, images: ImageInput | Sequence[ImageInput], *,
                  bgr: bool = False) -> Detections | list[Detections]:
         """Detect objects. One image in, one ``Detections`` out; a list in, a list out: every
@@ -278,3 +284,18 @@ class Predictor:
             scores=det["scores"].float().cpu().numpy().astype(np.float32),
             labels=labels, class_names=[self.class_names[i - 1] for i in labels.tolist()],
             image_size=(int(size[0]), int(size[1])), source=source)
+
+
+def min_score_note(min_score: float, model_threshold: float | None) -> str | None:
+    """The one line to say at start when a filter after the model (``min_score`` of predict or
+    the web demo) asks for less than the model keeps; None when it does not (or is unknown).
+
+    Two filters, two names: the model's ``score_threshold`` keeps scores above it (0.05 by
+    default); ``min_score`` then keeps those at or above it. A ``min_score`` under the model's
+    threshold filters nothing more, and no detection under the threshold ever shows."""
+    if model_threshold is None or min_score >= model_threshold:
+        return None
+    return (f"min_score {min_score:g} is below the model's own score_threshold "
+            f"{model_threshold:g}: the model keeps only detections scoring above "
+            f"{model_threshold:g}, so none below it will show")
+

@@ -2,13 +2,13 @@
 
     >>> from detector.predict.predictor import Predictor
     >>> from detector.web import create_app
-    >>> app = create_app(predictor=Predictor.from_checkpoint(path), score_threshold=0.05)
+    >>> app = create_app(predictor=Predictor.from_checkpoint(path), min_score=0.05)
     >>> app.test_client().post("/api/detect", data={"image": open("cat.jpg", "rb")}).json
 
 Routes:
     GET  /                 the page (templates/index.html, static/app.js, static/style.css)
     POST /api/detect       multipart field ``image`` (or a raw ``image/*`` body); optional form
-                           field (or query parameter) ``score_threshold``
+                           field (or query parameter) ``min_score``
                            -> {detections, image, inference_ms, ...}
     GET  /api/model        classes (with their drawing colours), metrics, checkpoint, samples
     GET  /api/health       {"status": "ok"}
@@ -59,23 +59,23 @@ def _json_safe(value):
 
 class DetectionService:
     """A predictor behind a lock: the model runs one image at a time, requests queue.
-    ``score_threshold`` is the lowest score it returns."""
+    ``min_score`` is the lowest score it returns."""
 
-    def __init__(self, *, predictor: Predictor, score_threshold: float = 0.05) -> None:
+    def __init__(self, *, predictor: Predictor, min_score: float = 0.05) -> None:
         self.predictor = predictor
-        self.score_threshold = float(score_threshold)
+        self.min_score = float(min_score)
         self._lock = threading.Lock()
 
-    def detect(self, image, *, score_threshold: float | None = None) -> dict:
+    def detect(self, image, *, min_score: float | None = None) -> dict:
         """Detections of one RGB image ``ndarray[H, W, 3]`` uint8, as the API's JSON body, down
-        to ``score_threshold`` (never below the service's own); scores are compared as the JSON
+        to ``min_score`` (never below the service's own); scores are compared as the JSON
         shows them (4 decimals), as the page's slider compares them."""
         queued = time.perf_counter()
         with self._lock:
             start = time.perf_counter()
             result = self.predictor.predict_arrays([(image, None)])[0]
             done = time.perf_counter()
-        threshold = max(self.score_threshold, score_threshold or 0.0)
+        threshold = max(self.min_score, min_score or 0.0)
         height, width = result.image_size
         rows = result.above(threshold, as_shown=True).to_list(
             label_to_cat_id=self.predictor.label_to_cat_id)
@@ -83,7 +83,7 @@ class DetectionService:
                 "image": {"width": width, "height": height},
                 "inference_ms": round(1000 * (done - start), 1),
                 "queue_ms": round(1000 * (start - queued), 1),
-                "score_threshold": threshold}
+                "min_score": threshold}
 
     def model_info(self) -> dict:
         """Classes (label, name, colour), checkpoint, iteration, dataset, metrics."""
@@ -96,7 +96,7 @@ class DetectionService:
                            "iteration": p.info.get("iteration"), "dataset": p.info.get("dataset"),
                            "metrics": p.info.get("metrics"), "device": str(p.device),
                            "precision": p.precision,
-                           "score_threshold": self.score_threshold})
+                           "min_score": self.min_score})
 
 
 def _upload_bytes() -> bytes:
@@ -109,36 +109,36 @@ def _upload_bytes() -> bytes:
 
 
 def _threshold_field() -> float | None:
-    """The form field ``score_threshold``, else the query parameter (a raw-body request)."""
-    raw = request.form.get("score_threshold", request.args.get("score_threshold"))
+    """The form field ``min_score``, else the query parameter (a raw-body request)."""
+    raw = request.form.get("min_score", request.args.get("min_score"))
     if raw in (None, ""):
         return None
     try:
         value = float(raw)
     except ValueError:
-        raise UploadError(f"score_threshold must be a number, got {raw!r}") from None
+        raise UploadError(f"min_score must be a number, got {raw!r}") from None
     if not 0.0 <= value <= 1.0:
-        raise UploadError(f"score_threshold must lie in [0, 1], got {value}")
+        raise UploadError(f"min_score must lie in [0, 1], got {value}")
     return value
 
 
 def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
                samples: Sequence[str | Path] = (), max_pixels: int = DEFAULT_MAX_PIXELS,
-               score_threshold: float = 0.05, display_threshold: float = 0.5) -> Flask:
+               min_score: float = 0.05, display_min_score: float = 0.5) -> Flask:
     """The demo app around one predictor.
 
     Args:
         predictor: answers /api/detect.
-        score_threshold: the lowest score the API returns (a request may ask for a higher one):
+        min_score: the lowest score the API returns (a request may ask for a higher one):
             the page's slider filters above it without re-running the model.
         max_upload_mb: uploads above it get 413.
         samples: image files offered on the page (e.g. from ``sample_images``).
         max_pixels: images with more pixels (read from the header, before decoding) get 413.
-        display_threshold: where the page's slider starts.
+        display_min_score: where the page's slider starts.
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
-    service = DetectionService(predictor=predictor, score_threshold=score_threshold)
+    service = DetectionService(predictor=predictor, min_score=min_score)
     sample_paths = [Path(p) for p in samples]
     app.extensions["detector"] = service
 
@@ -155,7 +155,7 @@ def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
         samples_json = [{"name": printable(path.name), "url": f"/samples/{i}"}
                         for i, path in enumerate(sample_paths)]
         return jsonify({**service.model_info(), "samples": samples_json,
-                        "display_threshold": display_threshold, "max_upload_mb": max_upload_mb,
+                        "display_min_score": display_min_score, "max_upload_mb": max_upload_mb,
                         "max_megapixels": max_pixels / 1e6})
 
     @app.get("/samples/<int:index>")
@@ -175,7 +175,7 @@ def create_app(*, predictor: Predictor, max_upload_mb: float = 10.0,
     def detect():
         threshold = _threshold_field()
         image = decode_upload(_upload_bytes(), max_pixels=max_pixels)
-        body = service.detect(image, score_threshold=threshold)
+        body = service.detect(image, min_score=threshold)
         log.info("detect %dx%d: %d detections, %.0f ms (+%.0f ms queued)", image.shape[1],
                  image.shape[0], len(body["detections"]), body["inference_ms"], body["queue_ms"])
         return jsonify(body)

@@ -43,7 +43,7 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
 
 def test_folder_run_writes_annotations_and_matching_json(predictor, folder, tmp_path):
     out = tmp_path / "out"
-    report = predict_files(predictor, collect_inputs(folder), out, score_threshold=0.05,
+    report = predict_files(predictor, collect_inputs(folder), out, min_score=0.05,
                            progress=False)
     assert (report.images, report.frames, report.videos) == (3, 0, 0)
     assert sorted(name for name, _ in report.skipped) == ["broken.jpg", "readme.txt"]
@@ -71,10 +71,10 @@ def test_folder_run_writes_annotations_and_matching_json(predictor, folder, tmp_
 
 def test_threshold_filters_what_is_written(predictor, folder, tmp_path):
     report = predict_files(predictor, collect_inputs(folder / "a.jpg"), tmp_path / "o",
-                           score_threshold=1.01, progress=False)
+                           min_score=1.01, progress=False)
     document = json.loads((tmp_path / "o" / DETECTIONS_FILE).read_text())
     assert report.images == 1 and report.detections == 0
-    assert document["images"][0]["detections"] == [] and document["score_threshold"] == 1.01
+    assert document["images"][0]["detections"] == [] and document["min_score"] == 1.01
 
 
 def test_video_run_keeps_every_frame(predictor, tmp_path):
@@ -84,7 +84,7 @@ def test_video_run_keeps_every_frame(predictor, tmp_path):
         writer.write(_noise(10 + i, 48, 64))
     writer.release()
     out = tmp_path / "out"
-    report = predict_files(predictor, collect_inputs(video), out, score_threshold=0.05,
+    report = predict_files(predictor, collect_inputs(video), out, min_score=0.05,
                            progress=False)
     assert (report.images, report.frames, report.videos) == (0, 5, 1)
     annotated = [f for batch in read_video_batches(out / "clip.mp4", 8) for f in batch]

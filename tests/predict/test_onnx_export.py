@@ -162,7 +162,7 @@ def test_onnx_predictor_matches_predictor(checkpoint, onnx_predictor, val_images
 
 def test_onnx_predictor_runs_predict_files(onnx_predictor, val_images, tmp_path):
     report = predict_files(onnx_predictor, collect_inputs(val_images[0].parent), tmp_path / "o",
-                           score_threshold=0.05, progress=False)
+                           min_score=0.05, progress=False)
     assert report.images == len(val_images) and report.detections > 0
 
 

@@ -10,7 +10,13 @@ from tiny_checkpoint import TINY_CLASSES, TINY_SIZE
 from detector.data import DatasetError, ShapesDetection, build_dataloader, build_transforms
 from detector.data.image_io import read_image_rgb
 from detector.evaluation.inference import predict
-from detector.predict.predictor import Detections, Predictor, checkpoint_metrics, load_image
+from detector.predict.predictor import (
+    Detections,
+    Predictor,
+    checkpoint_metrics,
+    load_image,
+    min_score_note,
+)
 from detector.visualize import save_image
 
 
@@ -169,3 +175,16 @@ def test_info_carries_the_run_metrics(predictor, tiny_checkpoint):
     assert checkpoint_metrics(tiny_checkpoint.parent / "elsewhere.pth") == {"AP": 0.25,
                                                                             "AP50": 0.5}
     assert checkpoint_metrics(tiny_checkpoint.parent.parent.parent / "x" / "y.pth") is None
+
+
+def test_a_min_score_below_the_models_threshold_is_said_once():
+    """Two filters, two names: min_score after the model only narrows what the model kept."""
+    assert min_score_note(0.5, 0.05) is None and min_score_note(0.05, 0.05) is None
+    assert min_score_note(0.3, None) is None  # an ONNX model does not say
+    note = min_score_note(0.01, 0.05)
+    assert note is not None and "min_score 0.01 is below the model's own score_threshold 0.05" in note
+
+
+def test_the_predictor_reports_its_models_threshold(tiny_checkpoint):
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
+    assert predictor.score_threshold == pytest.approx(predictor.model.postprocessor.score_threshold)

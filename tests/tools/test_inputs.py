@@ -155,9 +155,9 @@ def test_predict_never_writes_over_its_inputs(config, tmp_path, capsys):
 
 NO_CUDA = [] if torch.cuda.is_available() else [("device=cuda", "CUDA is not available")]
 BAD_VALUES = {
-    "predict": [("score_threshold=abc", "score_threshold must lie in [0, 1], got 'abc'"),
-                ("score_threshold=nan", "score_threshold must lie in [0, 1], got nan"),
-                ("score_threshold=1.5", "score_threshold must lie in [0, 1]"),
+    "predict": [("min_score=abc", "min_score must lie in [0, 1], got 'abc'"),
+                ("min_score=nan", "min_score must lie in [0, 1], got nan"),
+                ("min_score=1.5", "min_score must lie in [0, 1]"),
                 ("batch_size=0", "batch_size must be a positive integer"),
                 ("backend=tensorflow", "backend must be torch or onnxruntime"),
                 ("precision=fp8", "precision must be auto, fp32, bf16 or fp16"),
@@ -168,8 +168,8 @@ BAD_VALUES = {
     "export": [("height=abc", "height must be a positive integer"),
                ("width=0", "width must be a positive integer"),
                ("output=false", "output must be a path")],
-    "serve": [("score_threshold=abc", "score_threshold must lie in [0, 1], got 'abc'"),
-              ("display_threshold=nan", "display_threshold must lie in [0, 1], got nan"),
+    "serve": [("min_score=abc", "min_score must lie in [0, 1], got 'abc'"),
+              ("display_min_score=nan", "display_min_score must lie in [0, 1], got nan"),
               ("max_megapixels=nan", "max_megapixels must be a positive number, got nan"),
               ("max_upload_mb=inf", "max_upload_mb must be a positive number, got inf"),
               ("threads=0", "threads must be an integer >= 1"),

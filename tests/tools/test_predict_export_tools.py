@@ -64,15 +64,25 @@ def test_predict_folder_with_the_newest_checkpoint(config, tiny_checkpoint, imag
     checkpoint = runs / "run" / "checkpoints" / "final.pth"
     checkpoint.parent.mkdir(parents=True)
     shutil.copy(tiny_checkpoint, checkpoint)
-    cfg = config("predict", [f"input={images}", f"outputs_root={runs}", "score_threshold=0.05",
+    cfg = config("predict", [f"input={images}", f"outputs_root={runs}", "min_score=0.05",
                              f"output={tmp_path / 'out'}", "progress=false", "precision=fp32"])
     _tool_module("predict.py").main(cfg)
     out = capsys.readouterr().out
     assert "2 images" in out and "bad.png" in out and str(tmp_path / "out") in out
+    assert "note: min_score" not in out  # 0.05 is the tiny model's own threshold
     document = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert document["model"] == str(checkpoint)
     assert [e["file"] for e in document["images"]] == ["nested/two.jpg", "one.png"]
     assert (tmp_path / "out" / "nested" / "two.jpg").is_file()
+
+
+def test_predict_says_once_when_min_score_is_below_the_models_threshold(
+        config, tiny_checkpoint, images, tmp_path, capsys):
+    cfg = config("predict", [f"input={images}", f"checkpoint={tiny_checkpoint}", "min_score=0.01",
+                             f"output={tmp_path / 'out'}", "progress=false", "precision=fp32"])
+    _tool_module("predict.py").main(cfg)
+    out = capsys.readouterr().out
+    assert out.count("note: min_score 0.01 is below the model's own score_threshold 0.05") == 1
 
 
 def test_predict_user_errors_are_one_line(config, images, tmp_path, capsys):
@@ -113,7 +123,7 @@ def test_export_then_predict_with_onnxruntime(tiny_checkpoint, images, tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert model.is_file() and str(model) in exported.stdout
     predicted = run_tool("predict.py", [f"input={images}", "backend=onnxruntime", f"onnx={model}",
-                                        f"output={tmp_path / 'out'}", "score_threshold=0.05"],
+                                        f"output={tmp_path / 'out'}", "min_score=0.05"],
                          cwd=tmp_path)  # in process: predict.py's command line is the test above
     assert predicted.returncode == 0, predicted.stderr
     document = json.loads((tmp_path / "out" / "detections.json").read_text())

@@ -31,7 +31,7 @@ def _cfg(*overrides: str):
 @pytest.mark.parametrize(("override", "message"), [
     ("port=70000", "port must be an integer in 0..65535"),
     ("max_upload_mb=0", "max_upload_mb must be a positive number"),
-    ("score_threshold=1.5", "score_threshold must lie in [0, 1]"),
+    ("min_score=1.5", "min_score must lie in [0, 1]"),
     ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_values_are_one_line_config_errors(override, message):

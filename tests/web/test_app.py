@@ -32,7 +32,7 @@ def test_detect_gives_the_python_apis_detections(client, web_predictor, noise_im
     assert response.status_code == 200, response.json
     body = response.json
     assert body["image"] == {"width": 160, "height": 96}
-    assert body["inference_ms"] > 0 and body["score_threshold"] == pytest.approx(0.05)
+    assert body["inference_ms"] > 0 and body["min_score"] == pytest.approx(0.05)
     expected = [row for row in web_predictor(rgb).to_list(
         label_to_cat_id=web_predictor.label_to_cat_id) if row["score"] >= 0.05]
     assert len(expected) > 0  # the untrained model scores ~0.2 everywhere
@@ -50,44 +50,44 @@ def test_a_raw_image_body_works_like_a_form_field(client, noise_image, png_bytes
     assert raw.json["detections"] == _post(client, data).json["detections"]
 
 
-def test_a_raw_body_takes_score_threshold_from_the_query(client, noise_image, png_bytes):
+def test_a_raw_body_takes_min_score_from_the_query(client, noise_image, png_bytes):
     data = png_bytes(noise_image(64, 64, seed=2))
     scores = sorted(d["score"] for d in _post(client, data).json["detections"])
     cut = scores[len(scores) // 2]
-    raw = client.post(f"/api/detect?score_threshold={cut}", data=data, content_type="image/png")
-    assert raw.status_code == 200 and raw.json["score_threshold"] == cut
+    raw = client.post(f"/api/detect?min_score={cut}", data=data, content_type="image/png")
+    assert raw.status_code == 200 and raw.json["min_score"] == cut
     assert all(d["score"] >= cut for d in raw.json["detections"])
     for bad in ("abc", "nan", "2"):
-        raw = client.post(f"/api/detect?score_threshold={bad}", data=data,
+        raw = client.post(f"/api/detect?min_score={bad}", data=data,
                           content_type="image/png")
-        assert raw.status_code == 400 and "score_threshold" in raw.json["error"], bad
+        assert raw.status_code == 400 and "min_score" in raw.json["error"], bad
 
 
-def test_score_threshold_field_filters(client, noise_image, png_bytes):
+def test_min_score_field_filters(client, noise_image, png_bytes):
     data = png_bytes(noise_image(64, 96, seed=3))
     everything = _post(client, data).json["detections"]
     scores = sorted(d["score"] for d in everything)
     for cut in (scores[0], scores[len(scores) // 2], scores[-1], scores[-1] + 1e-4):
-        filtered = _post(client, data, score_threshold=str(cut)).json["detections"]
+        filtered = _post(client, data, min_score=str(cut)).json["detections"]
         assert filtered == [d for d in everything if d["score"] >= cut]
     assert filtered == []
-    bad = _post(client, data, score_threshold="high")
-    assert bad.status_code == 400 and "score_threshold" in bad.json["error"]
+    bad = _post(client, data, min_score="high")
+    assert bad.status_code == 400 and "min_score" in bad.json["error"]
 
 
-def test_the_apps_score_threshold_is_the_lowest_the_api_returns(web_predictor, noise_image,
+def test_the_apps_min_score_is_the_lowest_the_api_returns(web_predictor, noise_image,
                                                               png_bytes):
     data = png_bytes(noise_image(64, 96, seed=3))
     everything = _post(create_app(predictor=web_predictor).test_client(), data).json["detections"]
     scores = sorted(d["score"] for d in everything)
     floor = scores[len(scores) // 2]
-    client = create_app(predictor=web_predictor, score_threshold=floor).test_client()
-    assert client.get("/api/model").json["score_threshold"] == floor
+    client = create_app(predictor=web_predictor, min_score=floor).test_client()
+    assert client.get("/api/model").json["min_score"] == floor
     expected = [d for d in everything if d["score"] >= floor]
     assert 0 < len(expected) < len(everything) or floor == scores[0]
     for asked in ("", "0.0", str(floor)):  # asking for less than the floor gives the floor
-        body = _post(client, data, score_threshold=asked).json
-        assert body["detections"] == expected and body["score_threshold"] == floor
+        body = _post(client, data, min_score=asked).json
+        assert body["detections"] == expected and body["min_score"] == floor
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -173,7 +173,7 @@ def test_model_describes_classes_colours_and_metrics(client, tiny_checkpoint):
         assert cls["color"] == "#{:02x}{:02x}{:02x}".format(*class_color(cls["label"]))
     assert body["metrics"] == {"AP": 0.25, "AP50": 0.5}
     assert body["checkpoint"] == str(tiny_checkpoint) and body["iteration"] == 7
-    assert body["samples"] == [] and body["display_threshold"] == 0.5
+    assert body["samples"] == [] and body["display_min_score"] == 0.5
 
 
 def test_nan_metrics_become_null(web_predictor):

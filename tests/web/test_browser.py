@@ -74,7 +74,7 @@ def demo(tiny_checkpoint, tmp_path_factory, noise_image, png_bytes):
         samples[0].write_bytes(png_bytes(noise_image(120, 160, seed=7)))
     threshold = float(os.environ.get("DETECTOR_DEMO_THRESHOLD", 0.5)) if trained else 0.1
     server = make_server(create_app(predictor=predictor, samples=samples,
-                                    display_threshold=threshold), port=0)
+                                    display_min_score=threshold), port=0)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield server_url(server), predictor, threshold, samples

@@ -113,7 +113,7 @@ def test_a_form_field_over_flasks_limit_is_named_as_such(web_predictor, noise_im
     (500 kB per field) refused it, and the message says so, not "the limit is 10 MB"."""
     client = create_app(predictor=web_predictor).test_client()
     image = (io.BytesIO(png_bytes(noise_image(16, 16, seed=4))), "a.png")
-    response = client.post("/api/detect", data={"image": image, "score_threshold": "0" * 600_000},
+    response = client.post("/api/detect", data={"image": image, "min_score": "0" * 600_000},
                            content_type="multipart/form-data")
     assert response.status_code == 413
     error = response.json["error"]

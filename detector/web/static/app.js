@@ -340,7 +340,7 @@ async function init() {
     for (const cls of model.classes) state.colors[cls.label] = cls.color;
     describeModel(model);
     showSamples(model.samples);
-    setThreshold(model.display_threshold);
+    setThreshold(model.display_min_score);
     document.body.dataset.ready = "true";
   } catch (err) {
     showMessage(`could not load the model description: ${err.message}`, true);
