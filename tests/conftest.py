@@ -1,15 +1,17 @@
 """Shared pytest fixtures: real-data locations (skipped when absent) and device selection."""
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not go online
 
 import pytest
 import torch
+
+# tests/helpers/ (the package ``helpers``: tests/ is on sys.path, pyproject.toml's pythonpath):
+# its asserts report their values as a test module's do; registered before any of it is imported
+pytest.register_assert_rewrite("helpers")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA_VARIABLE = "DETECTOR_SHARED_DATA"  # `make test` sets it when ../shared/data exists
@@ -66,24 +68,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-
-def _register(name: str) -> None:
-    """Make ``tests/<name>.py`` importable by name from every test module (tests are no package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-
-
-_register("hostile_files")
-_register("load_file")
-_register("run_tool")
-_register("tiny_checkpoint")
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """``<run>/checkpoints/final.pth`` of a small VGG16-BN model with the shapes classes (see
-    ``tests/tiny_checkpoint.py``)."""
-    return sys.modules["tiny_checkpoint"].write_tiny_checkpoint(
-        tmp_path_factory.mktemp("run") / "checkpoints" / "final.pth")
+    ``tests/helpers/tiny_checkpoint.py``)."""
+    from helpers.tiny_checkpoint import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("run") / "checkpoints" / "final.pth")

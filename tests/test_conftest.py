@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from load_file import load_file
+from helpers.load_file import load_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 conftest = load_file(PROJECT_ROOT / "tests" / "conftest.py", "detector_tests_root_conftest")

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.load_file import load_tool
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from load_file import load_tool
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 

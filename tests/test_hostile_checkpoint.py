@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile_files import deadline, make_directory, make_fifo, make_link_loop
+from helpers.hostile_files import deadline, make_directory, make_fifo, make_link_loop
 
 from detector import checkpoint as ckpt
 from detector.checkpoint import (

@@ -224,7 +224,7 @@ def test_voc_bad_class_names_argument_is_one_line(tmp_path):
 def test_eval_of_a_malformed_coco_file_exits_2_in_one_line(tiny_checkpoint, tmp_path):
     """Through Hydra (dataset=coco): "Error executing job ... Error in call to target" and a
     traceback before; now the tools' one line naming the file and the key."""
-    from run_tool import run_tool
+    from helpers.run_tool import run_tool
 
     bad = _set("images.0.file_name", 5)(copy.deepcopy(_valid()))
     root = _write_coco(tmp_path / "coco", bad)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from load_file import load_file
+from helpers.load_file import load_file
 
 from detector.data.coco import CocoDetection
 from detector.data.voc import VocDetection

@@ -1,16 +1,11 @@
-"""Fixtures of the engine tests: the tiny stride-16 model of ``tiny_training.py`` (importable as
-``tiny_training`` from the test modules) and a per-module generated shapes root."""
+"""Fixtures of the engine tests: a per-module generated shapes root (the tiny stride-16 model
+they train is ``helpers.tiny_training``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-from load_file import load_file
-
-if "tiny_training" not in sys.modules:
-    load_file(Path(__file__).with_name("tiny_training.py"), "tiny_training", register=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,14 @@
 """Distributed helpers: the single-process identity without a process group, and (in-process,
 one gloo rank joined the way torchrun does it) the DDP code paths of the trainer and the sharded
-evaluation. Several real processes: tests/tools/test_reliability.py (torchrun)."""
+evaluation. Several real processes: tests/system/test_reliability.py (torchrun)."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
-import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
+from helpers import tiny_training as tiny
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 import pytest
-import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
+from helpers import tiny_training as tiny
 
 from detector.engine.guard import DivergedError, DivergenceGuard, NonFiniteError
 from detector.run_files import diverged_record

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_training import make_trainer
+from helpers.tiny_training import make_trainer
 
 from detector.engine import schedules
 
@@ -109,7 +109,7 @@ def test_unknown_step2_losses_are_rejected():
 def test_resume_keeps_step1_backbone_start(shapes_root, tmp_path, stop_at, step2_losses):
     """Stopped at the end of step 1 (the copy is still to come) or inside step 2 (it happened),
     a resumed run ends with the weights of an uninterrupted one."""
-    import tiny_training
+    from helpers import tiny_training
 
     phases = schedules.four_step(rpn_iterations=2, fast_rcnn_iterations=2,
                                  rpn_finetune_iterations=1, fast_rcnn_finetune_iterations=1,

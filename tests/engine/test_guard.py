@@ -8,8 +8,8 @@ import os
 import signal
 
 import pytest
-import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
+from helpers import tiny_training as tiny
 
 from detector.checkpoint import load_checkpoint
 from detector.engine.guard import NonFiniteError, StopSignal, describe_nonfinite

@@ -17,8 +17,8 @@ import shutil
 import time
 
 import pytest
-import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
+from helpers import tiny_training as tiny
 
 from detector.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint
 from detector.engine import resume as resume_module

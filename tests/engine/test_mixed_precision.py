@@ -4,8 +4,8 @@ trainer; the CUDA cases skip without a GPU."""
 from __future__ import annotations
 
 import pytest
-import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
+from helpers import tiny_training as tiny
 
 from detector.checkpoint import load_checkpoint
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from tiny_training import end_to_end, four_step, make_trainer
+from helpers.tiny_training import end_to_end, four_step, make_trainer
 from torch import nn
 
 from detector.engine.monitor import block_parameters, grad_weight_ratios, ratio_key

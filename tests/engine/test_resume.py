@@ -8,8 +8,8 @@ import random
 
 import numpy as np
 import pytest
-import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
+from helpers import tiny_training as tiny
 
 from detector.checkpoint import (
     find_resume_checkpoint,

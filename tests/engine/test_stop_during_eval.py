@@ -10,8 +10,8 @@ import os
 import signal
 
 import pytest
-import tiny_training as tiny  # registered by tests/engine/conftest.py
 import torch
+from helpers import tiny_training as tiny
 
 from detector.checkpoint import load_checkpoint
 from detector.data import build_dataloader

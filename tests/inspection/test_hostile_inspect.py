@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.load_file import load_tool
+from helpers.tiny_checkpoint import TINY_CLASSES, tiny_model_spec
 from hydra import compose, initialize_config_dir
-from load_file import load_tool
-from tiny_checkpoint import TINY_CLASSES, tiny_model_spec
 
 from detector.checkpoint import CheckpointError
 from detector.inspection.report import inspect_state, summary_table, write_report

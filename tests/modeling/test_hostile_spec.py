@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_tool import run_tool
-from tiny_checkpoint import TINY_CLASSES, tiny_model_spec
+from helpers.run_tool import run_tool
+from helpers.tiny_checkpoint import TINY_CLASSES, tiny_model_spec
 
 from detector.data import SHAPES_CLASS_NAMES, DatasetError, ShapesDetection
 from detector.data import generate_shapes_dataset as generate

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from tiny_checkpoint import TINY_CLASSES, tiny_model_spec
+from helpers.tiny_checkpoint import TINY_CLASSES, tiny_model_spec
 
 from detector.data import generate_shapes_dataset
 from detector.modeling.backbone import VGG16BNBackbone

@@ -13,7 +13,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from hostile_files import deadline
+from helpers.hostile_files import deadline
 
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.data.report import DatasetError

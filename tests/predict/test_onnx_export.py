@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from tiny_checkpoint import TINY_CLASSES, TINY_SIZE, tiny_model_spec
+from helpers.tiny_checkpoint import TINY_CLASSES, TINY_SIZE, tiny_model_spec
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

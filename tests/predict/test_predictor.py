@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_checkpoint import TINY_CLASSES, TINY_SIZE
+from helpers.tiny_checkpoint import TINY_CLASSES, TINY_SIZE
 
 from detector.data import DatasetError, ShapesDetection, build_dataloader, build_transforms
 from detector.data.image_io import read_image_rgb

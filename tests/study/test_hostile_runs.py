@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hostile_files import deadline
-from load_file import load_tool
+from helpers.hostile_files import deadline
+from helpers.load_file import load_tool
 
 from detector.study import StudyError, analyze, build_study, compare, find_runs
 from detector.study.analysis import analyze_run

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from load_file import load_tool
+from helpers.load_file import load_tool
 
 from detector.run_files import last_logged_losses
 from detector.study import StudyError, build_study, compare, find_runs

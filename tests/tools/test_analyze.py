@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from load_file import load_tool
+from helpers.load_file import load_tool
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CATEGORIES = [{"id": 1, "name": "square"}, {"id": 2, "name": "star"}]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_tool import run_tool
+from helpers.run_tool import run_tool
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--height", "64", "--width", "96", "--batch", "1", "--steps", "1", "--warmup", "0",
@@ -19,7 +19,7 @@ TINY = ["--height", "64", "--width", "96", "--batch", "1", "--steps", "1", "--wa
 
 
 def _run(args: list[str], workdir: Path, *, in_process: bool = False) -> list[str]:
-    """The tool's output lines: in a new interpreter, or ``in_process`` (tests/run_tool.py)."""
+    """The tool's output lines: in a new interpreter, or ``in_process`` (helpers/run_tool.py)."""
     if in_process:
         result = run_tool("bench_model.py", args, cwd=workdir)
     else:

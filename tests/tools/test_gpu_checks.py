@@ -4,7 +4,7 @@ CUDA the real run refuses in one line.
 
 The script's flow is checked with a stand-in for python (a few lines of shell that print what
 the tools print), in both modes (the GPU mode believing it has CUDA); then each distinct command
-line of the smoke mode runs for real, once, in this process (tests/run_tool.py): seven
+line of the smoke mode runs for real, once, in this process (helpers/run_tool.py): seven
 interpreters and bf16 emulated on a CPU without it cost minutes, which checked no more.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from load_file import load_tool
-from run_tool import run_tool
+from helpers.load_file import load_tool
+from helpers.run_tool import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "gpu_checks.sh"

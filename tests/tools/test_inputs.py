@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.load_file import load_tool
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from load_file import load_tool
 from omegaconf import DictConfig, OmegaConf
 
 from detector_cli import cli as cli_module

@@ -4,21 +4,19 @@ and writes one histogram grid per block plus the gamma and activation figures.""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_training
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(PROJECT_ROOT / "tests" / "engine"))
-import tiny_training  # noqa: E402
+from detector.data import generate_shapes_dataset
+from detector.modeling.spec import MODEL_CONSTRUCTORS
+from detector_cli import inspect_model
 
-from detector.data import generate_shapes_dataset  # noqa: E402
-from detector.modeling.spec import MODEL_CONSTRUCTORS  # noqa: E402
-from detector_cli import inspect_model  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow  # the whole tool: two models, a dataset, ~70 matplotlib axes
 
@@ -61,7 +59,7 @@ def report(tmp_path_factory):
     cfg = _compose("inspect", [f"checkpoint={a}", f"checkpoint_b={b}", "num_images=3",
                                f"output_dir={tmp / 'out'}", "device=cpu"])
     with pytest.MonkeyPatch.context() as patch:  # the checkpoints name the tiny backbone
-        patch.setitem(MODEL_CONSTRUCTORS, "tiny_training.TinyBackbone", tiny_training.TinyBackbone)
+        patch.setitem(MODEL_CONSTRUCTORS, tiny_training.BACKBONE, tiny_training.TinyBackbone)
         return _tool().run(cfg)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.load_file import load_tool
+from helpers.run_tool import run_tool
 from hydra import compose, initialize_config_dir
-from load_file import load_tool
-from run_tool import run_tool
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from run_tool import run_tool
+from helpers.run_tool import run_tool
 
 from detector.data import generate_shapes_dataset
 from detector_cli import profile as profile_step

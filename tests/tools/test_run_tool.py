@@ -1,4 +1,4 @@
-"""tests/run_tool.py: a tool's command line in this process gives what a new interpreter would
+"""helpers/run_tool.py: a tool's command line in this process gives what a new interpreter would
 (exit code, stdout, stderr) and leaves the process as it found it."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers.run_tool import run_tool
 from hydra import compose, initialize_config_dir
-from run_tool import run_tool
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-from tiny_checkpoint import TINY_CLASSES
+from helpers.tiny_checkpoint import TINY_CLASSES
 
 from detector.visualize import class_color
 from detector.web import create_app

@@ -1,6 +1,6 @@
 """Run a tool's command line in this process, as ``python tools/<script> ARGS...`` would.
 
-    from run_tool import run_tool
+    from helpers.run_tool import run_tool
     done = run_tool("train_net.py", ["foo=1"], cwd=tmp_path)
     assert done.returncode == 2 and done.stderr == "error: ...\n"
 
@@ -18,7 +18,7 @@ included) are restored.
 
 Not the same as a real process: output written to the file descriptors directly (C code, a
 warning printed while a module is first imported) is not captured, and the tool shares this
-process's torch settings (one thread, see conftest.py). Keep one real subprocess test per tool
+process's torch settings (one thread, see tests/conftest.py). Keep one real subprocess test per tool
 for those. Under a tracer (a debugger, coverage) Hydra re-raises the errors it would print,
 and run_tool reports them as a traceback with exit code 1. ``env`` sets (a string) or unsets
 (None) environment variables for the run; ``HYDRA_FULL_ERROR`` is unset unless ``env`` names
@@ -42,7 +42,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 __all__ = ["run_tool"]
 

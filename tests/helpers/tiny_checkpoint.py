@@ -1,6 +1,7 @@
 """A small trained-model checkpoint, as tools/train_net.py writes it (not a test module).
 
-Test modules import it by name (``import tiny_checkpoint``): the root conftest registers it.
+Test modules import it from the helpers package (``from helpers.tiny_checkpoint import
+TINY_CLASSES``); the root conftest's ``tiny_checkpoint`` fixture writes one per session.
 """
 
 from __future__ import annotations

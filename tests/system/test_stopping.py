@@ -23,10 +23,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hostile_files import make_directory, make_fifo, make_link_loop
+from helpers.hostile_files import make_directory, make_fifo, make_link_loop
+from helpers.load_file import load_file, load_tool
+from helpers.run_tool import run_tool
 from hydra.errors import InstantiationException
-from load_file import load_file, load_tool
-from run_tool import run_tool
 
 from detector.checkpoint import find_resume_checkpoint, load_checkpoint
 from detector.data import DatasetError
@@ -108,7 +108,7 @@ def test_sigint_to_the_group_during_an_evaluation_exits_within_10_s(overrides, t
     run, total = tmp_path / "run", 6
     args = [*overrides, "num_workers=2", f"schedule.iterations={total}", "train.eval_period=3",
             "dataset.num_val=30", "train.eval_batch_size=1", "train.checkpoint_period=0",
-            "model.backbone._target_=tiny_training.SlowEvalBackbone", f"output_dir={run}"]
+            "model.backbone._target_=helpers.tiny_training.SlowEvalBackbone", f"output_dir={run}"]
     proc = _start([*args, "+model.backbone.eval_delay=0.5"])
     rel._wait_for(_evaluating(run, 3), proc, "the evaluation at iteration 3")
     signalled = time.monotonic()
@@ -188,7 +188,7 @@ def test_user_error_is_found_inside_other_exceptions():
 def test_eval_of_a_bad_dataset_or_other_classes_is_one_line(overrides, tmp_path, capsys,
                                                              monkeypatch):
     # the tiny backbone joins the checkpoint allow-list for this test (its checkpoint names it)
-    monkeypatch.setitem(MODEL_CONSTRUCTORS, "tiny_training.TinyBackbone", tiny.TinyBackbone)
+    monkeypatch.setitem(MODEL_CONSTRUCTORS, tiny.BACKBONE, tiny.TinyBackbone)
     run = tmp_path / "run"
     args = [*overrides, "schedule.iterations=2", "train.checkpoint_period=0", f"output_dir={run}"]
     assert train_net.run(rel._compose("train", args)) == 0

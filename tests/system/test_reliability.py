@@ -1,4 +1,4 @@
-"""tools/train_net.py's reliability guarantees, end to end on a tiny model (tests/engine/
+"""tools/train_net.py's reliability guarantees, end to end on a tiny model (tests/helpers/
 tiny_training.py): SIGTERM then kill -9 of a real training process, each resumed, finishing with
 the weights of an uninterrupted run; a NaN run exits non-zero with one line after saving; bad
 configs are one line; two gloo processes under torchrun train and evaluate like one process.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_training as tiny
 from hydra import compose, initialize_config_dir
-from load_file import load_file
 
 from detector.checkpoint import find_resume_checkpoint, load_checkpoint
 from detector.data import SHAPES_CLASS_NAMES
@@ -34,11 +34,6 @@ from detector_cli import train as train_net
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"
-ENGINE_TESTS = PROJECT_ROOT / "tests" / "engine"
-
-
-tiny = load_file(ENGINE_TESTS / "tiny_training.py", "tiny_training",  # model.backbone._target_
-                 register=True)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +49,7 @@ def _compose(name: str, overrides: list[str]):
 
 def _env() -> dict:
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ENGINE_TESTS),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tiny.TESTS),
                                                         os.environ.get("PYTHONPATH")])))
     env.pop("HYDRA_FULL_ERROR", None)
     return env
@@ -270,7 +265,7 @@ def test_two_gloo_processes_evaluate_like_one_process(overrides, tmp_path, monke
     distributed = json.loads((run / "final_metrics.json").read_text())
 
     # the tiny backbone joins the checkpoint allow-list for this evaluation (the run names it)
-    monkeypatch.setitem(MODEL_CONSTRUCTORS, "tiny_training.TinyBackbone", tiny.TinyBackbone)
+    monkeypatch.setitem(MODEL_CONSTRUCTORS, tiny.BACKBONE, tiny.TinyBackbone)
     single = eval_tool.run(_compose("eval", [f"checkpoint={run / 'checkpoints' / 'final.pth'}",
                                              "device=cpu", "num_workers=0", "num_visualize=0",
                                              "batch_size=4", "precision=fp32"]))

@@ -1,10 +1,9 @@
 """Import a Python file as a module by path (not a test module).
 
-``tools/`` and ``tests/`` are no packages, so tests load a tool's script (``load_tool("eval.py")``:
-its ``main``) or a helper module of another test folder (``load_file(path, "tiny_training",
-register=True)``) with this. What the tools share is the installed ``detector_cli`` package:
-tests import that by name. Test modules import this by name (``from load_file import
-load_tool``): the root conftest registers it.
+``tools/`` is no package, so tests load a tool's script (``load_tool("eval.py")``: its
+``main``) or another file by path with this. What the tools share is the installed
+``detector_cli`` package: tests import that by name; shared test code lives in ``tests/helpers/``
+(``from helpers.load_file import load_tool``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def load_file(path: Path, name: str, *, register: bool = False) -> ModuleType:

@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers.load_file import load_tool
 from hydra import compose, initialize_config_dir
-from load_file import load_tool
 from onnx import TensorProto, helper
 
 import detector

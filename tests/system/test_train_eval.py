@@ -2,7 +2,7 @@
 4-step, focal; marked slow), each evaluated; checkpoint discovery; bad input ends with exit code 2
 and one line (whole command lines, or the other cases through the tools' ``main``).
 
-The command lines run in this process (tests/run_tool.py) but one, eval.py finding the newest
+The command lines run in this process (helpers/run_tool.py) but one, eval.py finding the newest
 run, in a new interpreter; test_reliability, test_stopping and test_sweep train in real ones.
 
 Every run shares one generated shapes set (16 + 8 images of 64 px) and a few iterations, so each
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.load_file import load_tool
+from helpers.run_tool import run_tool
 from hydra import compose, initialize_config_dir
-from load_file import load_tool
-from run_tool import run_tool
 
 from detector.checkpoint import load_checkpoint
 from detector.data import generate_shapes_dataset
@@ -69,7 +69,7 @@ def _ok(result: subprocess.CompletedProcess) -> str:
 
 
 def _train(name: str, workdir: Path, shapes_root: Path) -> tuple[Path, str]:
-    """The whole command line in this process (tests/run_tool.py): an interpreter importing torch
+    """The whole command line in this process (helpers/run_tool.py): an interpreter importing torch
     costs more than such a run; the slow tests of test_reliability, test_stopping and test_sweep
     train in real processes."""
     run_dir = workdir / "outputs" / name

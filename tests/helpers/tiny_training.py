@@ -1,9 +1,10 @@
-"""Tiny training set-ups shared by the reliability tests (not a test module).
+"""Tiny training set-ups shared by the engine, tool and system tests (not a test module).
 
-The engine tests' conftest registers it (with ``tests/load_file.py``: tests are not a package),
-so their modules ``import tiny_training``; subprocesses import it by name with ``tests/engine`` on
-``PYTHONPATH``, e.g. ``model.backbone._target_=tiny_training.TinyBackbone`` for
-``tools/train_net.py``.
+Test modules import it as ``from helpers import tiny_training``; a subprocess imports it by the
+same name with ``tests/`` (``TESTS``) on ``PYTHONPATH``, e.g.
+``model.backbone._target_=helpers.tiny_training.TinyBackbone`` for ``tools/train_net.py``.
+A checkpoint of such a run names ``BACKBONE``: a test that loads one adds it to
+``detector.modeling.spec.MODEL_CONSTRUCTORS`` (the checkpoint allow-list) for its duration.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from detector.modeling.build import build_criterion, build_model
 from detector.ops.losses import BinaryCrossEntropy, CrossEntropy
 
 IMAGE_SIZE = 64
+TESTS = Path(__file__).resolve().parents[1]  # tests/: on PYTHONPATH, ``helpers`` imports
+BACKBONE = "helpers.tiny_training.TinyBackbone"  # the backbone's _target_ in configs
 
 # configs/train.yaml overrides that make tools/train_net.py train this set-up in seconds
 CLI_OVERRIDES = [
     "dataset.image_size=64", "dataset.min_size=64", "dataset.max_size=64",
     "dataset.num_train=8", "dataset.num_val=4", "dataset.rpn_pre_nms_top_n=[200,100]",
     "dataset.rpn_post_nms_top_n=[32,32]", "dataset.roi_num_samples=32",
-    "model.backbone._target_=tiny_training.TinyBackbone", "model.box_head.in_channels=32",
+    f"model.backbone._target_={BACKBONE}", "model.box_head.in_channels=32",
     "model.box_head.hidden_dim=32", "batch_size=2", "num_workers=0", "train.progress=false",
     "train.log_period=1", "loss.criterion.rpn_num_samples=64", "schedule.lr.warmup_iters=2",
     "device=cpu",

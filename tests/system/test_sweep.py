@@ -1,7 +1,7 @@
-"""Sweeps (python tools/train_net.py -m ...) for real, on the tiny model of tests/engine: one
+"""Sweeps (python tools/train_net.py -m ...) for real, on the tiny model of helpers.tiny_training: one
 folder per job named by its overrides, a diverged job is an outcome (status diverged) and the
 sweep goes on, the sweep index lists every job; a bad config stops the sweep at once (that one
-in process, tests/run_tool.py: the first job stops before any training)."""
+in process, helpers/run_tool.py: the first job stops before any training)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_tool import run_tool
+from helpers import tiny_training as tiny
+from helpers.run_tool import run_tool
 
 from detector.study import compare
 from detector.study.sweep_index import read_index
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = PROJECT_ROOT / "tools"
-ENGINE_TESTS = PROJECT_ROOT / "tests" / "engine"
-sys.path.insert(0, str(ENGINE_TESTS))
-import tiny_training as tiny  # noqa: E402
 
 TINY_KEYS = [o.partition("=")[0] for o in tiny.CLI_OVERRIDES]
 
@@ -29,7 +27,7 @@ TINY_KEYS = [o.partition("=")[0] for o in tiny.CLI_OVERRIDES]
 def _sweep(tmp_path: Path, *args: str, in_process: bool = False) -> subprocess.CompletedProcess:
     """A multirun whose job folders are named by the swept keys only (the tiny set-up's keys
     would make names longer than a file system allows): in a new interpreter, or ``in_process``
-    (tests/run_tool.py)."""
+    (helpers/run_tool.py)."""
     excluded = ",".join([*TINY_KEYS, "dataset.root", "schedule.iterations",
                          "train.clip_grad_norm", "train.checkpoint_period"])
     command = [sys.executable, str(TOOLS / "train_net.py"), "-m", *tiny.CLI_OVERRIDES,
@@ -39,7 +37,7 @@ def _sweep(tmp_path: Path, *args: str, in_process: bool = False) -> subprocess.C
     if in_process:
         return run_tool("train_net.py", command[2:], cwd=tmp_path)
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ENGINE_TESTS),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tiny.TESTS),
                                                         os.environ.get("PYTHONPATH")])))
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
