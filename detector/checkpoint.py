@@ -24,7 +24,6 @@ import errno
 import logging
 import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
@@ -32,7 +31,7 @@ from typing import BinaryIO
 import torch
 
 from detector.errors import UserError
-from detector.fileio import atomic_writer
+from detector.fileio import atomic_writer, not_regular, open_for_reading
 
 __all__ = [
     "CheckpointError",
@@ -114,7 +113,7 @@ def check_checkpoint_file(path: str | Path) -> Path:
         raise _stat_error(path, error) from None
     except ValueError:  # an embedded NUL byte
         raise CheckpointError(f"checkpoint {str(path)[:200]!r} is not a valid path") from None
-    kind = _not_regular(info.st_mode)
+    kind = not_regular(info.st_mode)
     if kind is not None:
         raise CheckpointError(f"checkpoint {path} is {kind}, not a checkpoint file")
     return path
@@ -132,25 +131,15 @@ def _stat_error(path: Path, error: OSError) -> OSError | CheckpointError:
     return CheckpointError(f"checkpoint {path} cannot be read: {error.strerror or error}")
 
 
-def _not_regular(mode: int) -> str | None:
-    """What a file that is no regular file is ("a directory", ...), or None."""
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
 def _open_checkpoint(path: Path) -> BinaryIO:
     """``path`` opened for reading, after ``check_checkpoint_file``; opened without blocking (a
     FIFO put in its place meanwhile cannot hang) and checked again once open."""
     check_checkpoint_file(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = open_for_reading(path)
     except OSError as error:
         raise _stat_error(path, error) from None
-    kind = _not_regular(os.fstat(fd).st_mode)
+    kind = not_regular(os.fstat(fd).st_mode)
     if kind is not None:
         os.close(fd)
         raise CheckpointError(f"checkpoint {path} is {kind}, not a checkpoint file")

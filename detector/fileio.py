@@ -10,6 +10,7 @@ give it under the current umask (``tempfile.mkstemp`` would make it private, mod
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,3 +46,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_writer(path, text=True) as f:
         f.write(text)
     return Path(path)
+
+
+def not_regular(mode: int) -> str | None:
+    """What a file of ``mode`` (``os.stat(...).st_mode``) is when it is no regular file ("a
+    directory", "a FIFO (named pipe)", "a character device", ...), or None for a regular file."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def open_for_reading(path: str | os.PathLike) -> int:
+    """A read-only, close-on-exec descriptor of ``path``, opened without blocking: a FIFO put
+    where a file was expected does not wait for a writer. Check what it is with ``os.fstat``
+    and ``not_regular`` before reading. Raises OSError as ``os.open``."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from detector.errors import UserError
+from detector.fileio import open_for_reading
 
 __all__ = ["MAX_FILE_BYTES", "RunFileError", "finite_number", "path_component", "plain_text",
            "read_bytes", "read_json", "read_plain_yaml", "shown", "shown_text",
@@ -81,7 +82,7 @@ def read_bytes(path: Path, *, limit: int = MAX_FILE_BYTES) -> bytes | None:
     link loop, an unreadable file) and for a file over ``limit`` bytes; a FIFO is never waited
     on (opened non-blocking, checked before reading)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = open_for_reading(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:

@@ -26,6 +26,7 @@ import numpy as np
 from detector.data.image_io import to_rgb_uint8
 from detector.data.report import DatasetError
 from detector.errors import UserError
+from detector.fileio import open_for_reading
 
 __all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_PIXELS", "FILE_FORMATS", "MAX_IMAGE_BYTES",
            "ImageRefused", "check_header", "decode_image_bytes", "image_header_size",
@@ -122,7 +123,7 @@ def _mib(size: int) -> str:
 def _opened(path: Path) -> int:
     """A read-only descriptor of ``path`` (non-blocking: a FIFO does not wait for a writer)."""
     try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return open_for_reading(path)
     except FileNotFoundError:
         raise DatasetError(f"image file {path} does not exist", kind="missing_image") from None
     except OSError as error:
