@@ -10,6 +10,12 @@ last two lines are ``train_speedup_vs_torchvision: X.XX`` and ``infer_speedup_vs
     python tools/bench_model.py                                   # CPU-friendly: batch 2, 320x480
     python tools/bench_model.py --device cuda --batch 8 --height 600 --width 1000 --precision bf16
     python tools/bench_model.py --loader 20 --batch 8 dataset=coco dataset.root=../shared/data/coco_tiny
+    python tools/bench_model.py --flops --height 600 --width 1000 --batch 1   # what ours costs
+
+``--flops`` builds only our model and prints its forward GFLOPs (torch.utils.flop_counter: a
+multiply-add counts 2) and parameters per stage, with the RoI head at the configured test-time
+count of RoIs, then the FLOPs, time and achieved GFLOP/s of one training step (median of --steps)
+and their share of the CPU's nominal fp32 peak where it can be reckoned (detector/benchmark/flops.py).
 """
 
 from __future__ import annotations
@@ -29,9 +35,14 @@ from detector.benchmark import (  # noqa: E402
     build_torchvision,
     copy_weights,
     count_flops,
+    count_model_flops,
+    cpu_peak_gflops,
+    dense_roi_align,
     interleaved_times,
     loader_images_per_second,
+    make_optimizer,
     make_steps,
+    parameter_counts,
     resident_bytes,
     synthetic_batch,
 )
@@ -63,6 +74,10 @@ def parse_args() -> argparse.Namespace:
                         help="device bf16 peak (default: looked up by CUDA device name)")
     parser.add_argument("--loader", type=int, default=0, metavar="BATCHES",
                         help="only time the training data loader over this many batches")
+    parser.add_argument("--flops", action="store_true",
+                        help="only our model (fp32): GFLOPs and parameters per stage, GFLOP/s of training")
+    parser.add_argument("--peak-gflops", type=float, default=None,
+                        help="--flops: the device's fp32 peak (default: reckoned on a CPU)")
     parser.add_argument("--verbose", action="store_true", help="print every timed step")
     parser.add_argument("overrides", nargs="*", help="config overrides for --loader's dataset")
     return parser.parse_args()
@@ -96,6 +111,55 @@ def flops_line(fn, seconds: float, device: torch.device, peak: float | None) -> 
     return f"ours train: {flops / 1e9:.1f} GFLOP/step, {achieved:.1f} TFLOP/s achieved, {share}"
 
 
+def _train_step(model, criterion, data):
+    optimizer = make_optimizer(model)
+
+    def step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        sum(criterion(model(data.images, data.image_sizes, data.targets), data.targets).values(
+            )).backward()
+        optimizer.step()
+
+    return step
+
+
+def flops_report(args: argparse.Namespace, settings: BenchSettings, device: torch.device) -> None:
+    """``--flops``: the cost table of our model, then its training step's achieved rate."""
+    model, criterion = build_ours(settings)
+    model = model.to(device)
+    data = synthetic_batch(batch=args.batch, height=args.height, width=args.width,
+                           num_classes=args.num_classes, device=device, seed=args.seed)
+    rois = model.proposal_generator.post_nms_top_n[1]  # test-time proposals kept per image
+    flops = count_model_flops(model, data.images, data.image_sizes, rois_per_image=rois)
+    params = parameter_counts(model)
+    print(f"forward, eval mode, batch {args.batch}, {args.height}x{args.width}, "
+          f"{args.num_classes} classes, RoI head at {rois} RoIs/image (the configured test-time "
+          f"post-NMS count); FLOPs by torch.utils.flop_counter (multiply-add = 2; BN, pooling, "
+          f"RoIAlign sampling and NMS count 0)")
+    print(f"{'part':<10}{'GFLOPs':>12}{'params (M)':>12}")
+    for part in ("backbone", "rpn", "roi_head", "other", "total"):
+        print(f"{part:<10}{flops[part] / 1e9:>12.2f}{params[part] / 1e6:>12.3f}")
+    step = _train_step(model, criterion, data)
+    with dense_roi_align(model):  # forward + losses + backward (+ SGD: 0 FLOPs) of one step
+        step_flops = count_flops(step)
+    seconds = interleaved_times({"train": step}, steps=args.steps, warmup=args.warmup,
+                                device=device)["train"].median
+    achieved = step_flops / seconds / 1e9
+    print(f"train step: {step_flops / 1e9:.2f} GFLOP, {seconds:.4f} s (median of {args.steps}), "
+          f"{achieved:.1f} GFLOP/s achieved ({device.type}, {torch.get_num_threads()} threads)")
+    if args.peak_gflops:
+        print(f"peak: {args.peak_gflops:.1f} GFLOP/s (--peak-gflops); "
+              f"{100 * achieved / args.peak_gflops:.1f}% of it")
+        return
+    peak = cpu_peak_gflops(torch.get_num_threads()) if device.type == "cpu" else None
+    if peak is None or peak.gflops is None:
+        print(f"peak: {peak.assumption if peak else 'unknown (pass --peak-gflops)'}")
+        return
+    print(f"peak: {peak.gflops:.1f} GFLOP/s fp32 = {peak.assumption}; "
+          f"{100 * achieved / peak.gflops:.1f}% of it")
+
+
 def main() -> None:
     args = parse_args()
     if args.threads > 0:
@@ -110,6 +174,9 @@ def main() -> None:
     settings = BenchSettings(height=args.height, width=args.width, num_classes=args.num_classes,
                              compact_rois=compact, compile=args.compile,
                              roi_align_backend=args.roi_align, fold_bn=not args.no_fold_bn)
+    if args.flops:
+        flops_report(args, settings, device)
+        return
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     ours, criterion = build_ours(settings)
     tv_model = build_torchvision(settings)

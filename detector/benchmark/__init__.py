@@ -1,5 +1,14 @@
-"""Whole-model benchmark against torchvision's FasterRCNN (``tools/bench_model.py``)."""
+"""Whole-model benchmark against torchvision's FasterRCNN, and what our model costs in FLOPs
+(``tools/bench_model.py``)."""
 
+from detector.benchmark.flops import (
+    CpuPeak,
+    count_model_flops,
+    cpu_peak_gflops,
+    dense_roi_align,
+    fixed_rois,
+    parameter_counts,
+)
 from detector.benchmark.reference import (
     BenchSettings,
     build_ours,
@@ -18,6 +27,7 @@ from detector.benchmark.timing import (
 
 __all__ = [
     "BenchSettings",
+    "CpuPeak",
     "StepTimes",
     "SyntheticBatch",
     "bf16_peak_tflops",
@@ -25,10 +35,15 @@ __all__ = [
     "build_torchvision",
     "copy_weights",
     "count_flops",
+    "count_model_flops",
+    "cpu_peak_gflops",
+    "dense_roi_align",
+    "fixed_rois",
     "interleaved_times",
     "loader_images_per_second",
     "make_optimizer",
     "make_steps",
+    "parameter_counts",
     "resident_bytes",
     "synthetic_batch",
 ]

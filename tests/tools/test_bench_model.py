@@ -1,6 +1,6 @@
 """tools/bench_model.py at tiny sizes: it runs end to end (in a new interpreter) and its last two
 lines are the machine-readable speedups; its loader mode (in process) times a tiny generated
-shapes set."""
+shapes set; its --flops mode (in process) prints the cost table and the training step's rate."""
 
 from __future__ import annotations
 
@@ -50,3 +50,24 @@ def test_bench_model_loader_mode_reports_images_per_second(tmp_path):
                  tmp_path, in_process=True)
     assert len(lines) == 1
     assert re.match(r"loader: \d+\.\d images/s \(dataset shapes, batch 2, 0 workers", lines[0])
+
+
+def test_bench_model_flops_prints_the_cost_table_and_the_achieved_rate(tmp_path):
+    lines = _run(["--flops", "--height", "64", "--width", "64", "--batch", "1", "--num-classes",
+                  "2", "--steps", "1", "--warmup", "0", "--threads", "1"], tmp_path,
+                 in_process=True)
+    assert "RoI head at 1000 RoIs/image" in lines[0] and "multiply-add = 2" in lines[0]
+    assert lines[1].split() == ["part", "GFLOPs", "params", "(M)"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[2:7]}
+    assert list(rows) == ["backbone", "rpn", "roi_head", "other", "total"]
+    # 64x64: the backbone's convs by formula; 1000 RoIs through fc6, fc7 and the predictors (K = 2)
+    assert rows["backbone"][0] == pytest.approx(2.51, abs=0.01)
+    roi_head = 2 * 1000 * (25088 * 1024 + 1024 * 1024 + 1024 * 3 + 1024 * 8)
+    assert rows["roi_head"][0] == pytest.approx(roi_head / 1e9, abs=0.01)
+    for column in (0, 1):  # the parts add up to the whole (to the printed rounding)
+        parts = sum(rows[part][column] for part in ("backbone", "rpn", "roi_head", "other"))
+        assert parts == pytest.approx(rows["total"][column], abs=0.02)
+    assert re.fullmatch(r"train step: \d+\.\d\d GFLOP, \d+\.\d{4} s \(median of 1\), "
+                        r"\d+\.\d GFLOP/s achieved \(cpu, 1 threads\)", lines[7])
+    assert re.fullmatch(r"peak: (unknown .*|\d+\.\d GFLOP/s fp32 = 1 cores x .*% of it)", lines[8])
+    assert len(lines) == 9
