@@ -23,8 +23,8 @@ from detector.runtime import resolve_device, resolve_precision
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 __all__ = ["ConfigError", "check_checkpoint_dataset", "check_dataset", "check_eval_config",
-           "check_export_config", "check_inspect_config", "check_number", "check_overrides",
-           "check_path", "check_predict_config", "check_reliability", "check_runtime",
+           "check_eval_metric", "check_export_config", "check_inspect_config", "check_number",
+           "check_overrides", "check_path", "check_predict_config", "check_reliability", "check_runtime",
            "check_serve_config", "check_train_config", "resume_checkpoint"]
 
 
@@ -228,6 +228,20 @@ def check_eval_config(cfg: DictConfig) -> None:
     if cfg.split not in ("train", "val"):
         raise ConfigError(f"split must be train or val, got {cfg.split!r}")
     _common(cfg)
+
+
+EVAL_METRICS = ("coco", "voc07", "voc")
+
+
+def check_eval_metric(value, *, key: str = "metric") -> list[str]:
+    """The evaluation metrics a config names (``coco``, ``voc07``, ``voc``; one or a list), in
+    order without repeats; ConfigError naming ``key`` for anything else or an empty list."""
+    names = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
+    bad = [name for name in names if not isinstance(name, str) or name not in EVAL_METRICS]
+    if bad or not names:
+        raise ConfigError(f"{key} must be one of {', '.join(EVAL_METRICS)} or a list of them, "
+                          f"got {value!r}")
+    return list(dict.fromkeys(names))
 
 
 def check_inspect_config(cfg: DictConfig) -> None:

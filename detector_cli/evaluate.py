@@ -1,10 +1,12 @@
-"""COCO mAP of a trained checkpoint from a composed configs/eval.yaml (``tools/eval.py``).
+"""COCO mAP and/or Pascal VOC mAP from a composed configs/eval.yaml (``tools/eval.py``).
 
 ``run(cfg)`` checks the config, loads the checkpoint (``cfg.checkpoint``, or the newest
 ``final.pth`` under ``cfg.outputs_root``), evaluates it on the split ``cfg.split`` of the dataset
 the user composed or else the checkpoint's own, writes <name>_<split>_metrics.json,
-<name>_<split>_results.json and <name>_<split>_detections/ beside the checkpoint, prints the COCO
-and per-class tables and returns the metrics.
+<name>_<split>_results.json and <name>_<split>_detections/ beside the checkpoint, prints the
+tables of the metrics ``cfg.metric`` names (``coco``, ``voc07``, ``voc``; one or a list) and
+returns the metrics. With ``cfg.results`` (a COCO results file) no model is run: the file is
+scored against the split of ``dataset=`` and <results stem>_metrics.json is written beside it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from detector.data import build_dataloader, read_image_rgb
 from detector.evaluation import (
     detections_to_coco_results,
+    evaluate_coco,
+    evaluate_voc,
     format_coco_table,
     format_per_class_table,
+    format_voc_table,
+    read_results_file,
     save_metrics,
     save_results,
 )
-from detector.evaluation.inference import evaluate
+from detector.evaluation.inference import predict, score_detections
 from detector.modeling.spec import (
     dataset_from_checkpoint,
     model_from_checkpoint,
@@ -38,10 +44,11 @@ from detector_cli.checks import (
     check_checkpoint_dataset,
     check_dataset,
     check_eval_config,
+    check_eval_metric,
 )
 from detector_cli.cli import resolve_checkpoint
 
-__all__ = ["build_dataset", "build_model", "run", "visualize"]
+__all__ = ["build_dataset", "build_model", "run", "score_results", "visualize"]
 
 log = logging.getLogger("eval")
 
@@ -81,8 +88,54 @@ def visualize(dataset, detections: list[dict], out_dir: Path, count: int, thresh
         save_image(out_dir / f"{det['image_id']}.png", drawn)
 
 
+def _voc_metrics(dataset, results: list[dict], names: list[str], img_ids: list[int]) -> dict:
+    metrics: dict = {}
+    for name in names:
+        if name != "coco":
+            metrics.update(evaluate_voc(dataset.coco, results, metric=name, img_ids=img_ids))
+    return metrics
+
+
+def _print_tables(metrics: dict, names: list[str]) -> None:
+    for name in names:
+        if name == "coco":
+            print(format_coco_table(metrics))
+            print(format_per_class_table(metrics))
+        else:
+            print(format_voc_table(metrics, name))
+
+
+def _summary(metrics: dict) -> str:
+    shown = [f"{key} {metrics[key]:.4f}" for key in ("AP", "AP50", "VOC07", "VOC")
+             if metrics.get(key) is not None]
+    return "  ".join(shown) or "no metric defined"
+
+
+def score_results(cfg: DictConfig, names: list[str]) -> dict:
+    """Score the COCO results file ``cfg.results`` against the split of ``dataset=``: no model.
+    Writes <results stem>_metrics.json beside the file and returns the metrics."""
+    if cfg.get("dataset") is None:
+        raise ConfigError("results= needs dataset=... (the ground truth to score it against)")
+    check_dataset(OmegaConf.create({"dataset": cfg.dataset}))
+    dataset = hydra.utils.instantiate(cfg.dataset[cfg.split])
+    path = Path(cfg.results)
+    results = read_results_file(path, dataset.coco)
+    img_ids = dataset.image_ids
+    log.info("scoring %s (%d detections) on %s (%s split, %d images)", path, len(results),
+             cfg.dataset.name, cfg.split, len(img_ids))
+    metrics = evaluate_coco(dataset.coco, results, img_ids=img_ids) if "coco" in names else {}
+    metrics.update(_voc_metrics(dataset, results, names, img_ids))
+    save_metrics(path.with_name(f"{path.stem}_metrics.json"), metrics)
+    _print_tables(metrics, names)
+    log.info("%s  (metrics beside %s)", _summary(metrics), path)
+    return metrics
+
+
 def run(cfg: DictConfig) -> dict:
     check_eval_config(cfg)
+    names = check_eval_metric(cfg.get("metric", "coco"))
+    if cfg.get("results") is not None:
+        return score_results(cfg, names)
     path = resolve_checkpoint(cfg)
     state = read_checkpoint(path)  # refused unless the project's constructors and plain data
     dataset, name = build_dataset(cfg, path, state)
@@ -95,16 +148,17 @@ def run(cfg: DictConfig) -> dict:
     model = build_model(path, state, device)
     loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
                               num_workers=cfg.num_workers)
-    metrics, detections = evaluate(model, loader, device=device,
-                                   precision=resolve_precision(cfg.precision, device))
+    detections = predict(model, loader, device=device,
+                         precision=resolve_precision(cfg.precision, device))
+    results = detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id)
+    metrics = score_detections(dataset, detections) if "coco" in names else {}
+    metrics.update(_voc_metrics(dataset, results, names,
+                                sorted({d["image_id"] for d in detections})))
     stem = f"{path.stem}_{cfg.split}"
     save_metrics(path.parent / f"{stem}_metrics.json", metrics)
-    save_results(path.parent / f"{stem}_results.json",
-                 detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id))
+    save_results(path.parent / f"{stem}_results.json", results)
     visualize(dataset, detections, path.parent / f"{stem}_detections", cfg.num_visualize,
               cfg.min_score_visualize)
-    print(format_coco_table(metrics))
-    print(format_per_class_table(metrics))
-    log.info("AP %.4f  AP50 %.4f  (metrics, results and drawings beside %s)",
-             metrics["AP"] or 0.0, metrics["AP50"] or 0.0, path)
+    _print_tables(metrics, names)
+    log.info("%s  (metrics, results and drawings beside %s)", _summary(metrics), path)
     return metrics

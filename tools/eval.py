@@ -1,7 +1,10 @@
-"""COCO mAP of a trained checkpoint: python tools/eval.py [checkpoint=PATH] [dataset=... ...]
+"""COCO mAP (or Pascal VOC mAP) of a trained checkpoint, or of a saved results file:
+python tools/eval.py [checkpoint=PATH] [dataset=... ...] [metric=coco|voc07|voc|[...]]
+python tools/eval.py dataset=... results=PATH.json [metric=...]   # no model needed
 
 With no arguments: the newest outputs/**/checkpoints/final.pth, on its own run's val split.
-Prints the 12-number COCO table and per-class AP; writes, beside the checkpoint,
+Prints the 12-number COCO table and per-class AP (metric=voc07/voc: the devkit's mAP and a
+per-class table); writes, beside the checkpoint,
 <name>_<split>_metrics.json (with "pr_iou50": precision at 101 recall points per class at IoU
 0.5), <name>_<split>_results.json (COCO results: original category ids,
 xywh) and <name>_<split>_detections/*.png (val images with their detections drawn).
