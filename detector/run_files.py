@@ -9,10 +9,13 @@ A run folder (the ``output_dir`` of a training run) holds:
 - ``metrics.jsonl`` (:data:`METRICS`): one JSON object per line, appended at each log point:
   a training record (:func:`train_record`) or an evaluation record (:func:`eval_record`). A
   killed run may leave a half-written last line; readers skip such lines with a warning.
-- ``checkpoints/`` (:data:`CHECKPOINTS`: ``iter_*.pth``, ``final.pth``; see
+- ``checkpoints/`` (:data:`CHECKPOINTS`: ``iter_*.pth``, ``final.pth`` (:data:`FINAL`) and,
+  with ``train.best_metric``, ``best.pth`` (:data:`BEST`: the best evaluation's weights); see
   :mod:`detector.checkpoint`), ``tensorboard/``, ``loss_curves.png`` and the training log.
 - once the run has ended, ``final_metrics.json`` (:data:`FINAL_METRICS`): ``status``
-  :data:`FINISHED` (:func:`finished_record`) or :data:`DIVERGED` (:func:`diverged_record`);
+  :data:`FINISHED` or :data:`EARLY_STOPPED` (:func:`finished_record`; both :data:`COMPLETED`:
+  the metrics are the run's result) or :data:`DIVERGED` (:func:`diverged_record`), and
+  ``best`` (``{"metric", "value", "iteration"}``) when a best checkpoint was kept;
   without it the run is :data:`INCOMPLETE` (still running, or killed). A finished run with a
   val set also holds ``final_results.json`` (:data:`FINAL_RESULTS`): the final evaluation's
   detections as COCO results (original category ids), which the error analysis reads.
@@ -35,8 +38,8 @@ from typing import Any
 from detector.fileio import atomic_write_text, atomic_writer
 from detector.untrusted import MAX_FILE_BYTES, read_bytes, read_json, shown
 
-__all__ = ["CHECKPOINTS", "CONFIG", "DIVERGED", "FINAL_METRICS", "FINAL_RESULTS", "FINISHED",
-           "HYDRA", "INCOMPLETE", "LOSS_CURVES", "METRICS", "OVERRIDES", "RUN_MARKERS",
+__all__ = ["BEST", "CHECKPOINTS", "COMPLETED", "CONFIG", "DIVERGED", "EARLY_STOPPED", "FINAL",
+           "FINAL_METRICS", "FINAL_RESULTS", "FINISHED", "HYDRA", "INCOMPLETE", "LOSS_CURVES", "METRICS", "OVERRIDES", "RUN_MARKERS",
            "TENSORBOARD", "append_record", "diverged_record", "drop_records_after",
            "eval_record", "finished_record", "last_logged_losses", "parse_record",
            "read_config", "read_final_metrics", "read_metrics_jsonl", "train_record",
@@ -47,6 +50,8 @@ METRICS = "metrics.jsonl"
 FINAL_METRICS = "final_metrics.json"
 FINAL_RESULTS = "final_results.json"
 CHECKPOINTS = "checkpoints"
+FINAL = "final.pth"  # in CHECKPOINTS: the weights at the end of training
+BEST = "best.pth"  # in CHECKPOINTS: the weights of the best evaluation (train.best_metric)
 TENSORBOARD = "tensorboard"
 LOSS_CURVES = "loss_curves.png"
 HYDRA = ".hydra"
@@ -54,6 +59,8 @@ OVERRIDES = f"{HYDRA}/overrides.yaml"
 RUN_MARKERS = (CONFIG, METRICS, FINAL_METRICS, HYDRA)  # any of them: a run folder
 
 FINISHED, DIVERGED, INCOMPLETE = "finished", "diverged", "incomplete"
+EARLY_STOPPED = "early_stopped"  # finished before the schedule's end: the patience ran out
+COMPLETED = (FINISHED, EARLY_STOPPED)  # the statuses whose metrics are a result
 
 
 # --- metrics.jsonl ---------------------------------------------------------------------------
@@ -189,11 +196,19 @@ def last_logged_losses(metrics_jsonl: str | os.PathLike) -> dict[str, float] | N
 
 
 def finished_record(metrics: Mapping[str, Any] | None, *, iterations: int, wall_time_s: float,
-                    skipped_steps: int = 0) -> dict[str, Any]:
+                    skipped_steps: int = 0, best: Mapping[str, Any] | None = None,
+                    early_stopped: bool = False) -> dict[str, Any]:
     """``final_metrics.json`` of a completed run: the metrics (or none, without a val set) plus
-    ``status``, ``iterations``, ``wall_time_s`` and ``skipped_steps``."""
-    return {**(metrics or {}), "status": FINISHED, "iterations": int(iterations),
-            "wall_time_s": float(wall_time_s), "skipped_steps": int(skipped_steps)}
+    ``status`` (:data:`EARLY_STOPPED` when ``early_stopped``, else :data:`FINISHED`),
+    ``iterations``, ``wall_time_s``, ``skipped_steps`` and, when given, ``best``
+    (``{"metric", "value", "iteration"}`` of the best checkpoint)."""
+    record = {**(metrics or {}), "status": EARLY_STOPPED if early_stopped else FINISHED,
+              "iterations": int(iterations), "wall_time_s": float(wall_time_s),
+              "skipped_steps": int(skipped_steps)}
+    if best is not None:
+        record["best"] = {"metric": str(best["metric"]), "value": float(best["value"]),
+                          "iteration": int(best["iteration"])}
+    return record
 
 
 def diverged_record(*, iteration: int, lr: float, terms: Mapping[str, float],

@@ -152,6 +152,7 @@ def check_reliability(cfg: DictConfig) -> None:
                 "train.divergence_window"):
         _non_negative_int(cfg, key)
     _positive_int(cfg, "train.keep_checkpoints")
+    _check_best(cfg)
     resume = cfg.resume
     if not isinstance(resume, bool | None) and str(resume).lower() not in ("true", "false"):
         try:  # a directory, a FIFO, /dev/zero, a symlink loop: named as such, never opened
@@ -161,6 +162,21 @@ def check_reliability(cfg: DictConfig) -> None:
                               f"continues the newest checkpoint of output_dir)") from None
         except CheckpointError as error:
             raise ConfigError(f"resume={resume}: {error}") from None
+
+
+def _check_best(cfg: DictConfig) -> None:
+    """``train.best_metric`` and ``train.early_stop_patience`` need periodic evaluation
+    (``train.eval_period`` > 0); their values: ``detector.engine.best.BestRule``."""
+    t = cfg.train
+    if t.get("eval_period") != 0:
+        return
+    metric, patience = t.get("best_metric", "auto"), t.get("early_stop_patience")
+    if metric not in ("auto", None):
+        raise ConfigError(f"train.best_metric={metric} needs periodic evaluation: set "
+                          f"train.eval_period=N (> 0), or train.best_metric=null")
+    if patience is not None:
+        raise ConfigError(f"train.early_stop_patience={patience} needs periodic evaluation: set "
+                          f"train.eval_period=N (> 0), or train.early_stop_patience=null")
 
 
 def resume_checkpoint(cfg: DictConfig) -> Path | None:

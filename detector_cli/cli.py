@@ -22,8 +22,8 @@ A tool whose library raises errors of its own kind passes them along:
 inside another (``hydra.utils.instantiate`` wraps what a constructor raised in an
 ``InstantiationException``); ``report_user_error(error)`` prints it and returns 2, for code that
 catches the errors itself. ``USER_ERRORS`` are the types every tool treats so.
-``resolve_checkpoint(cfg)`` is the tools' shared ``checkpoint=`` rule: the given path, or the
-newest ``outputs/**/checkpoints/final.pth``. ``config_keys(section)`` names the config key of a
+``resolve_checkpoint(cfg)`` is the tools' shared ``checkpoint=`` rule: the given path, the
+newest ``outputs/**/checkpoints/final.pth``, or (``checkpoint=best``) the ``best.pth`` beside it. ``config_keys(section)`` names the config key of a
 library constructor's ``OptionError`` ("on_nonfinite must ..." -> "train.on_nonfinite must ...").
 
 Paths as typed: a sweep job's folder is named by its overrides
@@ -47,6 +47,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from detector import run_files
 from detector.checkpoint import find_latest_checkpoint
 from detector.errors import OptionError, UserError
 from detector_cli.checks import ConfigError, check_overrides
@@ -193,16 +194,29 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
         sys.exit(report_user_error(error))
 
 
+BEST = "best"  # checkpoint=best: the best.pth beside the final.pth the tool would pick
+
+
 def resolve_checkpoint(cfg, *, hint: str = "train one first (make train)") -> Path:
-    """``cfg.checkpoint`` if set, else the newest ``final.pth`` under ``cfg.outputs_root``.
+    """``cfg.checkpoint`` if set, else the newest ``final.pth`` under ``cfg.outputs_root``;
+    ``checkpoint=best``: the ``best.pth`` beside that newest ``final.pth`` (the run's best
+    evaluation, ``train.best_metric``).
 
     Raises:
-        ConfigError: none given and none found (the message says what to do: ``hint``).
+        ConfigError: none given and none found, or ``best`` and that run kept none (the message
+            says what to do: ``hint``).
     """
-    if cfg.checkpoint is not None:
+    if cfg.checkpoint is not None and cfg.checkpoint != BEST:
         return Path(cfg.checkpoint)
     latest = find_latest_checkpoint(cfg.outputs_root)
     if latest is None:
         raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; {hint} or pass "
                           f"checkpoint=PATH")
-    return latest
+    if cfg.checkpoint != BEST:
+        return latest
+    best = latest.parent / run_files.BEST
+    if not best.is_file():
+        raise ConfigError(f"checkpoint=best: the newest run's {latest.parent} holds no "
+                          f"{run_files.BEST} (it is written when train.eval_period > 0 and "
+                          f"train.best_metric is set); pass checkpoint=PATH")
+    return best

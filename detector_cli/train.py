@@ -11,7 +11,7 @@ and loaders (``build_datasets``); ``report`` writes final_metrics.json and logs 
 ``${job_folder:...}`` resolver of a sweep's job folders (``detector_cli.sweep``).
 
 The run folder it writes: .hydra/ (resolved config), train_net.log, config.json, metrics.jsonl,
-tensorboard/, checkpoints/iter_*.pth and final.pth, loss_curves.png, final_metrics.json and
+tensorboard/, checkpoints/iter_*.pth, final.pth and best.pth, loss_curves.png, final_metrics.json and
 final_results.json (see tools/train_net.py).
 """
 
@@ -35,9 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import detector_cli.sweep  # noqa: F401  (registers hydra.sweep.subdir's ${job_folder:...})
 from detector import run_files
-from detector.checkpoint import save_checkpoint
 from detector.data import build_dataloader
 from detector.engine import distributed as dist
+from detector.engine.best import BestRule, save_model_file
 from detector.engine.guard import DivergedError, DivergenceGuard, StopSignal
 from detector.engine.logger import TrainLogger
 from detector.engine.position import Cadence, StepOptions
@@ -59,7 +59,8 @@ from detector_cli.cli import (
     report_user_error,
 )
 
-__all__ = ["NONFINITE_KEYS", "UNSTARTED", "TrainerOptions", "build_datasets", "build_options",
+__all__ = ["NONFINITE_KEYS", "UNSTARTED", "TrainerOptions", "build_best", "build_datasets",
+           "build_options",
            "build_trainer", "main", "remove_unstarted_run", "report", "resume_command", "run",
            "train"]
 
@@ -77,6 +78,7 @@ class TrainerOptions:
     cadence: Cadence
     divergence: DivergenceGuard
     phases: list[Phase]
+    best: BestRule
 
 
 def build_options(cfg: DictConfig, device: torch.device) -> TrainerOptions:
@@ -97,7 +99,25 @@ def build_options(cfg: DictConfig, device: torch.device) -> TrainerOptions:
                           histogram_period=t.histogram_period)
     with config_keys("schedule"):
         phases = hydra.utils.instantiate(cfg.schedule.phases)
-    return TrainerOptions(step=step, cadence=cadence, divergence=divergence, phases=phases)
+    return TrainerOptions(step=step, cadence=cadence, divergence=divergence, phases=phases,
+                          best=build_best(cfg))
+
+
+BEST_KEYS = {"metric": "train.best_metric", "mode": "train.best_mode",
+             "patience": "train.early_stop_patience"}
+
+
+def build_best(cfg: DictConfig) -> BestRule:
+    """``train.best_metric`` (``auto``: AP50 when ``train.eval_period`` evaluates periodically,
+    else off; null: off), ``train.best_mode`` and ``train.early_stop_patience`` as a
+    ``BestRule`` (a bad value: one ConfigError line naming its key)."""
+    t = cfg.train
+    metric = t.get("best_metric", "auto")
+    if metric == "auto":
+        metric = "AP50" if t.eval_period > 0 else None
+    with config_keys("train", **BEST_KEYS):
+        return BestRule(metric=metric, mode=t.get("best_mode", "max"),
+                        patience=t.get("early_stop_patience"))
 
 
 def build_datasets(cfg: DictConfig):
@@ -140,7 +160,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                           "class_names": list(train_set.class_names),
                           "label_to_cat_id": dict(train_set.label_to_cat_id)},
-        stop_signal=stop_signal, divergence=options.divergence)
+        stop_signal=stop_signal, divergence=options.divergence, best=options.best)
 
 
 def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
@@ -161,11 +181,12 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
         run_files.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
     log.info("device %s x %d process(es), %d iterations", device, dist.get_world_size(),
              trainer.total_iterations)
-    summary = trainer.train()
+    with config_keys("train", metric=BEST_KEYS["metric"]):  # a metric the evaluation lacks
+        summary = trainer.train()
     if summary["interrupted"] is None and dist.is_main():
-        summary["final"] = save_checkpoint(output_dir / run_files.CHECKPOINTS / "final.pth", {
-            **trainer.checkpointer.extra, "model": trainer.models["main"].state_dict(),
-            "iteration": summary["iterations"]})
+        summary["final"] = save_model_file(  # the same payload as best.pth (BestCheckpoint)
+            output_dir / run_files.CHECKPOINTS / run_files.FINAL, model=trainer.models["main"],
+            extra=trainer.checkpointer.extra, iteration=summary["iterations"])
         plot_metrics(output_dir / run_files.METRICS, output_dir / run_files.LOSS_CURVES)
         detections = trainer.evaluation.last_detections
         if detections is not None:  # what tools/analyze.py reads
@@ -177,9 +198,10 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
 
 def report(summary: dict, checkpoint: Path, output_dir: Path) -> None:
     metrics = summary["metrics"]
+    best, early = summary.get("best"), summary.get("early_stopped", False)
     run_files.write_final_metrics(output_dir, run_files.finished_record(
         metrics, iterations=summary["iterations"], wall_time_s=summary["wall_time"],
-        skipped_steps=summary["skipped_steps"]))
+        skipped_steps=summary["skipped_steps"], best=best, early_stopped=early))
     if metrics is not None:
         log.info("final evaluation:\n%s", format_coco_table(metrics))
     ap = "n/a" if not metrics or metrics["AP"] is None else f"{metrics['AP']:.4f}"
@@ -190,6 +212,14 @@ def report(summary: dict, checkpoint: Path, output_dir: Path) -> None:
     log.info("checkpoint: %s", checkpoint)
     log.info("logs: %s (train_net.log, metrics.jsonl, tensorboard/, loss_curves.png)", output_dir)
     log.info("evaluate it with: python tools/eval.py %s", command_arg("checkpoint", checkpoint))
+    if early:
+        log.info("stopped early at iteration %d: %s did not improve for train.early_stop_patience "
+                 "evaluations", summary["iterations"], best["metric"] if best else "the metric")
+    if best is not None:
+        path = Path(checkpoint).parent / run_files.BEST
+        log.info("best: %s %.4f at iteration %d (%s); evaluate it with: python tools/eval.py %s",
+                 best["metric"], best["value"], best["iteration"], path,
+                 command_arg("checkpoint", path))
 
 
 def resume_command(cfg: DictConfig) -> str:

@@ -3,8 +3,9 @@
 A checkpoint holds where the run is (``TrainingPosition``: phase, step in it, global iteration,
 whether the phase's start action ran, skipped steps), the main model and the 4-step "rpn" model,
 the optimiser, LR scheduler and grad scaler of the current phase (``PhaseOptimizer``), the last
-evaluation (``PeriodicEvaluation``), the batch stream's (epoch, position) and the random generators
-of every rank, each written by one part (``training_parts``), and the version of its layout
+evaluation (``PeriodicEvaluation``), the best one and the patience count (``best``: absent in
+older checkpoints), the batch stream's (epoch, position) and the random generators of every
+rank, each written by one part (``training_parts``), and the version of its layout
 (``"format"``: ``CHECKPOINT_FORMAT``). ``Checkpointer.resume`` checks all of it
 (``resume_checks``: a file from anywhere is data to check, never trusted) and then gives each
 part its state back (exactly, on the CPU).
@@ -222,8 +223,8 @@ class TrainingCheck:
 
 def training_parts(*, phases: list[Phase], position: TrainingPosition,
                    models: dict[str, nn.Module | None], optimization: PhaseOptimizer,
-                   evaluation: Stateful, divergence: Stateful,
-                   stream: BatchStream) -> dict[str, Stateful]:
+                   evaluation: Stateful, divergence: Stateful, stream: BatchStream,
+                   best: Stateful | None = None) -> dict[str, Stateful]:
     """The trainer's state as ``Checkpointer`` parts, in the order resume restores them and with
     the keys of format 1 (so that older checkpoints load).
 
@@ -235,8 +236,10 @@ def training_parts(*, phases: list[Phase], position: TrainingPosition,
         evaluation (Stateful): the last evaluation (``PeriodicEvaluation``).
         divergence (Stateful): the divergence guard (``DivergenceGuard``: its reference loss).
         stream (BatchStream): the training batches.
+        best (Stateful, optional): the best evaluation so far and the patience count
+            (``best.BestTracker``; a checkpoint without it starts afresh).
     """
-    return {
+    parts = {
         "model": models["main"],
         "rpn_model": _StepOneModel(models),
         "optimization": _Optimization(optimization, position, phases),
@@ -244,6 +247,9 @@ def training_parts(*, phases: list[Phase], position: TrainingPosition,
         "data": _DataPosition(stream),
         "rng": _RandomStates(),  # after "data": opening a loader may draw
     }
+    if best is not None:
+        parts["best"] = best
+    return parts
 
 
 class _StepOneModel:

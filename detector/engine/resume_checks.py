@@ -8,7 +8,8 @@ labels), each number of the position in its range (``iteration`` in [``phase_ite
 schedule's iterations], ``phase_iter`` within its phase, the data stream's ``epoch`` and
 ``position`` within the iterations done), the random generators exactly as
 ``capture_rng_state`` writes them, the weights with this model's keys, shapes and dtypes (and
-finite), and the last evaluation and divergence reference as plain numbers. A value outside is
+finite), and the last evaluation, the divergence reference and the best evaluation so far
+(``best``) as plain numbers. A value outside is
 one line naming its key: ``CheckpointError`` (malformed), ``CheckpointMismatchError`` (another
 run's: other classes, another schedule or model). The optimiser's state is checked against the
 phase's optimiser by ``detector.engine.optim.check_optimization``.
@@ -141,6 +142,7 @@ def check_resume_state(state, *, source: str, phases: list[Phase], class_names: 
     iteration = position["iteration"]
     _check_evaluation(trainer, where, iteration)
     _check_divergence(trainer.get("divergence"), where)
+    _check_best(state.get("best"), where, iteration)
     data = where.mapping(state.get("data"), "data")
     where.integer(data.get("epoch"), "data.epoch", 0, iteration)
     where.integer(data.get("position"), "data.position", 0, iteration)
@@ -240,6 +242,25 @@ def _check_divergence(state, where: Where) -> None:
     if state.get("reference") is not None:
         where.number(state["reference"], "trainer.divergence.reference")
     where.integer(state.get("strikes", 0), "trainer.divergence.strikes", 0, 10**6)
+
+
+def _check_best(state, where: Where, iteration: int) -> None:
+    """``best`` (``detector.engine.best.BestTracker.state_dict``): absent in older checkpoints."""
+    if state is None:
+        return
+    where.mapping(state, "best")
+    metric = state.get("metric")
+    if metric is not None and not (isinstance(metric, str) and 0 < len(metric) <= 200):
+        raise where.error("best.metric", f"is {show(metric)}, not a metric name")
+    if state.get("mode") not in ("max", "min"):
+        raise where.error("best.mode", f"is {show(state.get('mode'))}, not 'max' or 'min'")
+    if state.get("value") is not None:
+        where.number(state["value"], "best.value")
+    if state.get("iteration") is not None:
+        where.integer(state["iteration"], "best.iteration", 0, iteration)
+    if (state.get("value") is None) != (state.get("iteration") is None):
+        raise where.error("best", "has a value without its iteration (or the other way round)")
+    where.integer(state.get("bad_evaluations"), "best.bad_evaluations", 0, MAX_PHASE_ITERATIONS)
 
 
 def _check_rng(rngs, where: Where) -> None:

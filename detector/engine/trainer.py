@@ -4,9 +4,9 @@ stop on SIGINT/SIGTERM, mixed precision and DistributedDataParallel.
 
 The ``Trainer`` is made of parts, each owning one thing: ``TrainingPosition`` (where the run is),
 ``PhaseOptimizer`` (optimiser, LR scheduler and grad scaler of the current phase), ``LogWindow``
-(the steps since the last log point), ``PeriodicEvaluation`` (when to evaluate, the last result)
-and ``Checkpointer`` (when to write a checkpoint, what it holds, resuming from one). The trainer
-runs the phases, one step at a time, and tells the parts after each step.
+(the steps since the last log point), ``PeriodicEvaluation`` (when to evaluate, the last result,
+the best: ``BestCheckpoint``) and ``Checkpointer`` (when to write a checkpoint, what it holds,
+resuming from one). The trainer runs the phases and tells the parts after each step.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from detector import run_files
 from detector.engine import distributed as dist
+from detector.engine.best import BestCheckpoint, BestRule
 from detector.engine.guard import (
     NONFINITE_HINT,
     DivergenceGuard,
@@ -58,8 +59,7 @@ class Trainer:
     Args:
         model (nn.Module): the ``FasterRCNN`` ("main" model).
         criterion (nn.Module): ``FasterRCNNCriterion``.
-        train_loader (DataLoader): training batches (Batch dicts); under torchrun, this rank's
-            shard (``build_dataloader(num_replicas=, rank=)``).
+        train_loader (DataLoader): training batches (Batch dicts; under torchrun: this rank's).
         phases (list[Phase]): from ``detector.engine.schedules``.
         optimizer (Callable): param groups -> ``torch.optim.Optimizer`` (e.g. a partial SGD).
         lr_lambda (Callable): ``total_iters=`` -> per-iteration LR multiplier function.
@@ -84,6 +84,8 @@ class Trainer:
         on_step (Callable[[int], None], optional): called after every optimiser step with the
             iteration just finished (a profiler's clock, a custom probe); it may request a stop
             through ``stop_signal``.
+        best (BestRule, optional): the metric whose best evaluation is kept as
+            ``checkpoints/best.pth`` and the patience of the early stop (default: off).
     """
 
     def __init__(
@@ -93,7 +95,7 @@ class Trainer:
         cadence: Cadence | None = None, step: StepOptions | None = None, progress: bool = True,
         logger: TrainLogger | None = None, checkpoint_extra: dict | None = None,
         stop_signal: StopSignal | None = None, divergence: DivergenceGuard | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_step: Callable[[int], None] | None = None, best: BestRule | None = None,
     ) -> None:
         cadence, step = cadence or Cadence(), step or StepOptions()
         self.step_options, self.device, self.phases = step, device, phases
@@ -101,25 +103,24 @@ class Trainer:
         layout = resolve_layout(step.channels_last, device, step.precision)
         self.memory_format = apply_layout(model, layout)  # the images' format
         self.models: dict[str, nn.Module | None] = {"main": model, "rpn": None}
-        # what the model itself leaves trainable (e.g. frozen backbone blocks) is never unfrozen;
-        # keyed by name so that it also holds for the step-1 copy of the 4-step schedule
+        # never unfreeze what the model itself froze (by name: the 4-step step-1 copy too)
         self._trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         self.criterion, self.train_loader = criterion, train_loader
         self.stream = BatchStream(train_loader)
         self.progress = progress and dist.is_main()
-        output_dir = Path(output_dir)
-        self.logger = logger or TrainLogger(output_dir=output_dir, enabled=dist.is_main())
-        self.stop_signal = stop_signal or StopSignal()
-        self.divergence = divergence or DivergenceGuard()
+        self.logger = logger or TrainLogger(output_dir=Path(output_dir), enabled=dist.is_main())
+        self.stop_signal, self.divergence = stop_signal or StopSignal(), divergence or DivergenceGuard()
         self.log_period = max(1, int(cadence.log_period))
         self.histograms = Every(int(cadence.histogram_period))
-        self.position = TrainingPosition()
+        output_dir, self.position = Path(output_dir), TrainingPosition()
         self.optimization = PhaseOptimizer(  # fp16 autocast needs loss scaling (else a no-op)
             optimizer=optimizer, lr_lambda=lr_lambda, weight_decay=weight_decay,
             scaler=torch.amp.GradScaler(device.type, enabled=step.precision == "fp16"
                                         and device.type == "cuda"))
+        self.best = BestCheckpoint(rule=best or BestRule(), extra=checkpoint_extra,
+                                   path=output_dir / run_files.CHECKPOINTS / run_files.BEST)
         self.evaluation = PeriodicEvaluation(
-            loader=val_loader, period=cadence.eval_period, device=device,
+            loader=val_loader, period=cadence.eval_period, device=device, best=self.best,
             precision=step.precision, progress=self.progress, logger=self.logger,
             stop_signal=self.stop_signal)
         self.checkpointer = Checkpointer(
@@ -128,12 +129,11 @@ class Trainer:
             position=self.position, parts=training_parts(
                 phases=phases, position=self.position, models=self.models,
                 optimization=self.optimization, evaluation=self.evaluation,
-                divergence=self.divergence, stream=self.stream),
+                divergence=self.divergence, stream=self.stream, best=self.best),
             check=TrainingCheck(phases=phases, model=model, optimization=self.optimization,
                                 phase_groups=self._phase_groups),
             metrics_path=getattr(self.logger, "metrics_path", None))
-        self._consecutive_skips = 0
-        self.on_step = on_step
+        self._consecutive_skips, self.on_step = 0, on_step
 
     # ------------------------------------------------------------------ shortcuts
     @property
@@ -172,7 +172,8 @@ class Trainer:
         Returns:
             dict: ``metrics`` (final evaluation or None), ``wall_time``, ``iterations``,
             ``skipped_steps``, ``checkpoint`` (the newest written, or None) and ``interrupted``
-            (what stopped the run early, e.g. "SIGTERM", or None).
+            (e.g. "SIGTERM", or None), ``best`` (``{"metric", "value", "iteration"}`` or None)
+            and ``early_stopped`` (the patience ran out before the schedule's end).
         """
         start, position = time.perf_counter(), self.position
         try:
@@ -190,7 +191,9 @@ class Trainer:
         self.logger.close()
         return {"metrics": metrics, "wall_time": time.perf_counter() - start,
                 "iterations": position.iteration, "skipped_steps": position.skipped_steps,
-                "checkpoint": self.checkpointer.last, "interrupted": interrupted}
+                "checkpoint": self.checkpointer.last, "interrupted": interrupted,
+                "best": self.best.record(),
+                "early_stopped": self.best.stop_due and position.iteration < self.total_iterations}
 
     def _run_phases(self) -> str | None:
         """Run the phases from the current position; returns what stopped them early, or None."""
@@ -205,12 +208,13 @@ class Trainer:
                 position.phase_begun = True
             if not self._run_phase(phase):  # stopped (under torchrun: maybe by another rank)
                 return self.stop_signal.reason or "a stop request on another process"
+            if self.best.stop_due:  # stopped early: the position stays where it stopped
+                return None
             position.next_phase()
         return None
 
     def _phase_groups(self, phase: Phase) -> list[dict]:
-        """The param groups ``phase``'s optimiser will get (for checking a checkpoint's): the
-        main model's, with the phase's trainable flags (the "rpn" model is a copy of it)."""
+        """The param groups ``phase``'s optimiser will get (the main model's, with its flags)."""
         model = self.models["main"]
         self._configure(model, phase)
         try:
@@ -248,8 +252,7 @@ class Trainer:
             p.requires_grad_(self._trainable.get(name, True))
 
     def _start_phase(self, phase: Phase) -> nn.Module:
-        """Trainable flags, a fresh optimiser and scheduler (or the resumed ones); returns the
-        module to step (DDP-wrapped under torchrun)."""
+        """Flags, a fresh (or resumed) optimiser and scheduler; the module to step (DDP)."""
         model = self.models[phase.model]
         self._configure(model, phase)
         self.optimization.start(model, phase.iterations)
@@ -262,7 +265,7 @@ class Trainer:
         bar = tqdm(total=phase.iterations, initial=self.position.phase_iter, dynamic_ncols=True,
                    desc=f"step {self.position.phase_index + 1}/{len(self.phases)} {phase.name}",
                    disable=not self.progress)
-        while self.position.phase_iter < phase.iterations:
+        while self.position.phase_iter < phase.iterations and not self.best.stop_due:
             lr = self.optimization.lr
             losses, norm, stop = self._step(trained, phase)
             self.divergence.observe_step(losses)  # remembers the first step's loss
@@ -281,22 +284,20 @@ class Trainer:
         return True
 
     def _after_step(self, phase: Phase, window: LogWindow, lr: float, bar: tqdm) -> bool:
-        """The periodic work after a step: log point, histograms, checkpoint, evaluation.
-        Returns True when a stop request abandoned the evaluation."""
+        """Log point, histograms, evaluation, checkpoint; True when a stop abandoned it."""
         position, model = self.position, self.models[phase.model]
         last = position.phase_iter == phase.iterations
         if (position.phase_iter % self.log_period == 0 or last) and window.count:
             self._log_point(phase, window, lr, bar)
         if self.histograms(position.iteration):
             self.logger.histograms(model, position.iteration)
+        # the evaluation (the last phase's end: by ``train``) first: the checkpoint holds its result
+        stopped, final = False, last and position.phase_index == len(self.phases) - 1
+        if self.evaluation.due(phase, position.phase_iter) and not final:
+            stopped = self.evaluation.run(self.models["main"], phase, position.iteration) is None
+            self._configure(model, phase)
         if self.checkpointer.due(position.iteration):
             self.checkpointer.save()
-        # (the end of the last phase is evaluated once, by ``train``)
-        final = last and position.phase_index == len(self.phases) - 1
-        if not self.evaluation.due(phase, position.phase_iter) or final:
-            return False
-        stopped = self.evaluation.run(self.models["main"], phase, position.iteration) is None
-        self._configure(model, phase)
         return stopped
 
     def _log_point(self, phase: Phase, window: LogWindow, lr: float, bar: tqdm) -> None:
@@ -315,8 +316,7 @@ class Trainer:
                               terms=averaged)
 
     def _stopped_in_final_evaluation(self) -> str:
-        """After a stop during the final evaluation: write the (finished) state, which resumes
-        straight into that evaluation."""
+        """After a stop during the final evaluation: write the state (resumes into it)."""
         self.checkpointer.save_unless_saved()
         log.warning("%s: stopped during the final evaluation, after all %d iterations; state "
                     "saved to %s", self.stop_signal.reason, self.position.iteration,
@@ -325,10 +325,10 @@ class Trainer:
 
     def _stopped(self, phase: Phase) -> bool:
         self.checkpointer.save_unless_saved()
-        position = self.position
+        p = self.position
         log.warning("%s: stopped after iteration %d/%d (phase %s, step %d/%d); state saved to %s",
-                    self.stop_signal.reason, position.iteration, self.total_iterations,
-                    phase.name, position.phase_iter, phase.iterations, self.checkpointer.last)
+                    self.stop_signal.reason, p.iteration, self.total_iterations, phase.name,
+                    p.phase_iter, phase.iterations, self.checkpointer.last)
         return False
 
     # ------------------------------------------------------------------ one step

@@ -1,4 +1,5 @@
-"""When the trainer evaluates on the val set, and the last result (part of a checkpoint)."""
+"""When the trainer evaluates on the val set, the last result (part of a checkpoint), and the
+best one so far (``detector.engine.best``: best.pth, the early stop)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from detector.engine.best import BestCheckpoint
 from detector.engine.guard import StopSignal
 from detector.engine.logger import TrainLogger, format_duration
 from detector.engine.position import Every
@@ -32,14 +34,15 @@ class PeriodicEvaluation:
         device (torch.device), precision (str), progress (bool): how to run the model.
         logger (TrainLogger): where each result goes.
         stop_signal (StopSignal): checked between val batches.
+        best (BestCheckpoint, optional): told of each result (writes best.pth at a new best).
     """
 
     def __init__(self, *, loader: DataLoader | None, period: int, device: torch.device,
                  precision: str, progress: bool, logger: TrainLogger,
-                 stop_signal: StopSignal) -> None:
+                 stop_signal: StopSignal, best: BestCheckpoint | None = None) -> None:
         self.loader, self.every = loader, Every(int(period))
         self.device, self.precision, self.progress = device, precision, progress
-        self.logger, self.stop_signal = logger, stop_signal
+        self.logger, self.stop_signal, self.best = logger, stop_signal, best
         self.last_metrics: dict | None = None
         self.last_iteration: int | None = None
         self.last_detections: list[dict] | None = None  # of the newest evaluation (rank 0)
@@ -72,6 +75,8 @@ class PeriodicEvaluation:
         self.logger.eval_point(phase=phase.name, iteration=iteration, metrics=metrics)
         log.info("evaluation took %s", format_duration(time.perf_counter() - t0))
         self.last_metrics = metrics
+        if self.best is not None:
+            self.best.update(metrics, iteration, model)
         return metrics
 
     def state_dict(self) -> dict:

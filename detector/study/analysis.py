@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from detector.evaluation.coco_eval import evaluate_coco
-from detector.run_files import CHECKPOINTS, FINAL_RESULTS, FINISHED
+from detector.run_files import CHECKPOINTS, COMPLETED, FINAL_RESULTS
 from detector.study.calibration import Reliability, d_ece, reliability
 from detector.study.coco_checks import check_coco, check_results, inside
 from detector.study.confusion import confusion_matrix
@@ -176,7 +176,7 @@ def _inputs(run: Run) -> tuple[list, dict, tuple[Path, Path], dict | None]:
     StudyError or RunFileError (the note) when something is missing or malformed."""
     found = find_detections(run)
     if found is None:
-        why = "" if run.status == FINISHED else f"{run.label}, "
+        why = "" if run.status in COMPLETED else f"{run.label}, "
         raise StudyError(f"{why}no detections ({FINAL_RESULTS}, or "
                          f"checkpoints/*_val_results.json from tools/eval.py)")
     results_path, split = found

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from detector.run_files import DIVERGED, FINISHED
+from detector.run_files import COMPLETED, DIVERGED
 from detector.study.runs import Run
 from detector.study.summary import SEED_KEY, Group, Study, value_of
 from detector.untrusted import finite_number, plain_text, shown
@@ -165,7 +165,7 @@ def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str =
     for s, (label, runs) in enumerate(series.items()):
         color = f"C{s % 10}"
         points = sorted((_as_float(value_of(r, key)), r.metric(metric)) for r in runs
-                        if r.status == FINISHED and r.metric(metric) is not None)
+                        if r.status in COMPLETED and r.metric(metric) is not None)
         if points:
             xs = sorted({x for x, _ in points})
             means = [np.mean([y for x2, y in points if x2 == x]) for x in xs]

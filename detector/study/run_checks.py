@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from detector.run_files import DIVERGED, FINISHED
+from detector.run_files import COMPLETED, DIVERGED, FINISHED
 from detector.untrusted import RunFileError, finite_number, shown
 
 __all__ = ["MAX_DEPTH", "NAME_LIMIT", "check_config", "check_final", "check_name",
@@ -136,8 +136,8 @@ def check_final(value: Any, source: str) -> dict | None:
         return None
     if not isinstance(value, dict):
         raise RunFileError(f"{source}: not a JSON object")
-    if value.get("status", FINISHED) not in (FINISHED, DIVERGED):
-        raise RunFileError(f"{source}: 'status' is neither {FINISHED} nor {DIVERGED}")
+    if value.get("status", FINISHED) not in (*COMPLETED, DIVERGED):
+        raise RunFileError(f"{source}: 'status' is none of {', '.join((*COMPLETED, DIVERGED))}")
     for key in ("iterations", "iteration", "skipped_steps"):
         _optional(value, key, source, integer=True)
     for key in value:

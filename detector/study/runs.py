@@ -19,6 +19,7 @@ from typing import Any
 
 from detector.errors import UserError
 from detector.run_files import (
+    COMPLETED,
     CONFIG,
     DIVERGED,
     FINAL_METRICS,
@@ -73,7 +74,7 @@ class Run:
 
     @property
     def status(self) -> str:
-        """``finished``, ``diverged`` or ``incomplete`` (no final metrics)."""
+        """``finished``, ``early_stopped``, ``diverged`` or ``incomplete`` (no final metrics)."""
         if self.final is None:
             return INCOMPLETE
         return self.final.get("status", FINISHED)
@@ -91,7 +92,7 @@ class Run:
 
     def metric(self, key: str) -> float | None:
         """A final metric (``AP``, ``AP50``, ...) or None (not finished, or undefined)."""
-        if self.status != FINISHED:
+        if self.status not in COMPLETED:
             return None
         return finite_number(self.final.get(key))
 

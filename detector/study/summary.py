@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from detector.run_files import FINISHED
+from detector.run_files import COMPLETED
 from detector.study.runs import Run
 from detector.study.stats import Difference, difference, mean_std
 from detector.untrusted import shown
@@ -67,7 +67,7 @@ class Group:
     runs: list[Run]
 
     def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.status == FINISHED]
+        return [r for r in self.runs if r.status in COMPLETED]
 
     def values(self, metric: str) -> list[tuple[Any, float]]:
         """(seed, final metric) of each finished run that has it (seed None when unknown)."""
@@ -147,7 +147,7 @@ def run_table(study: Study, *, raw: bool = False) -> list[list[Any]]:
     rows: list[list[Any]] = [header]
     for run in study.runs:
         metrics = [run.metric(m) for m in METRICS]
-        per_class = [run.class_ap().get(c) if run.status == FINISHED else None
+        per_class = [run.class_ap().get(c) if run.status in COMPLETED else None
                      for c in study.classes]
         minutes = None if run.wall_time_s is None else run.wall_time_s / 60
         values = [*metrics, *per_class]
