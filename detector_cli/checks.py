@@ -81,7 +81,18 @@ def check_predict_config(cfg: DictConfig) -> None:
         raise ConfigError(f"backend must be torch or onnxruntime, got {cfg.backend!r}")
     if not isinstance(cfg.progress, bool):
         raise ConfigError(f"progress must be true or false, got {cfg.progress!r}")
+    _check_tta(cfg, refused="backend=onnxruntime" if cfg.backend == "onnxruntime" else None)
     check_runtime(cfg, device=cfg.backend == "torch")
+
+
+def _check_tta(cfg: DictConfig, *, refused: str | None) -> None:
+    """``tta`` is true or false, and false where ``refused`` (a setting that cannot do it)."""
+    tta = cfg.get("tta", False)
+    if not isinstance(tta, bool):
+        raise ConfigError(f"tta must be true or false, got {tta!r}")
+    if tta and refused is not None:
+        raise ConfigError(f"tta=true is not supported with {refused} (it needs the PyTorch "
+                          f"model)")
 
 
 def check_export_config(cfg: DictConfig) -> None:
@@ -153,6 +164,7 @@ def check_reliability(cfg: DictConfig) -> None:
         _non_negative_int(cfg, key)
     _positive_int(cfg, "train.keep_checkpoints")
     _check_best(cfg)
+    _check_train_eval_metric(cfg)
     resume = cfg.resume
     if not isinstance(resume, bool | None) and str(resume).lower() not in ("true", "false"):
         try:  # a directory, a FIFO, /dev/zero, a symlink loop: named as such, never opened
@@ -177,6 +189,18 @@ def _check_best(cfg: DictConfig) -> None:
     if patience is not None:
         raise ConfigError(f"train.early_stop_patience={patience} needs periodic evaluation: set "
                           f"train.eval_period=N (> 0), or train.early_stop_patience=null")
+
+
+def _check_train_eval_metric(cfg: DictConfig) -> list[str]:
+    """``train.eval_metric`` (``check_eval_metric``), and a VOC ``train.best_metric`` only
+    where it is evaluated. Returns the metric names."""
+    names = check_eval_metric(cfg.train.get("eval_metric", "coco"), key="train.eval_metric")
+    metric = cfg.train.get("best_metric", "auto")
+    needed = {"VOC07": "voc07", "VOC": "voc"}.get(metric) if isinstance(metric, str) else None
+    if needed is not None and needed not in names:
+        raise ConfigError(f"train.best_metric={metric} needs train.eval_metric to include "
+                          f"{needed} (e.g. train.eval_metric=[coco,{needed}])")
+    return names
 
 
 def resume_checkpoint(cfg: DictConfig) -> Path | None:
@@ -243,6 +267,14 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise ConfigError(f"num_visualize must be >= 0, got {cfg.num_visualize}")
     if cfg.split not in ("train", "val"):
         raise ConfigError(f"split must be train or val, got {cfg.split!r}")
+    _check_tta(cfg, refused="results= (a saved results file)" if cfg.get("results") else None)
+    if cfg.get("nms") not in (None, "hard", "linear", "gaussian"):
+        raise ConfigError(f"nms must be null, hard, linear or gaussian, got {cfg.nms!r}")
+    sigma = cfg.get("soft_nms_sigma")
+    if sigma is not None and not (isinstance(sigma, int | float) and not isinstance(sigma, bool)
+                                  and 1e-6 <= sigma <= 100):
+        raise ConfigError(f"soft_nms_sigma must be null or a number in [1e-06, 100], "
+                          f"got {sigma!r}")
     _common(cfg)
 
 

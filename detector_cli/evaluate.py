@@ -36,6 +36,7 @@ from detector.modeling.spec import (
     model_from_checkpoint,
     read_checkpoint,
 )
+from detector.modeling.tta import forward_with_flip
 from detector.ops.boxes import xywh_to_xyxy
 from detector.runtime import resolve_device, resolve_precision
 from detector.visualize import draw_detections, save_image
@@ -53,9 +54,16 @@ __all__ = ["build_dataset", "build_model", "run", "score_results", "visualize"]
 log = logging.getLogger("eval")
 
 
-def build_model(path: Path, state: dict, device: torch.device):
-    """The checkpoint's model, through the one checked route (``detector.modeling.spec``)."""
+def build_model(path: Path, state: dict, device: torch.device, cfg: DictConfig | None = None):
+    """The checkpoint's model, through the one checked route (``detector.modeling.spec``), with
+    ``cfg.nms`` / ``cfg.soft_nms_sigma`` replacing its post-processing's where given."""
     model = model_from_checkpoint(state, source=path)
+    post = model.postprocessor
+    cfg = cfg if cfg is not None else {}
+    if cfg.get("nms") is not None:  # checked by check_eval_config
+        post.nms = cfg.nms
+    if cfg.get("soft_nms_sigma") is not None:
+        post.soft_nms_sigma = float(cfg.soft_nms_sigma)
     # channels-last weights, as in training (train.channels_last, the default): NHWC convolutions
     return model.to(device, memory_format=torch.channels_last).eval()
 
@@ -145,16 +153,18 @@ def run(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     log.info("evaluating %s on %s (%s split, %d images) on %s", path, name, cfg.split,
              len(dataset), device)
-    model = build_model(path, state, device)
+    model = build_model(path, state, device, cfg)
     loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
                               num_workers=cfg.num_workers)
     detections = predict(model, loader, device=device,
-                         precision=resolve_precision(cfg.precision, device))
+                         precision=resolve_precision(cfg.precision, device),
+                         forward=forward_with_flip if cfg.get("tta", False) else None)
     results = detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id)
     metrics = score_detections(dataset, detections) if "coco" in names else {}
     metrics.update(_voc_metrics(dataset, results, names,
                                 sorted({d["image_id"] for d in detections})))
-    stem = f"{path.stem}_{cfg.split}"
+    stem = (f"{path.stem}_{cfg.split}" + (f"_{cfg.nms}" if cfg.get("nms") else "")
+            + ("_tta" if cfg.get("tta", False) else ""))
     save_metrics(path.parent / f"{stem}_metrics.json", metrics)
     save_results(path.parent / f"{stem}_results.json", results)
     visualize(dataset, detections, path.parent / f"{stem}_detections", cfg.num_visualize,

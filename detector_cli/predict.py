@@ -33,7 +33,8 @@ def build_predictor(cfg: DictConfig):
     if cfg.backend != "torch":
         raise ConfigError(f"backend must be torch or onnxruntime, got {cfg.backend!r}")
     return Predictor.from_checkpoint(resolve_checkpoint(cfg), device=cfg.device,
-                                     precision=cfg.precision, batch_size=cfg.batch_size)
+                                     precision=cfg.precision, batch_size=cfg.batch_size,
+                                     tta=cfg.get("tta", False))
 
 
 def run(cfg: DictConfig) -> None:

@@ -50,7 +50,12 @@ from detector.evaluation import (
 )
 from detector.runtime import resolve_device, resolve_precision, seed_everything
 from detector.study.curves import plot_metrics
-from detector_cli.checks import ConfigError, check_train_config, resume_checkpoint
+from detector_cli.checks import (
+    ConfigError,
+    check_eval_metric,
+    check_train_config,
+    resume_checkpoint,
+)
 from detector_cli.cli import (
     USER_ERRORS,
     command_arg,
@@ -96,7 +101,9 @@ def build_options(cfg: DictConfig, device: torch.device) -> TrainerOptions:
         cadence = Cadence(log_period=t.log_period, eval_period=t.eval_period,
                           checkpoint_period=t.checkpoint_period,
                           keep_checkpoints=t.keep_checkpoints,
-                          histogram_period=t.histogram_period)
+                          histogram_period=t.histogram_period,
+                          eval_metrics=tuple(check_eval_metric(t.get("eval_metric", "coco"),
+                                                               key="train.eval_metric")))
     with config_keys("schedule"):
         phases = hydra.utils.instantiate(cfg.schedule.phases)
     return TrainerOptions(step=step, cadence=cadence, divergence=divergence, phases=phases,

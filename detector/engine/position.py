@@ -79,6 +79,8 @@ class Cadence:
         histogram_period (int): TensorBoard histograms of each block's weights and gradients
             every this many iterations (0: never). Each log point also logs the per-block
             gradient-to-weight norm ratios (``detector.engine.monitor``).
+        eval_metrics (tuple of str): ``voc07`` / ``voc`` add the VOC mAP to each evaluation's
+            COCO metrics (``PeriodicEvaluation``).
     """
 
     log_period: int = 20
@@ -86,6 +88,7 @@ class Cadence:
     checkpoint_period: int = 0
     keep_checkpoints: int = 3
     histogram_period: int = 0
+    eval_metrics: tuple[str, ...] = ("coco",)
 
 
 @dataclass(frozen=True)

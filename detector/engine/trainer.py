@@ -122,7 +122,7 @@ class Trainer:
         self.evaluation = PeriodicEvaluation(
             loader=val_loader, period=cadence.eval_period, device=device, best=self.best,
             precision=step.precision, progress=self.progress, logger=self.logger,
-            stop_signal=self.stop_signal)
+            stop_signal=self.stop_signal, metrics=cadence.eval_metrics)
         self.checkpointer = Checkpointer(
             directory=output_dir / run_files.CHECKPOINTS, period=cadence.checkpoint_period,
             keep=cadence.keep_checkpoints, extra=checkpoint_extra, phases=phases,

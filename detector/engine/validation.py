@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from detector.engine.guard import StopSignal
 from detector.engine.logger import TrainLogger, format_duration
 from detector.engine.position import Every
 from detector.engine.schedules import Phase
-from detector.evaluation.inference import EvaluationStopped
+from detector.evaluation.inference import EvaluationStopped, voc_metrics
 from detector.evaluation.sharded import evaluate_sharded
 
 __all__ = ["PeriodicEvaluation"]
@@ -35,14 +36,19 @@ class PeriodicEvaluation:
         logger (TrainLogger): where each result goes.
         stop_signal (StopSignal): checked between val batches.
         best (BestCheckpoint, optional): told of each result (writes best.pth at a new best).
+        metrics (sequence of str): ``voc07`` and/or ``voc`` add the Pascal VOC mAP (keys
+            ``VOC07``/``VOC`` and their per-class tables) to the COCO metrics, which are always
+            computed; ``coco`` alone (the default) adds nothing.
     """
 
     def __init__(self, *, loader: DataLoader | None, period: int, device: torch.device,
                  precision: str, progress: bool, logger: TrainLogger,
-                 stop_signal: StopSignal, best: BestCheckpoint | None = None) -> None:
+                 stop_signal: StopSignal, best: BestCheckpoint | None = None,
+                 metrics: Sequence[str] = ("coco",)) -> None:
         self.loader, self.every = loader, Every(int(period))
         self.device, self.precision, self.progress = device, precision, progress
         self.logger, self.stop_signal, self.best = logger, stop_signal, best
+        self.metric_names = tuple(metrics)
         self.last_metrics: dict | None = None
         self.last_iteration: int | None = None
         self.last_detections: list[dict] | None = None  # of the newest evaluation (rank 0)
@@ -71,6 +77,9 @@ class PeriodicEvaluation:
                         iteration, self.stop_signal.reason, stopped,
                         format_duration(time.perf_counter() - t0))
             return None
+        if metrics is not None:  # every rank holds all detections: the same VOC numbers
+            metrics = {**metrics, **voc_metrics(self.loader.dataset, self.last_detections,
+                                                self.metric_names)}
         self.last_iteration = iteration
         self.logger.eval_point(phase=phase.name, iteration=iteration, metrics=metrics)
         log.info("evaluation took %s", format_duration(time.perf_counter() - t0))

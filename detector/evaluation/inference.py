@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from detector.evaluation.coco_eval import evaluate_coco
+from detector.evaluation.coco_eval import detections_to_coco_results, evaluate_coco
+from detector.evaluation.voc_eval import evaluate_voc
 from detector.runtime import autocast, to_device
 
-__all__ = ["EvaluationStopped", "evaluate", "predict", "score_detections"]
+__all__ = ["EvaluationStopped", "evaluate", "predict", "score_detections", "voc_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,16 @@ def predict(
     progress: bool = True,
     desc: str = "eval",
     should_stop: Callable[[], bool] | None = None,
+    forward: Callable[[nn.Module, Tensor, Tensor], dict] | None = None,
 ) -> list[dict]:
     """Detections for every image of ``loader``, in original-image pixels, on the CPU.
 
     Args:
         should_stop: asked before every batch; when it returns True, prediction is abandoned
             (within one batch of a stop request) with ``EvaluationStopped``.
+        forward: how a batch goes through the model, ``forward(model, images, image_sizes)``
+            -> raw outputs for ``model.detect`` (None: ``model(images, image_sizes,
+            detect=True)``); e.g. ``detector.modeling.tta.forward_with_flip`` (test-time flip).
 
     Returns:
         list of dicts with ``image_id`` (int), ``boxes [D,4]`` xyxy, ``scores [D]``, ``labels [D]``.
@@ -63,7 +68,9 @@ def predict(
                 break
             batch = to_device(batch, device)
             with autocast(device, precision):
-                outputs = model(batch["images"], batch["image_sizes"], detect=True)
+                outputs = (model(batch["images"], batch["image_sizes"], detect=True)
+                           if forward is None else
+                           forward(model, batch["images"], batch["image_sizes"]))
             per_image = model.detect(outputs, batch["scales"])
             for image_id, det in zip(batch["image_ids"].tolist(), per_image, strict=True):
                 detections.append({"image_id": image_id, **{k: v.cpu() for k, v in det.items()}})
@@ -110,3 +117,18 @@ def score_detections(dataset, detections: list[dict]) -> dict:
         dataset.coco, detections, label_to_cat_id=dataset.label_to_cat_id,
         class_names=dataset.class_names, img_ids=sorted({d["image_id"] for d in detections}),
     )
+
+
+def voc_metrics(dataset, detections: list[dict], names: Sequence[str]) -> dict:
+    """Pascal VOC metrics (``detector.evaluation.voc_eval.evaluate_voc``) of ``detections``
+    (from ``predict``) for each of ``names`` that is ``voc07`` or ``voc`` (others are skipped),
+    restricted to the images that were predicted: ``VOC07``/``VOC`` and their per-class keys."""
+    wanted = [name for name in names if name in ("voc07", "voc")]
+    if not wanted:
+        return {}
+    results = detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id)
+    img_ids = sorted({d["image_id"] for d in detections})
+    metrics: dict = {}
+    for name in wanted:
+        metrics.update(evaluate_voc(dataset.coco, results, metric=name, img_ids=img_ids))
+    return metrics

@@ -65,6 +65,9 @@ def build_model(
     score_threshold: float = 0.05,
     nms_threshold: float = 0.5,
     max_detections: int = 100,
+    nms: str = "hard",
+    soft_nms_sigma: float = 0.5,
+    soft_nms_min_score: float = 1e-3,
     compact_rois: bool | None = None,
     compile: bool = False,
 ) -> FasterRCNN:
@@ -77,6 +80,8 @@ def build_model(
     it out). ``box_head`` maps pooled features to ``box_head.out_features``. ``roi_num_samples=None`` keeps
     every proposal (sampling-free focal loss).
 
+    ``nms``: ``hard`` | ``linear`` | ``gaussian`` (Soft-NMS, with ``soft_nms_sigma`` and
+    ``soft_nms_min_score``; see ``DetectionPostprocessor``).
     ``compact_rois``: the ROI head and post-processing skip padding RoI slots (None: on the CPU
     only, never while exporting; False: always the fixed-size padded path, sync-free on CUDA).
     ``compile``: ``torch.compile`` the backbone, the RPN head and the box head in place
@@ -110,7 +115,8 @@ def build_model(
         ),
         postprocessor=DetectionPostprocessor(
             box_coder=roi_coder, score_threshold=score_threshold, nms_threshold=nms_threshold,
-            max_detections=max_detections, compact=compact_rois,
+            max_detections=max_detections, compact=compact_rois, nms=nms,
+            soft_nms_sigma=soft_nms_sigma, soft_nms_min_score=soft_nms_min_score,
         ),
     )
     if compile:

@@ -45,7 +45,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     **{key: (0, 1, False) for key in (
         "hflip_prob", "color_jitter", "crop_prob", "min_visibility", "score_threshold",
         "nms_threshold", "rpn_nms_threshold", "roi_fg_iou", "roi_bg_iou_low",
-        "roi_positive_fraction", "dropout")},
+        "roi_positive_fraction", "dropout", "soft_nms_min_score")},
+    "soft_nms_sigma": (1e-6, 100, False),
 }
 
 

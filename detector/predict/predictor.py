@@ -33,6 +33,7 @@ from detector.modeling.spec import (
     model_from_checkpoint,
     read_checkpoint,
 )
+from detector.modeling.tta import forward_with_flip
 from detector.ops.boxes import xyxy_to_xywh
 from detector.predict.image_files import read_image_file
 from detector.run_files import FINAL_METRICS
@@ -196,7 +197,7 @@ class Predictor:
     Build it with ``from_checkpoint``. Attributes: ``model`` (eval mode, on ``device``),
     ``transforms`` (the run's eval pipeline), ``class_names``, ``label_to_cat_id``,
     ``batch_size``, ``precision`` ("fp32", "bf16" or "fp16"), ``info``
-    (checkpoint path, iteration, metrics).
+    (checkpoint path, iteration, metrics), ``tta`` (flip test-time augmentation; settable).
     """
 
     model: nn.Module
@@ -207,10 +208,12 @@ class Predictor:
     batch_size: int = 8
     label_to_cat_id: dict[int, int] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    tta: bool = False
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
-                        batch_size: int = 8, channels_last: bool = True) -> Predictor:
+                        batch_size: int = 8, channels_last: bool = True,
+                        tta: bool = False) -> Predictor:
         """Load ``path`` (a ``final.pth`` or ``iter_*.pth`` from ``tools/train_net.py``).
 
         Args:
@@ -220,6 +223,8 @@ class Predictor:
             channels_last: the model's weights in channels-last layout, as training keeps them
                 by default (``train.channels_last``): the convolutions then run NHWC kernels,
                 ~20% faster on a 2-core CPU at 600x1000 (docs/speed.md).
+            tta: test-time augmentation: also run the horizontally flipped images and merge both
+                passes per class before the final NMS (``detector.modeling.tta``; ~2x the time).
         """
         state = read_checkpoint(path)  # refuses a checkpoint holding more than plain data
         dataset = state["config"].get("dataset", {})
@@ -234,7 +239,8 @@ class Predictor:
                 "dataset": dataset.get("name"), "metrics": checkpoint_metrics(path)}
         return cls(model=model, transforms=transforms, class_names=list(state["class_names"]),
                    device=dev, precision=resolve_precision(precision, dev),
-                   batch_size=int(batch_size), label_to_cat_id=cat_ids, info=info)
+                   batch_size=int(batch_size), label_to_cat_id=cat_ids, info=info,
+                   tta=bool(tta))
 
     @property
     def score_threshold(self) -> float | None:
@@ -272,7 +278,10 @@ class Predictor:
             return []
         batch = to_device(collate_batch(items), self.device)
         with autocast(self.device, self.precision):
-            outputs = self.model(batch["images"], batch["image_sizes"], detect=True)
+            if self.tta:
+                outputs = forward_with_flip(self.model, batch["images"], batch["image_sizes"])
+            else:
+                outputs = self.model(batch["images"], batch["image_sizes"], detect=True)
         per_image = self.model.detect(outputs, batch["scales"])
         return [self._to_detections(det, item["orig_size"], source)
                 for det, item, source in zip(per_image, items, sources, strict=True)]
