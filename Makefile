@@ -44,10 +44,10 @@ lint: install
 train: install  ## focal-loss Faster R-CNN on the generated shapes set (2-core CPU: ~9 min with bf16, ~25 min fp32 on AVX2)
 	$(BIN)/python tools/train_net.py experiment=focal $(ARGS)
 
-eval: install  ## COCO mAP of the newest training run
+eval: install  ## COCO mAP of the newest finished, evaluated run (checkpoint=PATH pins one)
 	$(BIN)/python tools/eval.py $(ARGS)
 
-demo: install  ## web demo of the newest model (trains the shapes model first when there is none)
+demo: install  ## web demo of the newest finished, evaluated run's model (trains the shapes model first when there is no final.pth)
 	test -n "$$(find outputs -path '*/checkpoints/final.pth' 2>/dev/null | head -n 1)" || \
 		$(BIN)/python tools/train_net.py experiment=focal
 	$(BIN)/python tools/serve.py $(ARGS)

@@ -5,9 +5,13 @@ The JSON is exactly the ground truth `detector.data.VocDetection` evaluates agai
 degenerate ones dropped, ``difficult`` objects carry ``iscrowd=1`` (COCOeval ignores them) and
 ``difficult=1``. ``file_name`` is relative to the image folder, printed at the end.
 
+At the end it prints the ``dataset=coco`` overrides that read the JSON back (``dataset.root``,
+``dataset.<train|val>_ann_file`` and ``dataset.<train|val>_image_dir``, relative to the root
+when they lie inside it, else absolute), e.g. for ``tools/eval.py``.
+
 Examples:
-    python datasets/voc_to_coco.py --root VOCdevkit/VOC2007 --split test \\
-        --out datasets/data/voc2007/instances_test.json
+    python datasets/voc_to_coco.py --root datasets/data/VOCdevkit/VOC2007 --split test \\
+        --out datasets/data/VOCdevkit/VOC2007/annotations/instances_test.json
     python datasets/voc_to_coco.py --root ../shared/data/raccoon \\
         --split-file data/test_labels.csv --out datasets/data/raccoon/instances_test.json
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,11 +67,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(coco_dict))
-    print(f"wrote {args.out}: {len(coco_dict['images'])} images, "
-          f"{len(coco_dict['annotations'])} boxes, {len(coco_dict['categories'])} classes")
+    print(f"wrote {args.out}: {_count(coco_dict['images'], 'image', 'images')}, "
+          f"{_count(coco_dict['annotations'], 'box', 'boxes')}, "
+          f"{_count(coco_dict['categories'], 'class', 'classes')}")
     print(f"image folder (file_name is relative to it): {image_dir}")
     print(report.summary())
+    print("read it with: " + " ".join(coco_overrides(args.root, args.out, image_dir)))
     return 0
+
+
+def _count(items: list, one: str, many: str) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many}"
+
+
+def _from_root(root: Path, path: Path) -> str:
+    """``path`` as the dataset config reads it: relative to ``root`` when inside it, else
+    absolute."""
+    root, path = root.resolve(), path.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def coco_overrides(root: Path, out: Path, image_dir: Path, split: str = "val") -> list[str]:
+    """The overrides that read ``out`` (images in ``image_dir``) as the ``split`` split of
+    ``dataset=coco`` (``configs/dataset/coco.yaml``), shell-quoted."""
+    return [shlex.quote(arg) for arg in (
+        "dataset=coco", f"dataset.root={root}", f"dataset.{split}_ann_file={_from_root(root, out)}",
+        f"dataset.{split}_image_dir={_from_root(root, image_dir)}")]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ inside another (``hydra.utils.instantiate`` wraps what a constructor raised in a
 ``InstantiationException``); ``report_user_error(error)`` prints it and returns 2, for code that
 catches the errors itself. ``USER_ERRORS`` are the types every tool treats so.
 ``resolve_checkpoint(cfg)`` is the tools' shared ``checkpoint=`` rule: the given path, the
-newest ``outputs/**/checkpoints/final.pth``, or (``checkpoint=best``) the ``best.pth`` beside it. ``config_keys(section)`` names the config key of a
+``final.pth`` of the newest finished, evaluated run under ``outputs/`` (``choose_checkpoint``;
+the newest ``final.pth`` when there is none; which one and why is logged), or
+(``checkpoint=best``) the ``best.pth`` beside it. ``config_keys(section)`` names the config key of a
 library constructor's ``OptionError`` ("on_nonfinite must ..." -> "train.on_nonfinite must ...").
 
 Paths as typed: a sweep job's folder is named by its overrides
@@ -44,17 +46,19 @@ import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from detector import run_files
-from detector.checkpoint import find_latest_checkpoint
 from detector.errors import OptionError, UserError
+from detector.study.run_checks import check_final
+from detector.untrusted import RunFileError, finite_number
 from detector_cli.checks import ConfigError, check_overrides
 
-__all__ = ["USER_ERRORS", "check_command_line", "command_arg", "config_keys", "exit_on_user_error",
-           "hydra_quote", "is_path_key", "quote_path_overrides", "report_user_error",
-           "resolve_checkpoint", "user_error"]
+__all__ = ["USER_ERRORS", "check_command_line", "choose_checkpoint", "command_arg", "config_keys",
+           "counted", "exit_on_user_error", "hydra_quote", "is_path_key", "quote_path_overrides",
+           "report_user_error", "resolve_checkpoint", "user_error"]
 
 # every error the library raises for the user to fix derives from UserError (ConfigError too)
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
@@ -176,6 +180,12 @@ def quote_path_overrides(argv: list[str]) -> list[str]:
     return quoted
 
 
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``"1 class"``, ``"4 classes"``: ``number`` and ``noun`` in the singular or the plural
+    (default: ``noun + "s"``)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def command_arg(key: str, value: object) -> str:
     """``key=value`` quoted for a shell: what a printed command holds, so that it pastes back."""
     return shlex.quote(f"{key}={value}")
@@ -195,11 +205,71 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
 
 
 BEST = "best"  # checkpoint=best: the best.pth beside the final.pth the tool would pick
+log = logging.getLogger("checkpoint")
+
+
+def _final_evaluation(path: Path) -> dict | None:
+    """The checked ``final_metrics.json`` of the run that holds ``path``
+    (``<run>/checkpoints/final.pth``) when that run is completed (finished, or early-stopped)
+    with a final evaluation (a finite AP or AP50), else None.
+
+    Raises:
+        RunFileError: the file is there but unreadable or malformed (too large, not JSON, ...).
+    """
+    if path.parent.name != run_files.CHECKPOINTS:
+        return None
+    run_dir = path.parent.parent
+    source = str(run_dir / run_files.FINAL_METRICS)
+    final = check_final(run_files.read_final_metrics(run_dir), source)
+    if final is None or final.get("status", run_files.FINISHED) not in run_files.COMPLETED:
+        return None
+    return final if any(finite_number(final.get(key)) is not None for key in ("AP50", "AP")) \
+        else None
+
+
+def _when(path: Path) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+
+
+def choose_checkpoint(outputs_root: str | Path) -> tuple[Path, str] | None:
+    """The ``final.pth`` the tools use when no ``checkpoint=`` is given, and why (one line).
+
+    The newest (by modification time) ``final.pth`` of a run that finished with a final
+    evaluation (``final_metrics.json``: status finished or early-stopped, a finite AP50 or AP),
+    so that a later unfinished, diverged or unevaluated run (a small experiment) does not swap
+    the model; without any such run, the newest ``final.pth``. Runs whose ``final_metrics.json``
+    cannot be read or is malformed are skipped and counted in the reason. None when there is
+    no ``final.pth`` at all.
+    """
+    root = Path(outputs_root)
+    candidates = [p for p in root.rglob(run_files.FINAL) if p.is_file()] if root.is_dir() else []
+    candidates.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    if not candidates:
+        return None
+    malformed = 0
+    for path in candidates:
+        try:
+            final = _final_evaluation(path)
+        except RunFileError:
+            malformed += 1
+            continue
+        if final is not None:
+            key = "AP50" if finite_number(final.get("AP50")) is not None else "AP"
+            reason = (f"newest finished, evaluated run: {path} ({key} {final[key]:.3f}, "
+                      f"{_when(path)})")
+            break
+    else:
+        path = candidates[0]
+        reason = f"no finished, evaluated run; the newest final.pth: {path} ({_when(path)})"
+    if malformed:
+        reason += f"; skipped {malformed} run(s) with an unreadable {run_files.FINAL_METRICS}"
+    return path, reason + "; pin one with checkpoint=PATH"
 
 
 def resolve_checkpoint(cfg, *, hint: str = "train one first (make train)") -> Path:
-    """``cfg.checkpoint`` if set, else the newest ``final.pth`` under ``cfg.outputs_root``;
-    ``checkpoint=best``: the ``best.pth`` beside that newest ``final.pth`` (the run's best
+    """``cfg.checkpoint`` if set, else the ``final.pth`` ``choose_checkpoint`` picks under
+    ``cfg.outputs_root`` (the newest finished, evaluated run; the choice and why are logged);
+    ``checkpoint=best``: the ``best.pth`` beside that ``final.pth`` (the run's best
     evaluation, ``train.best_metric``).
 
     Raises:
@@ -208,15 +278,17 @@ def resolve_checkpoint(cfg, *, hint: str = "train one first (make train)") -> Pa
     """
     if cfg.checkpoint is not None and cfg.checkpoint != BEST:
         return Path(cfg.checkpoint)
-    latest = find_latest_checkpoint(cfg.outputs_root)
-    if latest is None:
+    chosen = choose_checkpoint(cfg.outputs_root)
+    if chosen is None:
         raise ConfigError(f"no checkpoint found under {cfg.outputs_root}/; {hint} or pass "
                           f"checkpoint=PATH")
+    latest, reason = chosen
+    log.info("checkpoint: %s", reason)
     if cfg.checkpoint != BEST:
         return latest
     best = latest.parent / run_files.BEST
     if not best.is_file():
-        raise ConfigError(f"checkpoint=best: the newest run's {latest.parent} holds no "
+        raise ConfigError(f"checkpoint=best: the chosen run's {latest.parent} holds no "
                           f"{run_files.BEST} (it is written when train.eval_period > 0 and "
                           f"train.best_metric is set); pass checkpoint=PATH")
     return best

@@ -3,7 +3,9 @@
 ``run(cfg)`` checks the config, loads the checkpoint (``cfg.checkpoint``, or the newest
 ``final.pth`` under ``cfg.outputs_root``), evaluates it on the split ``cfg.split`` of the dataset
 the user composed or else the checkpoint's own, writes <name>_<split>_metrics.json,
-<name>_<split>_results.json and <name>_<split>_detections/ beside the checkpoint, prints the
+<name>_<split>_results.json and <name>_<split>_detections/ beside the checkpoint (on a dataset
+other than the run's own: <name>_eval_<dataset>_<root folder>_<split>_*, see ``output_stem``,
+so the run's own final_val_* files stay), prints the
 tables of the metrics ``cfg.metric`` names (``coco``, ``voc07``, ``voc``; one or a list) and
 returns the metrics. With ``cfg.results`` (a COCO results file) no model is run: the file is
 scored against the split of ``dataset=`` and <results stem>_metrics.json is written beside it.
@@ -12,6 +14,7 @@ scored against the split of ``dataset=`` and <results stem>_metrics.json is writ
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -39,6 +42,7 @@ from detector.modeling.spec import (
 from detector.modeling.tta import forward_with_flip
 from detector.ops.boxes import xywh_to_xyxy
 from detector.runtime import resolve_device, resolve_precision
+from detector.untrusted import path_component
 from detector.visualize import draw_detections, save_image
 from detector_cli.checks import (
     ConfigError,
@@ -47,9 +51,9 @@ from detector_cli.checks import (
     check_eval_config,
     check_eval_metric,
 )
-from detector_cli.cli import resolve_checkpoint
+from detector_cli.cli import counted, resolve_checkpoint
 
-__all__ = ["build_dataset", "build_model", "run", "score_results", "visualize"]
+__all__ = ["build_dataset", "build_model", "output_stem", "run", "score_results", "visualize"]
 
 log = logging.getLogger("eval")
 
@@ -81,6 +85,30 @@ def build_dataset(cfg: DictConfig, path: Path, state: dict):
     dataset = hydra.utils.instantiate(cfg.dataset[cfg.split])
     dataset.transforms = hydra.utils.instantiate(cfg.dataset.val.transforms)
     return dataset, cfg.dataset.name
+
+
+def _described(dataset: object, split: str) -> tuple | None:
+    """(name, the split's description without its transforms) of a dataset config."""
+    if not isinstance(dataset, Mapping) or not isinstance(dataset.get(split), Mapping):
+        return None
+    spec = {key: value for key, value in dataset[split].items() if key != "transforms"}
+    return dataset.get("name"), spec
+
+
+def output_stem(cfg: DictConfig, path: Path, state: dict) -> str:
+    """How the outputs beside the checkpoint ``path`` are named: ``<checkpoint>_<split>`` (e.g.
+    the run's own ``final_val_*``) for the run's own dataset (no ``dataset=``, or one whose name
+    and split description (root, split, split/annotation files, folders) equal the checkpoint's),
+    else ``<checkpoint>_eval_<dataset>_<root folder>_<split>``: evaluating on another dataset
+    never overwrites the run's own files."""
+    if cfg.get("dataset") is None:
+        return f"{path.stem}_{cfg.split}"
+    composed = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if _described(composed, cfg.split) == _described(state["config"].get("dataset"), cfg.split):
+        return f"{path.stem}_{cfg.split}"
+    name = path_component(composed.get("name"), fallback="dataset")
+    root = path_component(Path(str(composed.get("root", ""))).resolve().name, fallback="root")
+    return f"{path.stem}_eval_{name}_{root}_{cfg.split}"
 
 
 def visualize(dataset, detections: list[dict], out_dir: Path, count: int, threshold: float):
@@ -129,8 +157,8 @@ def score_results(cfg: DictConfig, names: list[str]) -> dict:
     path = Path(cfg.results)
     results = read_results_file(path, dataset.coco)
     img_ids = dataset.image_ids
-    log.info("scoring %s (%d detections) on %s (%s split, %d images)", path, len(results),
-             cfg.dataset.name, cfg.split, len(img_ids))
+    log.info("scoring %s (%s) on %s (%s split, %s)", path, counted(len(results), "detection"),
+             cfg.dataset.name, cfg.split, counted(len(img_ids), "image"))
     metrics = evaluate_coco(dataset.coco, results, img_ids=img_ids) if "coco" in names else {}
     metrics.update(_voc_metrics(dataset, results, names, img_ids))
     save_metrics(path.with_name(f"{path.stem}_metrics.json"), metrics)
@@ -151,8 +179,8 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"the checkpoint's classes {state['class_names']} differ from the "
                           f"dataset's {dataset.class_names}")
     device = resolve_device(cfg.device)
-    log.info("evaluating %s on %s (%s split, %d images) on %s", path, name, cfg.split,
-             len(dataset), device)
+    log.info("evaluating %s on %s (%s split, %s) on %s", path, name, cfg.split,
+             counted(len(dataset), "image"), device)
     model = build_model(path, state, device, cfg)
     loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
                               num_workers=cfg.num_workers)
@@ -163,12 +191,13 @@ def run(cfg: DictConfig) -> dict:
     metrics = score_detections(dataset, detections) if "coco" in names else {}
     metrics.update(_voc_metrics(dataset, results, names,
                                 sorted({d["image_id"] for d in detections})))
-    stem = (f"{path.stem}_{cfg.split}" + (f"_{cfg.nms}" if cfg.get("nms") else "")
+    stem = (output_stem(cfg, path, state) + (f"_{cfg.nms}" if cfg.get("nms") else "")
             + ("_tta" if cfg.get("tta", False) else ""))
     save_metrics(path.parent / f"{stem}_metrics.json", metrics)
     save_results(path.parent / f"{stem}_results.json", results)
     visualize(dataset, detections, path.parent / f"{stem}_detections", cfg.num_visualize,
               cfg.min_score_visualize)
     _print_tables(metrics, names)
-    log.info("%s  (metrics, results and drawings beside %s)", _summary(metrics), path)
+    log.info("%s  (%s_metrics.json, results and drawings beside %s)", _summary(metrics), stem,
+             path)
     return metrics

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from detector.predict.inputs import printable
 from detector.predict.onnx_export import export_checkpoint
 from detector_cli.checks import check_export_config
-from detector_cli.cli import command_arg, resolve_checkpoint
+from detector_cli.cli import command_arg, counted, resolve_checkpoint
 
 __all__ = ["run"]
 
@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> Path:
     seconds = time.perf_counter() - start
     height, width = result.input_size
     print(f"exported {printable(checkpoint)} in {seconds:.1f} s: input {height} x {width} (any "
-          f"batch), {len(result.metadata['class_names'])} classes, "
+          f"batch), {counted(len(result.metadata['class_names']), 'class', 'classes')}, "
           f"{result.path.stat().st_size / 2**20:.1f} MiB")
     print(f"wrote {printable(result.path)}; run it with: python tools/predict.py input=PATH "
           f"backend=onnxruntime {printable(command_arg('onnx', result.path))}")

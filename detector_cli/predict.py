@@ -18,7 +18,7 @@ from detector.predict.inputs import collect_inputs, printable
 from detector.predict.onnx_predictor import OnnxPredictor
 from detector.predict.predictor import Predictor, min_score_note
 from detector_cli.checks import ConfigError, check_predict_config
-from detector_cli.cli import resolve_checkpoint
+from detector_cli.cli import counted, resolve_checkpoint
 
 __all__ = ["build_predictor", "run"]
 
@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> None:
     note = min_score_note(cfg.min_score, getattr(predictor, "score_threshold", None))
     if note is not None:
         print(f"note: {note}")
-    print(f"{len(inputs.images)} images, {len(inputs.videos)} videos from "
+    print(f"{counted(len(inputs.images), 'image')}, {counted(len(inputs.videos), 'video')} from "
           f"{printable(cfg.input)}; model {printable(source)} ({cfg.backend})")
     report = predict_files(predictor, inputs, output, min_score=cfg.min_score,
                            progress=cfg.progress,

@@ -19,6 +19,7 @@ from detector.predict.inputs import printable
 from detector.predict.predictor import Predictor, min_score_note
 from detector.web import create_app, make_server, sample_images, server_url
 from detector_cli.checks import ConfigError, check_serve_config
+from detector_cli.cli import counted
 from detector_cli.cli import resolve_checkpoint as cli_resolve_checkpoint
 
 __all__ = ["bind", "megapixels_to_pixels", "resolve_checkpoint", "run", "server_url"]
@@ -59,9 +60,10 @@ def run(cfg: DictConfig) -> None:
                      max_pixels=megapixels_to_pixels(cfg.max_megapixels),
                      min_score=cfg.min_score, display_min_score=cfg.display_min_score)
     server = bind(app, cfg)
-    log.info("model %s (iteration %s, %d classes) on %s, %d sample images", printable(path),
-             predictor.info.get("iteration"), len(predictor.class_names), predictor.device,
-             len(samples))
+    log.info("model %s (iteration %s, %s) on %s, %s", printable(path),
+             predictor.info.get("iteration"),
+             counted(len(predictor.class_names), "class", "classes"), predictor.device,
+             counted(len(samples), "sample image"))
     print(f"serving the detector demo on {server_url(server)}  (Ctrl-C stops it)", flush=True)
     try:
         server.run()

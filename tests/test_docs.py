@@ -366,3 +366,142 @@ def test_relative_links_point_to_files_and_headings():
 def test_the_links_are_found():
     assert ("docs/usage.md" in {t for _, t in _links(ROOT / "README.md")})
     assert any(t.endswith(".png") for _, t in _links(ROOT / "docs" / "studies.md"))
+
+
+# ---------------------------------------------------------------------------- dataset docs
+DATASETS_README = ROOT / "datasets" / "README.md"
+DATASET_SCRIPTS = ROOT / "datasets"
+
+
+def _yaml_blocks(path: Path) -> list[tuple[int, str]]:
+    """(first line number, text) of each ```yaml block."""
+    blocks, current = [], None
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if current is None and stripped in ("```yaml", "```yml"):
+            current = [number + 1, []]
+        elif current is not None and stripped.startswith("```"):
+            blocks.append((current[0], "\n".join(current[1])))
+            current = None
+        elif current is not None:
+            current[1].append(line)
+    return blocks
+
+
+def _experiment_overrides(text: str) -> list[str]:
+    """An experiment file's content as command-line overrides of train.yaml: its group choices
+    (``override /<group>: <option>``) and every leaf value."""
+    data = OmegaConf.create(text)
+    overrides = []
+    for entry in data.pop("defaults", []):
+        for key, value in entry.items():
+            overrides.append(f"{key.removeprefix('override ').lstrip('/')}={value}")
+
+    def leaves(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                shown = "null" if value is None else value
+                yield f"{prefix}{key}={shown}"
+
+    return overrides + list(leaves(OmegaConf.to_container(data), ""))
+
+
+def test_datasets_readme_yaml_uses_keys_the_config_has():
+    """Each YAML snippet of datasets/README.md is an experiment file: its keys exist in the
+    composed training config (``train_dataset:`` / ``val_dataset:`` existed nowhere)."""
+    blocks = _yaml_blocks(DATASETS_README)
+    assert blocks, "datasets/README.md shows no YAML"
+    for number, text in blocks:
+        assert text.startswith("# @package _global_"), f"datasets/README.md:{number}"
+        overrides = _experiment_overrides(text)
+        assert any(o.startswith("dataset=") for o in overrides), overrides
+        try:
+            _compose_all("train", overrides)
+        except REJECTIONS as error:
+            pytest.fail(f"datasets/README.md:{number}: {' '.join(str(error).split())[:400]}")
+
+
+def test_the_yaml_check_would_fail_on_an_unknown_key():
+    text = "# @package _global_\ndefaults:\n  - override /dataset: voc\ntrain_dataset:\n  root: x\n"
+    assert _experiment_overrides(text) == ["dataset=voc", "train_dataset.root=x"]
+    with pytest.raises(REJECTIONS):
+        _compose_all("train", _experiment_overrides(text))
+
+
+def _dataset_keys() -> set[str]:
+    keys = set()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for option in ("shapes", "coco", "voc"):
+            keys |= set(compose(config_name="train", overrides=[f"dataset={option}"]).dataset)
+    return keys
+
+
+def test_dataset_keys_the_dataset_docs_name_exist():
+    """Every ``dataset.<key>`` that datasets/README.md and docs/configs.md name is a key of one
+    of the dataset configs (``dataset.{train,val}_x`` spells two)."""
+    keys, unknown = _dataset_keys(), []
+    for path in (DATASETS_README, ROOT / "docs" / "configs.md"):
+        text = path.read_text()
+        named = set(re.findall(r"\bdataset\.(\w+)", text))
+        named |= {f"{side}_{suffix}" for suffix in re.findall(r"\bdataset\.\{train,val\}_(\w+)",
+                                                               text) for side in ("train", "val")}
+        unknown += [f"{path.relative_to(ROOT)}: dataset.{key}" for key in sorted(named - keys)]
+    assert {"train_ann_file", "val_image_dir", "train_split_file"} <= keys
+    assert not unknown, "\n".join(unknown)
+
+
+def _dataset_script_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, script, arguments) of every ``python datasets/<x>.py ...`` line in the docs."""
+    found = []
+    for path in DOCS:
+        for number, text in _shell_snippets(path):
+            try:
+                words = shlex.split(text, comments=True)
+            except ValueError:
+                continue
+            for i, word in enumerate(words[1:], start=1):
+                match = re.fullmatch(r"(?:\./)?datasets/(\w+\.py)", word)
+                if match and re.fullmatch(r"python3?", words[i - 1]):
+                    found.append((f"{path.relative_to(ROOT)}:{number}", match.group(1),
+                                  words[i + 1:]))
+    return found
+
+
+DATASET_COMMANDS = _dataset_script_commands()
+
+
+def test_the_dataset_scripts_commands_are_found():
+    assert {script for _, script, _ in DATASET_COMMANDS} == {"voc_to_coco.py"}
+    assert sum(where.startswith("datasets/README.md") for where, _, _ in DATASET_COMMANDS) >= 2
+
+
+@pytest.mark.parametrize(("where", "script", "args"), DATASET_COMMANDS,
+                         ids=lambda value: value if isinstance(value, str) else None)
+def test_documented_dataset_command_runs(where, script, args, tmp_path, monkeypatch, capsys):
+    """Parsed as the script parses it; run from the repository root (``--out`` into a temporary
+    folder) where the data it names is there (../shared/data), so a relative root works as
+    written. Its printed ``dataset=coco`` overrides compose."""
+    from helpers.load_file import load_file
+
+    module = load_file(DATASET_SCRIPTS / script, script.removesuffix(".py"))
+    parsed = module.parse_args(args)
+    monkeypatch.chdir(ROOT)
+    if not parsed.root.is_dir():
+        pytest.skip(f"{where}: {parsed.root} is absent here (the command parses)")
+    out = args.index("--out") + 1
+    args = [*args[:out], str(tmp_path / Path(args[out]).name), *args[out + 1:]]
+    assert module.main(args) == 0, f"{where}: {capsys.readouterr().err}"
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed.startswith("read it with: dataset=coco ")
+    _compose_all("eval", shlex.split(printed.removeprefix("read it with: ")))
+
+
+def test_every_experiment_is_listed_in_configs_md():
+    files = {path.stem for path in (ROOT / "configs" / "experiment").glob("*.yaml")}
+    (row,) = [line for line in (ROOT / "docs" / "configs.md").read_text().splitlines()
+              if line.startswith("| `experiment` |")]
+    listed = set(re.findall(r"`(\w+)`", row.split("|")[2]))
+    assert files - listed == set(), f"docs/configs.md does not list {sorted(files - listed)}"
+    assert listed - files == set(), f"docs/configs.md lists missing {sorted(listed - files)}"

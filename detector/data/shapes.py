@@ -281,10 +281,12 @@ def generate_shapes_dataset(
     if root.exists() or root.is_symlink():
         replaceable(root)  # refused before any time is spent generating
     check_free_space(root, num_train + num_val, image_size)
-    log.warning("generating the shapes dataset in %s (%d train + %d val images, %d px): %s; if "
-                "you meant an existing set, check the dataset root", root.resolve(), num_train,
-                num_val, image_size, "there is none there yet" if found is None else
-                "the set there was made with other parameters, it is replaced")
+    # a first run's generation is information; replacing a set made otherwise deserves a warning
+    log.log(logging.INFO if found is None else logging.WARNING,
+            "generating the shapes dataset in %s (%d train + %d val images, %d px): %s; if you "
+            "meant an existing set, check the dataset root", root.resolve(), num_train, num_val,
+            image_size, "there is none there yet" if found is None else
+            "the set there was made with other parameters, it is replaced")
     root.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}{TMP_MARK}{os.getpid()}-", dir=root.parent))

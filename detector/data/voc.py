@@ -240,7 +240,11 @@ def resolve_split_file(root: Path, split: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise DatasetError(f"no split file for split {split!r}; tried {[str(c) for c in candidates]}")
+    raise DatasetError(
+        f"no split file for split {split!r} under {root}; tried {[str(c) for c in candidates]}; "
+        "give a split file (dataset.train_split_file=PATH / dataset.val_split_file=PATH, a .txt "
+        "or .csv relative to the root) or an existing split name (dataset.train_split=NAME / "
+        "dataset.val_split=NAME)")
 
 
 def parse_voc_folder(
@@ -311,9 +315,11 @@ def load_voc_as_coco(
         root, ("Annotations", "annotations"))
     image_path = root / image_dir if image_dir is not None else _first_existing(
         root, ("JPEGImages", "images"))
-    if split_file is None and split is not None:
-        split_file = resolve_split_file(root, split)
-    stems = read_split_file(root / split_file) if split_file is not None else None
+    if split_file is not None:
+        split_path = root / split_file
+    else:
+        split_path = resolve_split_file(root, split) if split is not None else None
+    stems = read_split_file(split_path) if split_path is not None else None
     annotations = parse_voc_folder(ann_path, stems, report)
     if not annotations:
         raise DatasetError(f"{ann_path}: no usable annotation file\n{report.summary()}")
@@ -331,7 +337,9 @@ class VocDetection(DetectionDataset):
         root: dataset folder.
         split: split name, looked up as in `SPLIT_CANDIDATES` (e.g. ``ImageSets/Main/<split>.txt``).
         split_file: explicit ``.txt`` (one image id per line) or ``.csv`` (file name in the first
-            column) split; wins over `split`. Neither: every XML file in the folder.
+            column) split, relative to `root` (or absolute); wins over `split`. Neither: every
+            XML file in the folder. `root` itself, when relative, is taken from the working
+            directory (and joined once).
         ann_dir, image_dir: XML and image folders (default ``Annotations``/``annotations`` and
             ``JPEGImages``/``images``). Relative paths are taken from `root`.
         class_names: the class list, label l = class_names[l - 1]. Default: read from

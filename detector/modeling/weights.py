@@ -37,18 +37,34 @@ def _one_line(error: BaseException) -> str:
 
 
 def _download(weights: WeightsEnum, arch: str) -> dict[str, Tensor]:
-    """Fetch ``weights`` through the torch hub cache; one-sentence error when offline."""
+    """Fetch ``weights`` through torchvision's URL and the torch hub cache
+    (``torch.hub.get_dir()/checkpoints``).
+
+    Raises:
+        WeightsUnavailableError: the download or the cached file failed in any way (no network,
+            a proxy's error page failing the hash check, a cut connection, a corrupt cached file):
+            one line saying what failed, that it needs the network or a local file, and where
+            torch caches it.
+    """
     file_name = os.path.basename(weights.url)
     cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    cached = os.path.join(cache_dir, file_name)
     try:
         return torch.hub.load_state_dict_from_url(
             weights.url, map_location="cpu", progress=True, check_hash=True
         )
-    except OSError as error:  # urllib's URLError/HTTPError, socket timeouts, connection errors
+    except Exception as error:  # noqa: BLE001 - URLError, timeouts, http.client's, bad hash, ...
+        if os.path.isfile(cached):
+            what = (f"could not read the cached {arch} weights {cached} ({_one_line(error)[:200]})"
+                    f"; delete it to download it again from {weights.url}")
+        else:
+            what = (f"could not download {arch} weights {weights.name} from {weights.url} "
+                    f"({_one_line(error)[:200]})")
         raise WeightsUnavailableError(
-            f"could not download {arch} weights {weights.name} from {weights.url} "
-            f"({_one_line(error)}; no network?); download {file_name} elsewhere and pass "
-            f"weights=/path/to/{file_name}, or copy it into {cache_dir}"
+            f"{what}; {weights.name} needs the network or a local "
+            f"file: download {file_name} elsewhere and pass its path "
+            f"(model.backbone.weights=/path/to/{file_name}), or put it into torch's cache "
+            f"{cache_dir} (torch.hub.get_dir(): $TORCH_HOME/hub)"
         ) from None
 
 

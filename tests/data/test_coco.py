@@ -1,6 +1,7 @@
 """CocoDetection on tiny hand-made sets (incl. broken ones) and on the real coco_tiny subset."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,24 @@ def test_coco_tiny_targets_match_raw_json(coco_tiny_root):
     np.testing.assert_allclose(record.boxes, expected, atol=1e-3)
     assert [ds.label_to_cat_id[int(label)] for label in record.labels] == [
         a["category_id"] for a in anns]
+
+
+@pytest.mark.parametrize("cwd", [".", "elsewhere/deeper"])
+def test_a_relative_root_from_any_working_directory(make_coco, helpers, tmp_path, monkeypatch,
+                                                    cwd):
+    """Relative root, ann_file and image_dir: the root from the working directory, the other two
+    from the root (each joined once)."""
+    images = [helpers.coco_image(1), helpers.coco_image(2)]
+    root = make_coco(images, [helpers.coco_ann(1, 1, [2, 2, 10, 10])])
+    (tmp_path / cwd).mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path / cwd)
+    relative = Path(os.path.relpath(root))
+    assert not relative.is_absolute()
+    standard = CocoDetection(root=relative, split="train")
+    (root / "other_images").symlink_to(root / "train")
+    (root / "annotations" / "instances_train.json").rename(root / "train.json")
+    moved = CocoDetection(root=relative, split="ignored", ann_file="train.json",
+                          image_dir="other_images")
+    assert standard.image_ids == moved.image_ids == [1, 2]
+    assert moved[0]["image"].shape[-2:] == (30, 40)  # the image is found under image_dir
+    assert str(moved.image_dir) == str(relative / "other_images")

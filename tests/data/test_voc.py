@@ -3,7 +3,10 @@
 import contextlib
 import csv
 import io
+import logging
+import os
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -181,3 +184,78 @@ def test_raccoon_non_rgb_images_load_as_three_channels(raccoon_root):
     for path in odd:
         assert read_image_rgb(path).shape[2] == 3
         assert ds[index[path]]["image"].shape[0] == 3
+
+
+# ---------------------------------------------------------------------------- relative roots
+def _write_csv_split(root, name: str, stems: list[str]) -> None:
+    (root / "data").mkdir(exist_ok=True)
+    with (root / "data" / f"{name}_labels.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "width", "height", "class"])
+        writer.writerows([f"{stem}.png", 40, 30, "cat"] for stem in stems)
+
+
+@pytest.mark.parametrize("cwd", [".", "elsewhere/deeper"])  # beside the root, and elsewhere
+@pytest.mark.parametrize("how", [{"split": "train"}, {"split_file": "ImageSets/Main/train.txt"},
+                                 {"split": "csv"}, {"split_file": "data/csv_labels.csv"}])
+def test_a_relative_root_is_joined_once(make_voc, tmp_path, monkeypatch, cwd, how):
+    """A root relative to the working directory, with a split by name (looked up under the root)
+    or a split file (relative to the root): the root is joined once (it was joined twice for a
+    split name: ``VOC/VOC/ImageSets/Main/train.txt does not exist``)."""
+    root = make_voc({"a": (40, 30, [OBJ]), "b": (40, 30, []), "c": (30, 40, [OBJ])},
+                    splits={"train": ["a", "b"]})
+    _write_csv_split(root, "csv", ["a", "b"])  # split="csv" finds data/csv_labels.csv
+    (tmp_path / cwd).mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path / cwd)
+    relative = os.path.relpath(root)
+    assert not Path(relative).is_absolute() and relative.endswith("VOC")
+    ds = VocDetection(root=relative, **how)
+    assert ds.image_ids == [1, 2] and ds.class_names == ["cat"]
+    assert len(ds) == 2 and ds[0]["image"].shape[-2:] == (30, 40)  # the image is found too
+
+
+def test_no_split_file_names_the_keys_to_set(make_voc, tmp_path, monkeypatch):
+    make_voc({"a": (40, 30, [OBJ])})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError) as info:
+        VocDetection(root="VOC", split="trainval")
+    message = str(info.value)
+    assert "no split file for split 'trainval' under VOC; tried ['VOC/ImageSets/Main/trainval.txt'" \
+        in message
+    for key in ("dataset.train_split_file=", "dataset.val_split_file=", "dataset.train_split="):
+        assert key in message
+    assert "VOC/VOC" not in message
+
+
+def test_raccoon_from_the_repository_root_with_relative_paths(raccoon_root, monkeypatch):
+    """As a user types it in the checkout: ``dataset.root=../shared/data/raccoon`` with the CSV
+    split by file and by name (``test`` finds ``data/test_labels.csv``)."""
+    repository = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repository)
+    relative = os.path.relpath(raccoon_root)
+    by_file = VocDetection(root=relative, split_file="data/test_labels.csv")
+    by_name = VocDetection(root=relative, split="test")
+    assert by_file.image_ids == by_name.image_ids and len(by_file) == 40
+
+
+def test_dataset_voc_with_a_relative_root_through_the_training_config(make_voc, tmp_path,
+                                                                     monkeypatch, caplog):
+    """``dataset=voc dataset.root=<relative>`` by split name, as the training tool builds it;
+    its log line counts one image and one class in the singular."""
+    from hydra import compose, initialize_config_dir
+
+    from detector_cli.train import build_datasets
+
+    make_voc({"a": (40, 30, [OBJ]), "b": (40, 30, [OBJ]), "c": (30, 40, [OBJ])},
+             splits={"trainval": ["a", "b"], "test": ["c"]})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=voc", "dataset.root=../VOC"])
+    with caplog.at_level(logging.INFO, logger="train_net"):
+        train, val = build_datasets(cfg)
+    assert (len(train), len(val)) == (2, 1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "train_net"]
+    assert lines[0].startswith("train: 2 images, 1 class; ")
+    assert lines[1].startswith("val: 1 image, 1 class; ")

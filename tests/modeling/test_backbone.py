@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 from pathlib import Path
 
@@ -358,3 +359,43 @@ def test_backbones_on_cuda_under_autocast(cuda_device):
         assert out.shape == (2, backbone.out_channels, 4, 6)
         assert torch.isfinite(out).all()
         out.float().square().mean().backward()
+
+
+@pytest.mark.parametrize("failure", [
+    urllib.error.URLError("[Errno -2] Name or service not known"),
+    TimeoutError("timed out"),
+    http.client.RemoteDisconnected("Remote end closed connection without response"),
+    http.client.IncompleteRead(b"partial"),  # no OSError: a cut download
+    RuntimeError('invalid hash value (expected "6c64b313", got "0badf00d")'),  # a proxy's page
+])
+def test_any_download_failure_is_one_user_error_line(failure, tmp_path, monkeypatch):
+    """Whatever way the download fails, one line: what failed, that it needs the network or a
+    local file (the config key to pass it), and where torch caches it."""
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fail)
+    with pytest.raises(WeightsUnavailableError) as info:
+        VGG16BNBackbone(weights="IMAGENET1K_V1")
+    _assert_offline_message(info.value)
+    message = str(info.value)
+    assert message.startswith(f"could not download VGG16-BN weights IMAGENET1K_V1 from "
+                              f"{VGG_IMAGENET.url} ({type(failure).__name__}")
+    assert "needs the network or a local file" in message
+    assert f"model.backbone.weights=/path/to/{VGG_FILE}" in message
+    assert str(Path(torch.hub.get_dir()) / "checkpoints") in message
+    assert torch.hub.get_dir().startswith(str(tmp_path))
+
+
+def test_a_corrupt_cached_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / VGG_FILE).write_bytes(b"<html>proxy says no</html>")
+    with pytest.raises(WeightsUnavailableError) as info:
+        VGG16BNBackbone(weights="IMAGENET1K_V1")
+    assert str(info.value).startswith(f"could not read the cached VGG16-BN weights "
+                                      f"{cache / VGG_FILE} (")
+    _assert_offline_message(info.value)

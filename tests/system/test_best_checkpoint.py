@@ -107,7 +107,7 @@ def test_best_resolves_beside_the_newest_final(tmp_path, tiny_checkpoint):
     assert resolve_checkpoint(cfg) == checkpoints / "final.pth"
     (checkpoints / "best.pth").unlink()
     cfg.checkpoint = "best"
-    with pytest.raises(config_checks.ConfigError, match=r"^checkpoint=best: the newest run's "
+    with pytest.raises(config_checks.ConfigError, match=r"^checkpoint=best: the chosen run's "
                                                         r".*holds no best\.pth"):
         resolve_checkpoint(cfg)
     cfg.outputs_root = str(tmp_path / "nowhere")
@@ -127,7 +127,7 @@ def test_every_tool_takes_best_and_says_when_there_is_none(tool, extra, tmp_path
             *(a.format(image=image) for a in extra)]
     done = run_tool(tool, args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.startswith("error: checkpoint=best: the newest run's ")
+    assert done.stderr.startswith("error: checkpoint=best: the chosen run's ")
     assert done.stderr.count("\n") == 1
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,10 @@ def test_end_to_end_run_writes_checkpoint_metrics_and_curves(end_to_end_run):
     train, _ = _records(run_dir)
     assert {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"} <= train[0].keys()
     assert "evaluate it with: python tools/eval.py checkpoint=" in output
+    # the precision it chose, once, and counts in the singular or plural
+    assert len(re.findall(r"device cpu x 1 process\(es\), precision (?:bf16|fp32) "
+                          r"\(precision=auto\), 3 iterations", output)) == 1
+    assert "train: 16 images, 4 classes; " in output
 
 
 @pytest.mark.slow
@@ -209,6 +214,7 @@ def test_eval_without_checkpoint_evaluates_the_newest_run(end_to_end_run, two_st
     output = _ok(_tool("eval.py", [f"outputs_root={workdir / 'outputs'}", "num_workers=0",
                                    "batch_size=8", "num_visualize=2"], workdir))
     assert f"evaluating {newest} on shapes (val split, 8 images)" in output
+    assert f"checkpoint: newest finished, evaluated run: {newest} (AP50 " in output
     _check_eval(newest, shapes_root / "annotations" / "instances_val.json", num_images=8,
                 count=2)
 

@@ -57,20 +57,28 @@ def test_eval_prints_and_writes_voc07_beside_coco(tiny_checkpoint, coco_root, tm
     checkpoint = tmp_path / "run" / "final.pth"  # the session's checkpoint folder stays as is
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    own = checkpoint.parent / "final_val_metrics.json"  # the run's own evaluation (shapes)
+    own.write_text('{"AP": 0.5}')
     done = run_tool("eval.py", [f"checkpoint={checkpoint}", *_dataset(coco_root),
                                 "metric=[coco,voc07]", "num_visualize=0", "batch_size=3"],
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "VOC07 mAP " in done.stdout and "Average Precision  (AP)" in done.stdout
     folder = checkpoint.parent
-    metrics = json.loads((folder / "final_val_metrics.json").read_text())
+    assert own.read_text() == '{"AP": 0.5}'  # another dataset: the run's own files stay
+    stem = f"final_eval_coco_{coco_root.name}_val"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "final.pth", f"{stem}_detections", f"{stem}_metrics.json", f"{stem}_results.json",
+        "final_val_metrics.json"]
+    assert f"{stem}_metrics.json" in done.stdout
+    metrics = json.loads((folder / f"{stem}_metrics.json").read_text())
     assert set(metrics["VOC07_per_class"]) == set(TINY_CLASSES)
     assert metrics["VOC07_positives"] == {"square": 2, "circle": 1, "triangle": 1, "ellipse": 0}
     assert metrics["VOC07_per_class"]["ellipse"] is None and "AP50" in metrics
     assert f"VOC07 mAP {'-' if metrics['VOC07'] is None else format(metrics['VOC07'], '.4f')}" \
         in done.stdout
     results = tmp_path / "saved.json"
-    results.write_bytes((folder / "final_val_results.json").read_bytes())
+    results.write_bytes((folder / f"{stem}_results.json").read_bytes())
     again = run_tool("eval.py", [f"results={results}", *_dataset(coco_root),
                                  "metric=[coco,voc07]", "checkpoint=/nonexistent.pth"],
                      cwd=tmp_path)
@@ -133,3 +141,34 @@ def test_a_bad_metric_is_one_line_and_exit_2(coco_root, tmp_path, args, pattern)
 def test_results_without_a_dataset_is_one_line_and_exit_2(tmp_path):
     done = run_tool("eval.py", [f"results={tmp_path / 'r.json'}", "device=cpu"], cwd=tmp_path)
     _one_line_error(done, r"results= needs dataset=")
+
+
+def _eval_cfg(dataset: dict | None, split: str = "val"):
+    from omegaconf import OmegaConf
+    return OmegaConf.create({"split": split, **({"dataset": dataset} if dataset else {})})
+
+
+VOC = {"name": "voc", "root": "datasets/data/VOCdevkit/VOC2007",
+       "val": {"_target_": "detector.data.VocDetection", "root": "datasets/data/VOCdevkit/VOC2007",
+               "split": "test", "split_file": None, "transforms": {"min_size": 600}}}
+
+
+@pytest.mark.parametrize(("composed", "split", "stem"), [
+    (None, "val", "final_val"),  # the run's own dataset (no dataset=)
+    (VOC, "val", "final_val"),  # dataset= composed as the run's own (transforms aside)
+    ({**VOC, "val": {**VOC["val"], "transforms": {"min_size": 300}}}, "val", "final_val"),
+    (None, "train", "final_train"),
+    ({**VOC, "name": "coco"}, "val", "final_eval_coco_VOC2007_val"),
+    ({**VOC, "root": "/data/other/VOC2012", "val": {**VOC["val"], "root": "/data/other/VOC2012"}},
+     "val", "final_eval_voc_VOC2012_val"),
+    ({**VOC, "val": {**VOC["val"], "split": "val"}}, "val", "final_eval_voc_VOC2007_val"),
+    ({**VOC, "val": {**VOC["val"], "split_file": "mine.txt"}}, "val",
+     "final_eval_voc_VOC2007_val"),
+])
+def test_outputs_on_another_dataset_are_named_by_it(composed, split, stem):
+    """Evaluating on another dataset (name, root or split differ) never takes the names of the
+    run's own final_<split>_* files."""
+    from detector_cli.evaluate import output_stem
+    state = {"config": {"dataset": VOC}}
+    assert output_stem(_eval_cfg(composed, split), Path("run/checkpoints/final.pth"),
+                       state) == stem
