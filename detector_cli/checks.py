@@ -22,8 +22,8 @@ from detector.runtime import resolve_device, resolve_precision
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-__all__ = ["ConfigError", "check_checkpoint_dataset", "check_dataset", "check_eval_config",
-           "check_eval_metric", "check_export_config", "check_inspect_config", "check_number",
+__all__ = ["ConfigError", "check_anchor_values", "check_checkpoint_dataset", "check_dataset",
+           "check_eval_config", "check_eval_metric", "check_export_config", "check_inspect_config", "check_number",
            "check_overrides", "check_path", "check_predict_config", "check_reliability", "check_runtime",
            "check_serve_config", "check_train_config", "resume_checkpoint"]
 
@@ -131,10 +131,25 @@ def check_checkpoint_dataset(name, split_spec) -> None:
                           f"your copy of the data")
 
 
+def check_anchor_values(cfg: DictConfig) -> None:
+    """``dataset.anchor_sizes`` / ``dataset.anchor_ratios``: a non-empty list of positive finite
+    numbers, or ``auto`` (fitted to the training boxes: ``detector_cli.anchors``)."""
+    for key in ("dataset.anchor_sizes", "dataset.anchor_ratios"):
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            continue
+        items = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else []
+        if not items or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                and math.isfinite(v) and v > 0 for v in items):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"{key} must be a list of positive numbers or auto, got {shown!r}")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad value of a training config (the values the Trainer's
     parts hold rules for: ``detector_cli.train.build_options``)."""
     check_dataset(cfg)
+    check_anchor_values(cfg)
     for key in ("batch_size", "train.log_period", "train.eval_batch_size", "dataset.max_size"):
         _positive_int(cfg, key)
     # every step length of the schedule (iterations, rpn_iterations, ...)
