@@ -15,7 +15,7 @@ ifneq ($(wildcard $(SHARED_DATA_DIR)/.),)
 export DETECTOR_SHARED_DATA ?= $(SHARED_DATA_DIR)
 endif
 
-.PHONY: install test test-fast test-browser lint train eval bench gpu-checks study study-imbalanced demo clean
+.PHONY: install test test-fast test-browser lint inspect-data train eval bench gpu-checks study study-imbalanced demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ test-browser: install  ## the page in headless chromium (installs Debian's chrom
 
 lint: install
 	$(BIN)/ruff check detector tools tests datasets
+
+inspect-data: install  ## look at the data before training: contact sheet, box sizes vs anchors, counts, anchor coverage (ARGS="experiment=raccoon")
+	$(BIN)/python tools/inspect_data.py $(ARGS)
 
 train: install  ## focal-loss Faster R-CNN on the generated shapes set (2-core CPU: ~9 min with bf16, ~25 min fp32 on AVX2)
 	$(BIN)/python tools/train_net.py experiment=focal $(ARGS)

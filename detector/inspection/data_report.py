@@ -1,0 +1,188 @@
+"""The data inspection as text (``tools/inspect_data.py``): the printed summary (with the line
+``anchor coverage (IoU >= 0.5): NN.N %``), report.md (markdown tables, names escaped) and the
+advice: what to change, one sentence each, all in ``Advice`` (one place to revise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from detector.data.report import KIND_DESCRIPTIONS
+from detector.inspection.data_stats import (
+    COVERAGE_TARGET,
+    DUPLICATE_IOU,
+    TINY_SIDE,
+    AnchorSet,
+    Coverage,
+    DataInspection,
+)
+from detector.untrusted import shown, shown_text
+
+__all__ = ["ADVICE", "Advice", "advice", "coverage_line", "report_markdown", "summary_lines",
+           "write_report"]
+
+PRINTED_CLASSES = 12  # the summary names the classes with most boxes; report.md has them all
+
+
+# --- the advice: one place (issue 29); each entry is one sentence -----------------------------
+@dataclass(frozen=True)
+class Advice:
+    """When the report says what to change: coverage at IoU 0.5 under ``coverage_below``, or
+    the largest class over ``imbalance_above`` times the smallest."""
+
+    coverage_below: float = COVERAGE_TARGET
+    imbalance_above: float = 5.0
+
+    def anchors(self, coverage: float, anchors: AnchorSet, fitted: Coverage | None) -> str:
+        if anchors.source != "config":
+            return (f"Anchor coverage at IoU 0.5 is {_pct(coverage)} % even with anchors fitted "
+                    f"to these boxes: one grid of {len(anchors.sizes)} sizes x "
+                    f"{len(anchors.ratios)} ratios at stride {anchors.stride} does not fit them "
+                    f"all (try more sizes or ratios, or a smaller stride for small boxes).")
+        if fitted is not None and not fitted.overall[0.5] > coverage:
+            return (f"Anchor coverage at IoU 0.5 is {_pct(coverage)} %, under "
+                    f"{_pct(self.coverage_below)} %, and anchors fitted to these boxes give "
+                    f"{_pct(fitted.overall[0.5])} %, no better: the boxes are too small or too "
+                    f"varied for one grid at stride {anchors.stride} (a larger dataset.min_size "
+                    f"or model.backbone.output_stride=8 may help small boxes).")
+        text = (f"Anchor coverage at IoU 0.5 is {_pct(coverage)} %, under "
+                f"{_pct(self.coverage_below)} %: train with dataset.anchor_sizes=auto "
+                f"dataset.anchor_ratios=auto (anchors fitted to these boxes)")
+        if fitted is not None:
+            text += (f", which here gives sizes {_numbers(fitted.anchors.sizes)} and ratios "
+                     f"{_numbers(fitted.anchors.ratios)} with coverage {_pct(fitted.overall[0.5])}"
+                     f" % at IoU 0.5")
+        return text + "."
+
+    def imbalance(self, ratio: float) -> str:
+        return (f"The largest class has {_ratio(ratio)} times the boxes of the smallest (over "
+                f"1:{self.imbalance_above:g}): consider loss=focal, which down-weights the easy, "
+                f"frequent examples.")
+
+
+ADVICE = Advice()
+
+
+def advice(inspection: DataInspection, rules: Advice = ADVICE) -> list[str]:
+    """The sentences the report adds (anchors, then imbalance); empty when nothing needs
+    changing."""
+    out = []
+    coverage = inspection.coverage.overall.get(0.5)
+    if coverage is not None and coverage < rules.coverage_below:
+        out.append(rules.anchors(coverage, inspection.coverage.anchors, inspection.fitted))
+    if inspection.imbalance is not None and inspection.imbalance > rules.imbalance_above:
+        out.append(rules.imbalance(inspection.imbalance))
+    return out
+
+
+# --- text -------------------------------------------------------------------------------------
+def _pct(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100.0 * fraction:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else "inf" if math.isinf(value) else f"{value:.3g}"
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def coverage_line(threshold: float, fraction: float | None) -> str:
+    """``anchor coverage (IoU >= 0.5): NN.N %``"""
+    return f"anchor coverage (IoU >= {threshold:g}): {_pct(fraction)} %"
+
+
+def _anchor_line(anchors: AnchorSet) -> str:
+    return (f"anchors ({anchors.source}): sizes {_numbers(anchors.sizes)}, ratios (h/w) "
+            f"{_numbers(anchors.ratios)}, stride {anchors.stride}, offset {anchors.offset:g}")
+
+
+def summary_lines(inspection: DataInspection) -> list[str]:
+    """What the tool prints: the counts, the loader's problems, coverage and advice."""
+    i = inspection
+    low, high = i.image_size_range
+    ranked = sorted(zip(i.counts, range(len(i.counts)), i.class_names, strict=True),
+                    key=lambda row: (-row[0], row[1]))  # most boxes first, then class order
+    counts = ", ".join(f"{shown(name, limit=40)} {n}" for n, _, name in ranked[:PRINTED_CLASSES])
+    if len(ranked) > PRINTED_CLASSES:
+        counts += f", ... ({len(ranked) - PRINTED_CLASSES} more in report.md)"
+    lines = [f"{shown(i.name)} ({i.split} split): {i.num_images} images, "
+             f"{len(i.class_names)} {'class' if len(i.class_names) == 1 else 'classes'}, "
+             f"{i.num_boxes} boxes; model input {low}-{high} px a side",
+             f"boxes per class: {counts}",
+             f"imbalance (largest / smallest class): {_ratio(i.imbalance)}",
+             f"images without boxes: {i.empty_images}; boxes under {TINY_SIDE:g} px: {i.tiny}; "
+             f"duplicate boxes (IoU > {DUPLICATE_IOU:g}): {i.duplicates}",
+             *shown_text(i.problems_text).split("\n"),
+             _anchor_line(i.coverage.anchors),
+             *(coverage_line(t, f) for t, f in i.coverage.overall.items())]
+    if i.fitted is not None:
+        lines += [_anchor_line(i.fitted.anchors),
+                  *(f"  with them: {coverage_line(t, f)}" for t, f in i.fitted.overall.items())]
+    return lines + [f"advice: {text}" for text in advice(i)]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table; the cells (names from the data) escaped: ``shown`` (control
+    characters), then ``|`` and markdown's emphasis, code, link and HTML characters; ``header``
+    is written as given."""
+    def cell(text: str) -> str:
+        escaped = shown(text, limit=200).replace("\\", "\\\\")
+        for char in "|*_`[]<>#":
+            escaped = escaped.replace(char, "\\" + char)
+        return escaped
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+                      *map(line, rows)])
+
+
+def _coverage_table(first: str, rows: list, thresholds: Sequence[float]) -> str:
+    header = [first, "boxes", *(f"IoU >= {t:g} (%)" for t in thresholds)]
+    return _table(header, [[name, str(n), *(_pct(f[t]) for t in thresholds)]
+                           for name, n, f in rows])
+
+
+def _coverage_section(title: str, coverage: Coverage) -> list[str]:
+    thresholds = list(coverage.overall)
+    return [f"## {title}", "", _anchor_line(coverage.anchors), "",
+            *(f"- {coverage_line(t, f)}" for t, f in coverage.overall.items()), "",
+            _coverage_table("class", coverage.per_class, thresholds), "",
+            _coverage_table("size (model input)", coverage.per_bucket, thresholds), ""]
+
+
+def report_markdown(inspection: DataInspection, figures: Sequence[str] = ()) -> str:
+    """report.md: counts, data problems, coverage tables (per class, per size bucket), advice and
+    the figures (file names relative to the report)."""
+    i = inspection
+    counts = [[name, str(n)] for name, n in zip(i.class_names, i.counts, strict=True)]
+    problems = _table(["problem", "count"], [[KIND_DESCRIPTIONS.get(k, k), str(v)]
+                                             for k, v in i.problems.items()])
+    lines = [f"# Data inspection: {shown(i.name)}, {i.split} split", "",
+             *(f"- {line}" for line in summary_lines(i)[:4]), "",
+             "## Boxes per class", "", _table(["class", "boxes"], counts), "",
+             f"Imbalance (largest / smallest class): {_ratio(i.imbalance)}", "",
+             "## Data problems the loader reported", "",
+             problems if i.problems else "None found.",
+             "", *_coverage_section("Anchor coverage", i.coverage)]
+    if i.fitted is not None:
+        lines += _coverage_section("Anchor coverage with fitted anchors", i.fitted)
+    lines += ["## Advice", "", *([f"- {text}" for text in advice(i)] or ["- none"]), ""]
+    if figures:
+        lines += ["## Figures", "", *(f"![{name}]({name})" for name in figures), ""]
+    return "\n".join(lines)
+
+
+def write_report(inspection: DataInspection, out_dir: str | Path,
+                 figures: Sequence[str] = ()) -> Path:
+    """Write ``out_dir/report.md``; returns its path."""
+    path = Path(out_dir) / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_markdown(inspection, figures))
+    return path
