@@ -38,6 +38,7 @@ from detector import run_files
 from detector.data import build_dataloader
 from detector.engine import distributed as dist
 from detector.engine.best import BestRule, save_model_file
+from detector.engine.ema import EMAOptions
 from detector.engine.guard import DivergedError, DivergenceGuard, StopSignal
 from detector.engine.logger import TrainLogger
 from detector.engine.position import Cadence, StepOptions
@@ -50,6 +51,7 @@ from detector.evaluation import (
 )
 from detector.runtime import resolve_device, resolve_precision, seed_everything
 from detector.study.curves import plot_metrics
+from detector_cli.anchors import settle_anchors
 from detector_cli.checks import (
     ConfigError,
     check_eval_metric,
@@ -84,6 +86,7 @@ class TrainerOptions:
     divergence: DivergenceGuard
     phases: list[Phase]
     best: BestRule
+    ema: EMAOptions | None = None  # train.ema_decay (null: off), train.ema_warmup, ema_eval_raw
 
 
 def build_options(cfg: DictConfig, device: torch.device) -> TrainerOptions:
@@ -94,7 +97,8 @@ def build_options(cfg: DictConfig, device: torch.device) -> TrainerOptions:
     t = cfg.train
     precision = resolve_precision(cfg.precision, device)
     with config_keys("train", factor="train.divergence_factor",
-                     window="train.divergence_window"):
+                     window="train.divergence_window", decay="train.ema_decay",
+                     warmup="train.ema_warmup", eval_raw="train.ema_eval_raw"):
         step = StepOptions(precision=precision, channels_last=t.channels_last,
                            clip_grad_norm=t.clip_grad_norm, on_nonfinite=t.on_nonfinite)
         divergence = DivergenceGuard(factor=t.divergence_factor, window=t.divergence_window)
@@ -104,10 +108,13 @@ def build_options(cfg: DictConfig, device: torch.device) -> TrainerOptions:
                           histogram_period=t.histogram_period,
                           eval_metrics=tuple(check_eval_metric(t.get("eval_metric", "coco"),
                                                                key="train.eval_metric")))
+        ema = None if t.get("ema_decay") is None else EMAOptions(
+            decay=t.ema_decay, warmup=t.get("ema_warmup", 100),
+            eval_raw=t.get("ema_eval_raw", True))
     with config_keys("schedule"):
         phases = hydra.utils.instantiate(cfg.schedule.phases)
     return TrainerOptions(step=step, cadence=cadence, divergence=divergence, phases=phases,
-                          best=build_best(cfg))
+                          best=build_best(cfg), ema=ema)
 
 
 BEST_KEYS = {"metric": "train.best_metric", "mode": "train.best_mode",
@@ -135,7 +142,9 @@ def build_datasets(cfg: DictConfig):
             f"train and val splits have different classes ({train.class_names} vs "
             f"{val.class_names}); set dataset.class_names=[...] explicitly")
     for name, ds in (("train", train), ("val", val)):
-        log.info("%s: %d images, %d classes; %s", name, len(ds), len(ds.class_names),
+        images, classes = len(ds), len(ds.class_names)
+        log.info("%s: %d image%s, %d class%s; %s", name, images, "" if images == 1 else "s",
+                 classes, "" if classes == 1 else "es",
                  ds.report.summary() if hasattr(ds, "report") else "")
     return train, val
 
@@ -145,6 +154,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
     """The Trainer of ``cfg``: options first (``build_options``), then datasets, model, loaders."""
     options = build_options(cfg, device)  # before any data is read
     train_set, val_set = build_datasets(cfg)
+    settle_anchors(cfg, train_set)  # dataset.anchor_*=auto: numbers in cfg before the model
     model = hydra.utils.instantiate(cfg.model, num_classes=len(train_set.class_names))
     if dist.get_rank():  # the same initial weights everywhere, then per-rank RPN/ROI sampling
         seed_everything(cfg.seed + dist.get_rank())
@@ -167,7 +177,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                           "class_names": list(train_set.class_names),
                           "label_to_cat_id": dict(train_set.label_to_cat_id)},
-        stop_signal=stop_signal, divergence=options.divergence, best=options.best)
+        stop_signal=stop_signal, divergence=options.divergence, best=options.best,
+        ema=options.ema)
 
 
 def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
@@ -186,13 +197,14 @@ def train(cfg: DictConfig, stop_signal: StopSignal | None = None) -> dict:
         trainer.resume(resume)
     if dist.is_main():  # what tools/compare.py reads to tell runs apart (replaces a symlink)
         run_files.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
-    log.info("device %s x %d process(es), %d iterations", device, dist.get_world_size(),
+    log.info("device %s x %d process(es), precision %s (precision=%s), %d iterations", device,
+             dist.get_world_size(), resolve_precision(cfg.precision, device), cfg.precision,
              trainer.total_iterations)
     with config_keys("train", metric=BEST_KEYS["metric"]):  # a metric the evaluation lacks
         summary = trainer.train()
     if summary["interrupted"] is None and dist.is_main():
         summary["final"] = save_model_file(  # the same payload as best.pth (BestCheckpoint)
-            output_dir / run_files.CHECKPOINTS / run_files.FINAL, model=trainer.models["main"],
+            output_dir / run_files.CHECKPOINTS / run_files.FINAL, model=trainer.eval_model,
             extra=trainer.checkpointer.extra, iteration=summary["iterations"])
         plot_metrics(output_dir / run_files.METRICS, output_dir / run_files.LOSS_CURVES)
         detections = trainer.evaluation.last_detections

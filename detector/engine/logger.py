@@ -164,9 +164,14 @@ class TrainLogger:
         """One evaluation result (AP, AP50, ...)."""
         if not self.enabled:
             return
-        ap, ap50 = metrics.get("AP"), metrics.get("AP50")
-        log.info("[%s] eval at iter %d: AP %s  AP50 %s", phase, iteration,
-                 "n/a" if ap is None else f"{ap:.4f}", "n/a" if ap50 is None else f"{ap50:.4f}")
+        def shown(key: str) -> str:
+            value = metrics.get(key)
+            return "n/a" if value is None else f"{value:.4f}"
+
+        raw = (f" (raw weights: AP {shown('raw_AP')}  AP50 {shown('raw_AP50')})"
+               if "raw_AP" in metrics else "")
+        log.info("[%s] eval at iter %d: AP %s  AP50 %s%s", phase, iteration, shown("AP"),
+                 shown("AP50"), raw)
         self._write(eval_record(iteration=iteration, phase=phase, metrics=metrics), iteration,
                     "val")
 

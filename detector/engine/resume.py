@@ -4,7 +4,8 @@ A checkpoint holds where the run is (``TrainingPosition``: phase, step in it, gl
 whether the phase's start action ran, skipped steps), the main model and the 4-step "rpn" model,
 the optimiser, LR scheduler and grad scaler of the current phase (``PhaseOptimizer``), the last
 evaluation (``PeriodicEvaluation``), the best one and the patience count (``best``: absent in
-older checkpoints), the batch stream's (epoch, position) and the random generators of every
+older checkpoints), the average of the weights (``ema``, with ``train.ema_decay``: its weights
+and update count; a checkpoint without one resumes with a fresh average), the batch stream's (epoch, position) and the random generators of every
 rank, each written by one part (``training_parts``), and the version of its layout
 (``"format"``: ``CHECKPOINT_FORMAT``). ``Checkpointer.resume`` checks all of it
 (``resume_checks``: a file from anywhere is data to check, never trusted) and then gives each
@@ -28,6 +29,7 @@ from detector.checkpoint import (
     save_periodic_checkpoint,
 )
 from detector.engine import distributed as dist
+from detector.engine.ema import ModelEMA
 from detector.engine.optim import PhaseOptimizer, check_optimization
 from detector.engine.position import Every, TrainingPosition
 from detector.engine.resume_checks import Where, check_resume_state, show
@@ -202,17 +204,21 @@ class TrainingCheck:
         phase_groups (Callable, optional): ``Phase`` -> the param groups its optimiser will
             get (``param_groups``), to check a checkpoint's optimiser state before resuming;
             None: that state is checked when the phase starts.
+        ema (nn.Module, optional): this run's weight average (``ModelEMA.module``): the
+            checkpoint's ``ema`` weights must fit it; None (no average): not checked.
     """
 
     def __init__(self, *, phases: list[Phase], model: nn.Module, optimization: PhaseOptimizer,
-                 phase_groups: Callable[[Phase], list[dict]] | None = None) -> None:
+                 phase_groups: Callable[[Phase], list[dict]] | None = None,
+                 ema: nn.Module | None = None) -> None:
         self.phases, self.model, self.optimization = phases, model, optimization
-        self.phase_groups = phase_groups
+        self.phase_groups, self.ema = phase_groups, ema
 
     def __call__(self, state, source: str, extra: dict) -> None:
         """``extra``: this run's (``class_names``: its classes, in order; absent: not checked)."""
         position = check_resume_state(state, source=source, phases=self.phases,
-                                      class_names=extra.get("class_names"), model=self.model)
+                                      class_names=extra.get("class_names"), model=self.model,
+                                      ema=self.ema)
         index = position["phase_index"]
         phase = self.phases[index] if index < len(self.phases) else None
         groups = (self.phase_groups(phase) if phase is not None and self.phase_groups is not None
@@ -224,7 +230,8 @@ class TrainingCheck:
 def training_parts(*, phases: list[Phase], position: TrainingPosition,
                    models: dict[str, nn.Module | None], optimization: PhaseOptimizer,
                    evaluation: Stateful, divergence: Stateful, stream: BatchStream,
-                   best: Stateful | None = None) -> dict[str, Stateful]:
+                   best: Stateful | None = None,
+                   ema: ModelEMA | None = None) -> dict[str, Stateful]:
     """The trainer's state as ``Checkpointer`` parts, in the order resume restores them and with
     the keys of format 1 (so that older checkpoints load).
 
@@ -238,6 +245,9 @@ def training_parts(*, phases: list[Phase], position: TrainingPosition,
         stream (BatchStream): the training batches.
         best (Stateful, optional): the best evaluation so far and the patience count
             (``best.BestTracker``; a checkpoint without it starts afresh).
+        ema (ModelEMA, optional): the average of the main model's weights (``ema``; restored
+            after the model: a checkpoint without it restarts the average at the resumed
+            weights, with a warning).
     """
     parts = {
         "model": models["main"],
@@ -249,7 +259,32 @@ def training_parts(*, phases: list[Phase], position: TrainingPosition,
     }
     if best is not None:
         parts["best"] = best
+    if ema is not None:
+        parts["ema"] = _Average(ema, models)
     return parts
+
+
+class _Average:
+    """``ema``: the weight average (``ModelEMA.state_dict``); a checkpoint without one (written
+    without ``train.ema_decay``, or before it existed) restarts it at the resumed main model."""
+
+    def __init__(self, ema: ModelEMA, models: dict[str, nn.Module | None]) -> None:
+        self.ema, self.models = ema, models
+
+    def state_dict(self) -> dict:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is None:
+            log.warning("the checkpoint holds no average of the weights (written without "
+                        "train.ema_decay): the average starts afresh from the resumed weights")
+            self.ema.reset(self.models["main"])
+            return
+        if state.get("decay") is not None and float(state["decay"]) != self.ema.decay:
+            log.warning("the checkpoint's weight average used decay %s, this run %s: the "
+                        "average continues with %s", state["decay"], self.ema.decay,
+                        self.ema.decay)
+        self.ema.load_state_dict(state)
 
 
 class _StepOneModel:

@@ -8,8 +8,11 @@ labels), each number of the position in its range (``iteration`` in [``phase_ite
 schedule's iterations], ``phase_iter`` within its phase, the data stream's ``epoch`` and
 ``position`` within the iterations done), the random generators exactly as
 ``capture_rng_state`` writes them, the weights with this model's keys, shapes and dtypes (and
-finite), and the last evaluation, the divergence reference and the best evaluation so far
-(``best``) as plain numbers. A value outside is
+finite), the weight average (``ema``: weights like the model's, its update count within the
+iterations done), and the last evaluation, the divergence reference and the best evaluation so far
+(``best``) as plain numbers; and that the schedule still has steps to do
+(``FinishedRunError``: a run that did more iterations than this run's schedule asks for is
+never "resumed" into rewriting its final files). A value outside is
 one line naming its key: ``CheckpointError`` (malformed), ``CheckpointMismatchError`` (another
 run's: other classes, another schedule or model). The optimiser's state is checked against the
 phase's optimiser by ``detector.engine.optim.check_optimization``.
@@ -25,7 +28,13 @@ import torch
 from detector.checkpoint import CheckpointError, CheckpointMismatchError
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
 
-__all__ = ["MAX_PHASE_ITERATIONS", "Where", "check_resume_state", "part", "plain_data", "show"]
+__all__ = ["MAX_PHASE_ITERATIONS", "FinishedRunError", "Where", "check_resume_state", "part",
+           "plain_data", "show"]
+
+
+class FinishedRunError(CheckpointMismatchError):
+    """The checkpoint has more iterations done than this run's schedule asks for (e.g. a
+    finished 60-iteration run resumed with ``schedule.iterations=30``)."""
 
 log = logging.getLogger("detector.train")
 
@@ -120,7 +129,7 @@ class Where:
 
 
 def check_resume_state(state, *, source: str, phases: list[Phase], class_names: list | None,
-                       model: torch.nn.Module) -> dict:
+                       model: torch.nn.Module, ema: torch.nn.Module | None = None) -> dict:
     """Check a loaded training checkpoint before anything of it is restored.
 
     Args:
@@ -128,6 +137,8 @@ def check_resume_state(state, *, source: str, phases: list[Phase], class_names: 
         source (str): "checkpoint PATH" (or "the checkpoint"), the start of every message.
         phases: this run's schedule. class_names: this run's classes (None: not checked).
         model: this run's main model (the "rpn" model is a copy of it).
+        ema: this run's weight average (``ModelEMA.module``), or None (none: ``ema`` is not
+            read, not checked).
 
     Returns:
         dict: the position (``TrainingPosition.state_dict()``), checked.
@@ -140,6 +151,11 @@ def check_resume_state(state, *, source: str, phases: list[Phase], class_names: 
     _check_classes(state, where, class_names)
     position = _check_position(state, trainer, where, lengths, phases)
     iteration = position["iteration"]
+    _check_not_past_the_schedule(position, where, lengths, phases)
+    if lengths != [p.iterations for p in phases]:  # (once the position fits this schedule)
+        log.warning("resuming with different phase lengths (%s, checkpoint %s): the LR "
+                    "schedule differs from the interrupted run's",
+                    [p.iterations for p in phases], lengths)
     _check_evaluation(trainer, where, iteration)
     _check_divergence(trainer.get("divergence"), where)
     _check_best(state.get("best"), where, iteration)
@@ -155,7 +171,42 @@ def check_resume_state(state, *, source: str, phases: list[Phase], class_names: 
         check_weights(state["rpn_model"], where, "rpn_model", reference)
     elif _needs_rpn(phases, position["phase_index"], position["phase_begun"]):
         raise where.error("rpn_model", "is missing, but the schedule still needs the step-1 model")
+    if ema is not None and state.get("ema") is not None:
+        _check_average(state["ema"], where, iteration, ema)
     return position
+
+
+def _check_not_past_the_schedule(position: dict, where: Where, lengths: list[int],
+                                 phases: list[Phase]) -> None:
+    """Refuse a checkpoint further on than this run's schedule goes: more iterations done than
+    it has in all, or more steps of the current phase than this run's phase has (resuming would
+    only rewrite the run's final files, e.g. "resumed at iteration 60/30")."""
+    done, total = position["iteration"], sum(p.iterations for p in phases)
+    index, phase_iter = position["phase_index"], position["phase_iter"]
+    finished = done == sum(lengths)  # every step of the checkpoint's schedule done
+    what = (f"is of a finished run ({done} iterations done)" if finished
+            else f"has {done} iterations done")
+    hint = ("ask for at least as many (schedule.iterations, or the phase lengths of a 4-step "
+            "schedule) to continue it, or start a new run in another output_dir")
+    if done > total:
+        raise FinishedRunError(f"{where.source} {what}, but this run's schedule has {total} "
+                               f"iterations in all: {hint}")
+    if not finished and index < len(phases) and phase_iter > phases[index].iterations:
+        raise FinishedRunError(
+            f"{where.source} has {phase_iter} steps of phase {phases[index].name} done, but "
+            f"this run's {phases[index].name} has {phases[index].iterations}: {hint}")
+
+
+def _check_average(state, where: Where, iteration: int, ema: torch.nn.Module) -> None:
+    """``ema`` (``detector.engine.ema.ModelEMA.state_dict``): weights that fit this run's
+    average, an update count within the iterations done, a decay in (0, 1)."""
+    state = where.mapping(state, "ema")
+    where.integer(state.get("updates"), "ema.updates", 0, iteration)
+    decay = state.get("decay")
+    if decay is not None and not (_is_number(decay) and 0 < decay < 1):
+        raise where.error("ema.decay", f"is {show(decay)}, not a number in (0, 1)")
+    reference = {k: (v.shape, v.dtype) for k, v in ema.state_dict().items()}
+    check_weights(state.get("weights"), where, "ema.weights", reference)
 
 
 def _not_resumable(state, source: str) -> CheckpointError:
@@ -180,10 +231,6 @@ def _check_schedule(trainer: dict, where: Where, phases: list[Phase]) -> list[in
                              len(names))
     for i, length in enumerate(lengths):
         where.integer(length, f"trainer.phase_iterations[{i}]", 1, MAX_PHASE_ITERATIONS)
-    if lengths != [p.iterations for p in phases]:
-        log.warning("resuming with different phase lengths (%s, checkpoint %s): the LR "
-                    "schedule differs from the interrupted run's",
-                    [p.iterations for p in phases], lengths)
     return lengths
 
 

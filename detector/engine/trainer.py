@@ -5,8 +5,9 @@ stop on SIGINT/SIGTERM, mixed precision and DistributedDataParallel.
 The ``Trainer`` is made of parts, each owning one thing: ``TrainingPosition`` (where the run is),
 ``PhaseOptimizer`` (optimiser, LR scheduler and grad scaler of the current phase), ``LogWindow``
 (the steps since the last log point), ``PeriodicEvaluation`` (when to evaluate, the last result,
-the best: ``BestCheckpoint``) and ``Checkpointer`` (when to write a checkpoint, what it holds,
-resuming from one). The trainer runs the phases and tells the parts after each step.
+the best: ``BestCheckpoint``), ``Checkpointer`` (when to write a checkpoint, what it holds,
+resuming from one) and, with ``ema=``, ``ModelEMA`` (the average of the weights that is evaluated
+and saved as best.pth/final.pth). The trainer runs the phases and tells the parts after each step.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from detector import run_files
 from detector.engine import distributed as dist
 from detector.engine.best import BestCheckpoint, BestRule
+from detector.engine.ema import EMAOptions, ModelEMA
 from detector.engine.guard import (
     NONFINITE_HINT,
     DivergenceGuard,
@@ -86,6 +88,14 @@ class Trainer:
             through ``stop_signal``.
         best (BestRule, optional): the metric whose best evaluation is kept as
             ``checkpoints/best.pth`` and the patience of the early stop (default: off).
+        ema (EMAOptions, optional): keep an exponential moving average of the main model's
+            weights (``detector.engine.ema.ModelEMA``), updated after every step taken on the
+            main model (a skipped non-finite step is none); the average is what evaluation,
+            best.pth and ``eval_model`` (final.pth) use, the raw weights stay in the resumable
+            checkpoints beside it. It restarts at the main model's weights when each phase
+            begins (the 4-step schedule's phases swap parts between models: an average across
+            them would mix weights of other parts). With ``eval_raw`` each evaluation also
+            scores the raw weights (``raw_AP``, ``raw_AP50``). Default: off.
     """
 
     def __init__(
@@ -96,6 +106,7 @@ class Trainer:
         logger: TrainLogger | None = None, checkpoint_extra: dict | None = None,
         stop_signal: StopSignal | None = None, divergence: DivergenceGuard | None = None,
         on_step: Callable[[int], None] | None = None, best: BestRule | None = None,
+        ema: EMAOptions | None = None,
     ) -> None:
         cadence, step = cadence or Cadence(), step or StepOptions()
         self.step_options, self.device, self.phases = step, device, phases
@@ -103,6 +114,9 @@ class Trainer:
         layout = resolve_layout(step.channels_last, device, step.precision)
         self.memory_format = apply_layout(model, layout)  # the images' format
         self.models: dict[str, nn.Module | None] = {"main": model, "rpn": None}
+        self.ema_options = ema
+        self.ema = (ModelEMA(model=model, decay=ema.decay, warmup=ema.warmup)
+                    if ema is not None else None)
         # never unfreeze what the model itself froze (by name: the 4-step step-1 copy too)
         self._trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         self.criterion, self.train_loader = criterion, train_loader
@@ -129,9 +143,10 @@ class Trainer:
             position=self.position, parts=training_parts(
                 phases=phases, position=self.position, models=self.models,
                 optimization=self.optimization, evaluation=self.evaluation,
-                divergence=self.divergence, stream=self.stream, best=self.best),
+                divergence=self.divergence, stream=self.stream, best=self.best, ema=self.ema),
             check=TrainingCheck(phases=phases, model=model, optimization=self.optimization,
-                                phase_groups=self._phase_groups),
+                                phase_groups=self._phase_groups,
+                                ema=self.ema.module if self.ema is not None else None),
             metrics_path=getattr(self.logger, "metrics_path", None))
         self._consecutive_skips, self.on_step = 0, on_step
 
@@ -161,6 +176,18 @@ class Trainer:
     def val_loader(self, loader: DataLoader | None) -> None:
         self.evaluation.loader = loader
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate and to save as best.pth/final.pth: the weight average
+        (``ema.module``) when ``ema`` is on, else the main model."""
+        return self.ema.module if self.ema is not None else self.models["main"]
+
+    def _raw_model(self) -> nn.Module | None:
+        """The raw main model, to be evaluated beside the average (``ema.eval_raw``), or None."""
+        if self.ema is None or not self.ema_options.eval_raw:
+            return None
+        return self.models["main"]
+
     def resume(self, checkpoint: str | Path | dict) -> None:
         """Continue from a checkpoint (a path or the loaded dict); call before ``train``."""
         self.checkpointer.resume(checkpoint)
@@ -185,7 +212,8 @@ class Trainer:
             self.checkpointer.save_at_end()
         metrics = self.evaluation.last_metrics
         if interrupted is None and self.evaluation.final_due(self.phases[-1], position.iteration):
-            metrics = self.evaluation.run(self.models["main"], self.phases[-1], position.iteration)
+            metrics = self.evaluation.run(self.eval_model, self.phases[-1], position.iteration,
+                                          raw=self._raw_model())
             if metrics is None:  # stopped during the final evaluation
                 interrupted = self._stopped_in_final_evaluation()
         self.logger.close()
@@ -234,6 +262,8 @@ class Trainer:
                 self.models["rpn"] = None
         elif phase.start is not None:
             raise ValueError(f"unknown phase start action {phase.start!r}")
+        if self.ema is not None:  # the average is of this phase's main model
+            self.ema.reset(self.models["main"])
 
     def _configure(self, model: nn.Module, phase: Phase) -> None:
         """Trainable flags and train/eval mode of each part for this phase."""
@@ -294,7 +324,8 @@ class Trainer:
         # the evaluation (the last phase's end: by ``train``) first: the checkpoint holds its result
         stopped, final = False, last and position.phase_index == len(self.phases) - 1
         if self.evaluation.due(phase, position.phase_iter) and not final:
-            stopped = self.evaluation.run(self.models["main"], phase, position.iteration) is None
+            stopped = self.evaluation.run(self.eval_model, phase, position.iteration,
+                                          raw=self._raw_model()) is None
             self._configure(model, phase)
         if self.checkpointer.due(position.iteration):
             self.checkpointer.save()
@@ -373,6 +404,8 @@ class Trainer:
         else:
             self._consecutive_skips = 0
             scaler.step(optimizer)
+            if self.ema is not None and phase.model == "main":
+                self.ema.update(self.models["main"])
         scaler.update()
         return (None if bad else {k: v.detach() for k, v in terms.items()}), norm.detach(), stop
 

@@ -1,5 +1,7 @@
 """When the trainer evaluates on the val set, the last result (part of a checkpoint), and the
-best one so far (``detector.engine.best``: best.pth, the early stop)."""
+best one so far (``detector.engine.best``: best.pth, the early stop). With a weight average
+(``detector.engine.ema``) the evaluated model is the average, and the raw weights can be scored
+beside it (``raw_AP``, ``raw_AP50``)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from detector.engine.schedules import Phase
 from detector.evaluation.inference import EvaluationStopped, voc_metrics
 from detector.evaluation.sharded import evaluate_sharded
 
-__all__ = ["PeriodicEvaluation"]
+__all__ = ["RAW_KEYS", "PeriodicEvaluation"]
 
 log = logging.getLogger("detector.train")
+RAW_KEYS = ("AP", "AP50")  # the raw weights' metrics reported beside the average's (raw_AP, ...)
 
 
 class PeriodicEvaluation:
@@ -63,15 +66,25 @@ class PeriodicEvaluation:
         return (self.loader is not None and phase.evaluable
                 and self.last_iteration != iteration)
 
-    def run(self, model: nn.Module, phase: Phase, iteration: int) -> dict | None:
-        """COCO metrics on the val set, or None when a stop request abandoned the evaluation
-        (logged as skipped; nothing is recorded for it)."""
+    def run(self, model: nn.Module, phase: Phase, iteration: int, *,
+            raw: nn.Module | None = None) -> dict | None:
+        """COCO metrics of ``model`` on the val set, or None when a stop request abandoned the
+        evaluation (logged as skipped; nothing is recorded for it).
+
+        Args:
+            raw (nn.Module, optional): the raw weights when ``model`` is their average: scored
+                too, as ``raw_AP`` and ``raw_AP50`` in the metrics (the rest of the result,
+                best.pth and the detections are ``model``'s).
+        """
         t0 = time.perf_counter()
-        log.info("evaluation at iteration %d (%d val images)", iteration, len(self.loader.dataset))
+        log.info("evaluation at iteration %d (%d val images%s)", iteration,
+                 len(self.loader.dataset), "; the weight average and the raw weights"
+                 if raw is not None else "")
         try:
-            metrics, self.last_detections = evaluate_sharded(
-                model, self.loader, device=self.device, precision=self.precision,
-                progress=self.progress, should_stop=lambda: self.stop_signal.requested)
+            raw_metrics = None
+            if raw is not None:
+                raw_metrics, _ = self._evaluate(raw)
+            metrics, self.last_detections = self._evaluate(model)
         except EvaluationStopped as stopped:
             log.warning("evaluation at iteration %d skipped: %s arrived during it (%s after %s)",
                         iteration, self.stop_signal.reason, stopped,
@@ -80,6 +93,8 @@ class PeriodicEvaluation:
         if metrics is not None:  # every rank holds all detections: the same VOC numbers
             metrics = {**metrics, **voc_metrics(self.loader.dataset, self.last_detections,
                                                 self.metric_names)}
+            if raw_metrics is not None:
+                metrics.update({f"raw_{k}": raw_metrics.get(k) for k in RAW_KEYS})
         self.last_iteration = iteration
         self.logger.eval_point(phase=phase.name, iteration=iteration, metrics=metrics)
         log.info("evaluation took %s", format_duration(time.perf_counter() - t0))
@@ -87,6 +102,11 @@ class PeriodicEvaluation:
         if self.best is not None:
             self.best.update(metrics, iteration, model)
         return metrics
+
+    def _evaluate(self, model: nn.Module) -> tuple[dict | None, list[dict]]:
+        return evaluate_sharded(model, self.loader, device=self.device, precision=self.precision,
+                                progress=self.progress,
+                                should_stop=lambda: self.stop_signal.requested)
 
     def state_dict(self) -> dict:
         return {"last_metrics": self.last_metrics, "last_eval_iteration": self.last_iteration}
