@@ -3,6 +3,10 @@
 Four classes (rectangle, ellipse, triangle, star) of varied size (1/4 to 5/8 of the image across:
 32-80 px at 128 px), aspect, rotation and colour on textured, noisy backgrounds; 1-4 objects per
 image with bounded overlap, some images empty.
+Two optional parameters make other sets without changing this one (left at None, the set is
+byte-identical to what it was before they existed): ``long_side_range`` draws each image's longer
+side (non-square images, the shorter side ``image_size``) and ``class_sizes`` fixes a class's size
+in pixels (e.g. a small star, ``experiment=ce_small_rare``).
 Generation is deterministic: image i of a split depends only on (seed, split, i). It writes
 ``root/annotations/instances_{train,val}.json``, ``root/{train,val}/NNNNNN.png`` and a
 ``manifest.json`` recording the parameters, so a second call with the same parameters is free.
@@ -55,9 +59,11 @@ from detector.data.transforms import DetectionTransforms
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "star")
 GENERATOR_VERSION = 2  # 2: shapes at least a quarter of the image across (was an eighth)
 # Ranges of the generator's parameters (inclusive), so that no description can fill a disk.
+# For the list-valued long_side_range and class_sizes, the range of each element (pixels).
 LIMITS: dict[str, tuple[int, int]] = {"num_train": (1, MAX_IMAGES), "num_val": (1, MAX_IMAGES),
-                                      "image_size": (32, 2048), "seed": (0, 2**32 - 1)}
-MAX_PIXELS = 2**31  # (num_train + num_val) * image_size**2: some 4 GB of PNG at ~2 bytes a pixel
+                                      "image_size": (32, 2048), "seed": (0, 2**32 - 1),
+                                      "long_side_range": (32, 2048), "class_sizes": (4, 2048)}
+MAX_PIXELS = 2**31  # (num_train + num_val) * image_size * longest side: ~4 GB of PNG at ~2 B/px
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +94,11 @@ def _shape_polygon(kind: int, size: float, rng: np.random.Generator) -> np.ndarr
     return pts @ rotation.T
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """float32[S, S, 3]: a tinted background with a smooth random texture."""
+def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """float32[H, W, 3]: a tinted background with a smooth random texture."""
     base = rng.uniform(60, 190, size=3) + rng.uniform(-15, 15)
     coarse = rng.normal(0.0, 18.0, size=(6, 6, 3)).astype(np.float32)
-    texture = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    texture = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     return base.astype(np.float32) + texture
 
 
@@ -119,9 +125,10 @@ def _overlap_ok(box: np.ndarray, boxes: list[np.ndarray], max_overlap: float) ->
     return bool(np.all(inter <= max_overlap * smaller))
 
 
-def _place(polygon: np.ndarray, size: int, boxes: list, rng: np.random.Generator,
+def _place(polygon: np.ndarray, size: np.ndarray, boxes: list, rng: np.random.Generator,
            max_overlap: float) -> np.ndarray | None:
-    """The polygon moved to a random spot inside the image with bounded overlap, or None."""
+    """The polygon moved to a random spot inside the image (`size`: ndarray[2], width and
+    height) with bounded overlap, or None."""
     low, high = polygon.min(axis=0), polygon.max(axis=0)
     for _ in range(30):
         offset = rng.uniform(-low, size - high)
@@ -150,33 +157,66 @@ def class_probabilities(class_ratios: Sequence[float] | None) -> np.ndarray | No
     return ratios / ratios.sum()
 
 
+def _image_shape(rng: np.random.Generator, image_size: int,
+                 long_side_range: Sequence[int] | None) -> np.ndarray:
+    """ndarray[2] (width, height): square `image_size`, or that shorter side and a longer side
+    drawn uniformly from the integers in `long_side_range`, landscape or portrait at even odds
+    (nothing is drawn for a square image)."""
+    if long_side_range is None:
+        return np.array([image_size, image_size])
+    long = int(rng.integers(long_side_range[0], long_side_range[1] + 1))
+    return np.array([long, image_size] if rng.random() < 0.5 else [image_size, long])
+
+
+def _sized_polygon(kind: int, image_size: int, rng: np.random.Generator,
+                   object_size: tuple[float, float],
+                   pixels: Sequence[int] | None) -> np.ndarray:
+    """A shape's vertices (see `_shape_polygon`): about ``object_size`` times `image_size`
+    across, or (`pixels` = [low, high]) its box's longer side drawn uniformly from that range."""
+    if pixels is None:
+        return _shape_polygon(kind, rng.uniform(*object_size) * image_size, rng)
+    longer = rng.uniform(pixels[0], pixels[1])
+    polygon = _shape_polygon(kind, 1.0, rng)
+    return polygon * (longer / np.ptp(polygon, axis=0).max())
+
+
 def render_shapes_image(
     rng: np.random.Generator, *, image_size: int = 128, max_objects: int = 4,
     empty_fraction: float = 0.1, object_size: tuple[float, float] = (0.25, 0.625),
     max_overlap: float = 0.25, class_probs: np.ndarray | None = None,
+    long_side_range: Sequence[int] | None = None,
+    class_sizes: Sequence[Sequence[int] | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image and its annotations.
 
     Args:
+        image_size: the image's side (its shorter side with `long_side_range`).
         class_probs (ndarray[4] | None): probability of each shape (see `class_probabilities`);
             None: uniform (the same random stream as before this knob existed).
         object_size: shape diameter range as fractions of `image_size`. The default (32-80 px
             in a 128 px image) keeps every shape at least two cells of a stride-16 feature map
             across; with an eighth (16 px, one cell) as the lower end, version 1 of this set made
             the smallest shapes a large share of the misses of a detector trained from scratch.
+        long_side_range ([low, high] | None): the longer side of each image, drawn per image
+            (see `_image_shape`); None: square images (the same random stream as before).
+        class_sizes (4 x ([low, high] | None) | None): per shape, the range of its box's longer
+            side in pixels (a shape is never clipped: its box is the polygon's); None (all, or
+            one shape's entry): `object_size`.
 
     Returns:
-        (image uint8[S, S, 3] RGB, boxes float64[N, 4] xyxy pixels, labels int64[N] 1..4).
+        (image uint8[H, W, 3] RGB, boxes float64[N, 4] xyxy pixels, labels int64[N] 1..4).
     """
-    image = _background(image_size, rng)
+    size = _image_shape(rng, image_size, long_side_range)
+    image = _background(int(size[0]), int(size[1]), rng)
     count = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
     boxes: list[np.ndarray] = []
     labels = []
     for _ in range(count):
         kind = (int(rng.integers(len(CLASS_NAMES))) if class_probs is None
                 else int(rng.choice(len(CLASS_NAMES), p=class_probs)))
-        diameter = rng.uniform(*object_size) * image_size
-        polygon = _place(_shape_polygon(kind, diameter, rng), image_size, boxes, rng, max_overlap)
+        pixels = None if class_sizes is None else class_sizes[kind]
+        shape = _sized_polygon(kind, image_size, rng, object_size, pixels)
+        polygon = _place(shape, size, boxes, rng, max_overlap)
         if polygon is not None:
             x1, y1, x2, y2 = boxes[-1].astype(int)
             under = image[y1 : y2 + 1, x1 : x2 + 1].reshape(-1, 3).mean(axis=0)
@@ -196,19 +236,19 @@ def _split_dict(images: list[dict], annotations: list[dict]) -> dict:
             "images": images, "annotations": annotations, "categories": categories}
 
 
-def _write_split(root: Path, split: str, count: int, *, seed: int, image_size: int,
-                 class_probs: np.ndarray | None = None) -> None:
-    """Render and write `count` images of `split` with their COCO JSON."""
+def _write_split(root: Path, split: str, count: int, *, seed: int,
+                 class_probs: np.ndarray | None = None, **render: Any) -> None:
+    """Render (`render_shapes_image` with `render`: image_size, long_side_range, class_sizes)
+    and write `count` images of `split` with their COCO JSON."""
     (root / split).mkdir(parents=True)
     images, annotations = [], []
     for index in range(count):
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
-        pixels, boxes, labels = render_shapes_image(rng, image_size=image_size,
-                                                    class_probs=class_probs)
+        pixels, boxes, labels = render_shapes_image(rng, class_probs=class_probs, **render)
         name = f"{index:06d}.png"
         cv2.imwrite(str(root / split / name), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
-        images.append({"id": index + 1, "file_name": name, "width": image_size,
-                       "height": image_size})
+        height, width = pixels.shape[:2]
+        images.append({"id": index + 1, "file_name": name, "width": width, "height": height})
         for box, label in zip(np.round(boxes, 2).tolist(), labels.tolist(), strict=True):
             w, h = round(box[2] - box[0], 2), round(box[3] - box[1], 2)
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
@@ -218,30 +258,93 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, image_size: i
         json.dump(_split_dict(images, annotations), f)
 
 
-def check_parameters(*, num_train: Any, num_val: Any, image_size: Any, seed: Any) -> None:
+def _pair(value: Any, low: int, high: int) -> list[int] | None:
+    """`value` as ``[a, b]``, integers with low <= a <= b <= high; None if it is not one."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
+        return None
+    a, b = value
+    return [a, b] if _is_int(a) and _is_int(b) and low <= a <= b <= high else None
+
+
+def _checked_sizes(image_size: int, long_side_range: Any,
+                   class_sizes: Any) -> tuple[list[int] | None, list | None]:
+    """`long_side_range` and `class_sizes` as plain lists (class_sizes of all None: None), or
+    `DatasetError`: a longer side is at least `image_size`, a shape fits the shorter side."""
+    longest = LIMITS["long_side_range"][1]
+    lengths = None if long_side_range is None else _pair(long_side_range, image_size, longest)
+    if long_side_range is not None and lengths is None:
+        raise DatasetError(f"shapes dataset long_side_range must be null or [low, high], "
+                           f"integers with image_size {image_size} <= low <= high <= {longest}, "
+                           f"got {shown(long_side_range)}")
+    if class_sizes is None:
+        return lengths, None
+    smallest = LIMITS["class_sizes"][0]
+    entries = None
+    if (not isinstance(class_sizes, str | bytes) and isinstance(class_sizes, Sequence)
+            and len(class_sizes) == len(CLASS_NAMES)):
+        entries = [None if given is None else _pair(given, smallest, image_size)
+                   for given in class_sizes]
+    if entries is None or any(e is None and given is not None
+                              for e, given in zip(entries, class_sizes, strict=True)):
+        raise DatasetError(f"shapes dataset class_sizes must be null or {len(CLASS_NAMES)} "
+                           f"entries ({', '.join(CLASS_NAMES)}), each null or [low, high], "
+                           f"integers with {smallest} <= low <= high <= image_size "
+                           f"{image_size}, got {shown(class_sizes)}")
+    return lengths, None if all(e is None for e in entries) else entries
+
+
+def check_parameters(*, num_train: Any, num_val: Any, image_size: Any, seed: Any,
+                     long_side_range: Any = None,
+                     class_sizes: Any = None) -> tuple[list[int] | None, list | None]:
     """Raise `DatasetError` (one line, naming the parameter) unless each is an integer in its
-    `LIMITS` range and the set holds at most `MAX_PIXELS` pixels."""
+    `LIMITS` range, `long_side_range` and `class_sizes` are None or as `render_shapes_image`
+    takes them (elements in their `LIMITS` range) and the set holds at most `MAX_PIXELS` pixels.
+
+    Returns:
+        (long_side_range, class_sizes) as plain lists, None where they leave the set as it is.
+    """
     values = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
     for name, value in values.items():
         low, high = LIMITS[name]
         if not (_is_int(value) and low <= value <= high):
             raise DatasetError(f"shapes dataset {name} must be an integer in [{low}, {high}], "
                                f"got {shown(value)}")
-    if (num_train + num_val) * image_size**2 > MAX_PIXELS:
-        raise DatasetError(f"shapes dataset of {num_train} + {num_val} images of {image_size} px "
-                           f"is too large (at most {MAX_PIXELS} pixels in all)")
+    lengths, sizes = _checked_sizes(image_size, long_side_range, class_sizes)
+    if (num_train + num_val) * image_size * (lengths or [image_size])[-1] > MAX_PIXELS:
+        raise DatasetError(f"shapes dataset of {_described(num_train, num_val, image_size, lengths)}"
+                           f" is too large (at most {MAX_PIXELS} pixels in all)")
+    return lengths, sizes
+
+
+def _described(num_train: int, num_val: int, image_size: int, lengths: list[int] | None) -> str:
+    """"600 + 150 images of 128 px" (or "of 128 x 128-320 px")."""
+    sides = f"{image_size}" if lengths is None else f"{image_size} x {lengths[0]}-{lengths[1]}"
+    return f"{num_train} + {num_val} images of {sides} px"
+
+
+_OPTIONAL = ("class_ratios", "long_side_range", "class_sizes")  # in a manifest only when set
 
 
 def _manifest(*, num_train: Any, num_val: Any, image_size: Any, seed: Any,
-              class_ratios: Sequence[float] | None) -> tuple[dict, np.ndarray | None]:
-    """(the manifest of the set these parameters make, the train class probabilities), checked."""
-    check_parameters(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+              class_ratios: Sequence[float] | None, long_side_range: Any = None,
+              class_sizes: Any = None) -> tuple[dict, np.ndarray | None, dict]:
+    """(the manifest of the set these parameters make, the train class probabilities, the
+    rendering parameters of `_write_split`), checked."""
+    lengths, sizes = check_parameters(num_train=num_train, num_val=num_val, image_size=image_size,
+                                      seed=seed, long_side_range=long_side_range,
+                                      class_sizes=class_sizes)
     params = {"generator": "shapes", "version": GENERATOR_VERSION, "num_train": num_train,
               "num_val": num_val, "image_size": image_size, "seed": seed}
     probs = class_probabilities(class_ratios)
-    if probs is not None:  # balanced sets keep the manifest (and files) they always had
+    # sets made without a parameter keep the manifest (and files) they always had
+    if probs is not None:
         params["class_ratios"] = [float(r) for r in class_ratios]
-    return params, probs
+    if lengths is not None:
+        params["long_side_range"] = lengths
+    if sizes is not None:
+        params["class_sizes"] = sizes
+    return params, probs, {"image_size": image_size, "long_side_range": lengths,
+                           "class_sizes": sizes}
 
 
 def generate_shapes_dataset(
@@ -252,11 +355,17 @@ def generate_shapes_dataset(
     image_size: int = 128,
     seed: int = 0,
     class_ratios: Sequence[float] | None = None,
+    long_side_range: Sequence[int] | None = None,
+    class_sizes: Sequence[Sequence[int] | None] | None = None,
 ) -> Path:
     """Write the shapes dataset under `root` unless it is already there with these parameters.
 
     ``class_ratios``: relative frequency of each shape in the train split (None: balanced; see
-    `class_probabilities`); the val split is always balanced.
+    `class_probabilities`); the val split is always balanced. ``long_side_range`` ([low, high]
+    px, low >= image_size): each image's longer side, drawn per image, its shorter side
+    `image_size` (None: square). ``class_sizes`` (one [low, high] or None per shape): the range
+    of a shape's box's longer side in pixels, in both splits (None: 1/4-5/8 of `image_size`
+    across). See `render_shapes_image`; a parameter left at None leaves the set as it was.
 
     The parameters are checked first (`check_parameters`, the free disk space). The set is built
     in a temporary sibling folder and moved into place, so an interrupted run leaves no
@@ -273,19 +382,21 @@ def generate_shapes_dataset(
             replace; one line each.
     """
     root = Path(root)
-    params, probs = _manifest(num_train=num_train, num_val=num_val, image_size=image_size,
-                              seed=seed, class_ratios=class_ratios)
+    params, probs, render = _manifest(
+        num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+        class_ratios=class_ratios, long_side_range=long_side_range, class_sizes=class_sizes)
     found = read_manifest(root)
     if found == params:
         return root
     if root.exists() or root.is_symlink():
         replaceable(root)  # refused before any time is spent generating
-    check_free_space(root, num_train + num_val, image_size)
+    lengths = render["long_side_range"]
+    check_free_space(root, num_train + num_val, image_size, lengths and lengths[-1])
     # a first run's generation is information; replacing a set made otherwise deserves a warning
     log.log(logging.INFO if found is None else logging.WARNING,
-            "generating the shapes dataset in %s (%d train + %d val images, %d px): %s; if you "
-            "meant an existing set, check the dataset root", root.resolve(), num_train, num_val,
-            image_size, "there is none there yet" if found is None else
+            "generating the shapes dataset in %s (%s): %s; if you meant an existing set, check "
+            "the dataset root", root.resolve(), _described(num_train, num_val, image_size, lengths),
+            "there is none there yet" if found is None else
             "the set there was made with other parameters, it is replaced")
     root.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root)
@@ -294,8 +405,8 @@ def generate_shapes_dataset(
         (tmp / "manifest.json").write_text(json.dumps(params, indent=1))
         (tmp / "annotations").mkdir()
         for split, count in zip(SPLITS, (num_train, num_val), strict=True):
-            _write_split(tmp, split, count, seed=seed, image_size=image_size,
-                         class_probs=probs if split == "train" else None)
+            _write_split(tmp, split, count, seed=seed,
+                         class_probs=probs if split == "train" else None, **render)
         move_into_place(tmp, root, params)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # our own fresh folder (gone once moved)
@@ -303,7 +414,7 @@ def generate_shapes_dataset(
 
 
 def _differences(found: dict, params: dict) -> str:
-    keys = dict.fromkeys([*params, "class_ratios"])
+    keys = dict.fromkeys([*params, *_OPTIONAL])
     return ", ".join(key for key in keys if found.get(key) != params.get(key))
 
 
@@ -315,6 +426,8 @@ def require_shapes_dataset(
     image_size: int = 128,
     seed: int = 0,
     class_ratios: Sequence[float] | None = None,
+    long_side_range: Sequence[int] | None = None,
+    class_sizes: Sequence[Sequence[int] | None] | None = None,
 ) -> Path:
     """`root`, if the set these parameters describe is there (its manifest says so); nothing
     is written, generated or removed.
@@ -324,20 +437,22 @@ def require_shapes_dataset(
             how to make it).
     """
     root = Path(root)
-    params, _ = _manifest(num_train=num_train, num_val=num_val, image_size=image_size,
-                          seed=seed, class_ratios=class_ratios)
+    params, _, render = _manifest(
+        num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+        class_ratios=class_ratios, long_side_range=long_side_range, class_sizes=class_sizes)
     found = read_manifest(root)
     if found == params:
         return root
     what = ("there is none there" if found is None else
             f"the set there differs in {_differences(found, params)}")
-    ratios = "" if "class_ratios" not in params else (
-        f" 'dataset.class_ratios={params['class_ratios']}'")
-    raise DatasetError(f"the shapes dataset described ({num_train} + {num_val} images of "
-                       f"{image_size} px) is not at {root} ({what}); a description never "
+    extra = "".join(f" 'dataset.{key}={json.dumps(params[key], separators=(',', ':'))}'"
+                    for key in _OPTIONAL if key in params)
+    raise DatasetError(f"the shapes dataset described ("
+                       f"{_described(num_train, num_val, image_size, render['long_side_range'])}"
+                       f") is not at {root} ({what}); a description never "
                        f"generates data: make it with dataset=shapes dataset.root={root} "
                        f"dataset.num_train={num_train} dataset.num_val={num_val} "
-                       f"dataset.image_size={image_size}{ratios} (generated there if absent), "
+                       f"dataset.image_size={image_size}{extra} (generated there if absent), "
                        f"or train once with that root")
 
 
@@ -347,8 +462,8 @@ class ShapesDetection(CocoDetection):
     Args:
         root: where the set lives (generated there if absent or made with other parameters).
         split: ``"train"`` or ``"val"``.
-        num_train, num_val, image_size, seed, class_ratios: generator parameters (see
-            `generate_shapes_dataset`; ranges in `LIMITS`).
+        num_train, num_val, image_size, seed, class_ratios, long_side_range, class_sizes:
+            generator parameters (see `generate_shapes_dataset`; ranges in `LIMITS`).
         generate: make the set when it is not there as described (False: it must be, see
             `require_shapes_dataset`; nothing is written). A checkpoint's description is always
             built with False (`existing_shapes_dataset`).
@@ -365,6 +480,8 @@ class ShapesDetection(CocoDetection):
         image_size: int = 128,
         seed: int = 0,
         class_ratios: Sequence[float] | None = None,
+        long_side_range: Sequence[int] | None = None,
+        class_sizes: Sequence[Sequence[int] | None] | None = None,
         generate: bool = True,
         transforms: DetectionTransforms | None = None,
         keep_empty: bool = True,
@@ -374,7 +491,7 @@ class ShapesDetection(CocoDetection):
             raise DatasetError(f"split must be one of {SPLITS}, got {shown(split)}")
         make = generate_shapes_dataset if generate is True else require_shapes_dataset
         make(root=root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-             class_ratios=class_ratios)
+             class_ratios=class_ratios, long_side_range=long_side_range, class_sizes=class_sizes)
         super().__init__(root=root, split=split, transforms=transforms, keep_empty=keep_empty,
                          on_bad=on_bad)
 

@@ -154,9 +154,11 @@ def move_into_place(tmp: Path, root: Path, params: dict) -> None:
                                f"left as it is ({error.strerror or error})") from None
 
 
-def check_free_space(root: Path, images: int, image_size: int) -> None:
-    """Raise `DatasetError` if ``images`` PNGs of ``image_size`` px may not fit beside `root`."""
-    need = images * image_size**2 * _BYTES_PER_PIXEL
+def check_free_space(root: Path, images: int, image_size: int,
+                     long_side: int | None = None) -> None:
+    """Raise `DatasetError` if ``images`` PNGs of ``image_size`` px (by ``long_side`` px when
+    given) may not fit beside `root`."""
+    need = images * image_size * (long_side or image_size) * _BYTES_PER_PIXEL
     place = root.parent.absolute()
     while not place.exists() and place != place.parent:
         place = place.parent
@@ -165,7 +167,8 @@ def check_free_space(root: Path, images: int, image_size: int) -> None:
     except OSError:
         return
     if need > free:
-        raise DatasetError(f"the shapes dataset ({images} images of {image_size} px, up to "
+        sides = image_size if long_side is None else f"up to {image_size} x {long_side}"
+        raise DatasetError(f"the shapes dataset ({images} images of {sides} px, up to "
                            f"{need / 1e9:.2f} GB) may not fit in the {free / 1e9:.2f} GB free "
                            f"at {place}")
 

@@ -231,6 +231,31 @@ def test_dataset_from_checkpoint_builds_the_split_with_the_val_transforms(tmp_pa
         dataset_from_checkpoint(state, split="test")
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("class_sizes", [None, None, None, [2, 24]],
+     "dataset.val.class_sizes[3][0] must be an integer in [4, 2048], got 2"),
+    ("class_sizes", [None, None, None, [6, 24.5]],
+     "dataset.val.class_sizes[3][1] must be an integer in [4, 2048], got 24.5"),
+    ("long_side_range", [64, 10**6],
+     "dataset.val.long_side_range[1] must be an integer in [32, 2048], got 1000000"),
+])
+def test_a_shapes_description_with_sizes_reads_its_set_and_its_ranges_are_checked(
+        key, value, message, tmp_path):
+    """The generator's list-valued parameters have ranges in a checkpoint as in the generator."""
+    params = {"num_train": 2, "num_val": 1, "image_size": 64, "long_side_range": [64, 96],
+              "class_sizes": [None, None, None, [6, 24]]}
+    generate_shapes_dataset(root=tmp_path / "shapes", **params)
+    val = {"_target_": "detector.data.ShapesDetection", "root": str(tmp_path / "shapes"),
+           "split": "val", **params, "transforms": {
+               "_target_": "detector.data.build_transforms", "train": False, "min_size": 64,
+               "max_size": 96}}
+    model = build_from_spec(tiny_model_spec(len(TINY_CLASSES)))
+    assert len(dataset_from_checkpoint(_state(model, dataset={"val": val}))) == 1
+    with pytest.raises(SpecError) as info:
+        check_checkpoint(_state(model, dataset={"val": {**val, key: value}}), source="x.pth")
+    assert str(info.value) == f"checkpoint x.pth: {message}"
+
+
 def test_a_description_nested_deeper_than_any_config_is_refused_not_a_recursion_error():
     deep: list = []
     for _ in range(5000):
