@@ -290,6 +290,11 @@ def check_eval_config(cfg: DictConfig) -> None:
                                   and 1e-6 <= sigma <= 100):
         raise ConfigError(f"soft_nms_sigma must be null or a number in [1e-06, 100], "
                           f"got {sigma!r}")
+    proposals = cfg.get("proposals")
+    if proposals is not None and not (isinstance(proposals, int) and not isinstance(proposals, bool)
+                                      and 1 <= proposals <= 100_000):
+        raise ConfigError(f"proposals must be null or an integer in [1, 100000], "
+                          f"got {proposals!r}")
     _common(cfg)
 
 

@@ -172,3 +172,37 @@ def test_outputs_on_another_dataset_are_named_by_it(composed, split, stem):
     state = {"config": {"dataset": VOC}}
     assert output_stem(_eval_cfg(composed, split), Path("run/checkpoints/final.pth"),
                        state) == stem
+
+
+def test_proposals_sets_the_test_time_top_n_and_names_the_outputs(tiny_checkpoint, coco_root,
+                                                                 tmp_path):
+    """eval.py proposals=N: the RPN keeps N proposals per image at test time (its pre-NMS top-n
+    raised to at least N, training's values untouched), in files of their own; a bad value is
+    one line."""
+    import torch
+
+    from detector.checkpoint import load_checkpoint
+    from detector_cli.evaluate import build_model
+
+    state = load_checkpoint(tiny_checkpoint)
+    own = build_model(tiny_checkpoint, state, torch.device("cpu")).proposal_generator
+    model = build_model(tiny_checkpoint, state, torch.device("cpu"),
+                        {"proposals": own.pre_nms_top_n[1] + 5})
+    rpn = model.proposal_generator
+    assert rpn.post_nms_top_n == (own.post_nms_top_n[0], own.pre_nms_top_n[1] + 5)
+    assert rpn.pre_nms_top_n == (own.pre_nms_top_n[0], own.pre_nms_top_n[1] + 5)
+    fewer = build_model(tiny_checkpoint, state, torch.device("cpu"), {"proposals": 1})
+    assert fewer.proposal_generator.pre_nms_top_n == own.pre_nms_top_n
+    assert fewer.proposal_generator.post_nms_top_n == (own.post_nms_top_n[0], 1)
+
+    checkpoint = tmp_path / "run" / "final.pth"  # the session's checkpoint folder stays as is
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    common = [f"checkpoint={checkpoint}", *_dataset(coco_root), "num_visualize=0", "batch_size=3"]
+    done = run_tool("eval.py", [*common, "proposals=7"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stem = f"final_eval_coco_{coco_root.name}_val_proposals7"
+    assert (checkpoint.parent / f"{stem}_metrics.json").is_file()
+    for bad in ("proposals=0", "proposals=1.5", "proposals=true"):
+        refused = run_tool("eval.py", [*common, bad], cwd=tmp_path)
+        _one_line_error(refused, r"proposals must be null or an integer in \[1, 100000\]")
