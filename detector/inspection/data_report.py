@@ -18,6 +18,7 @@ from detector.inspection.data_stats import (
     AnchorSet,
     Coverage,
     DataInspection,
+    Uncovered,
 )
 from detector.untrusted import shown, shown_text
 
@@ -36,25 +37,37 @@ class Advice:
     coverage_below: float = COVERAGE_TARGET
     imbalance_above: float = 5.0
 
-    def anchors(self, coverage: float, anchors: AnchorSet, fitted: Coverage | None) -> str:
+    def anchors(self, coverage: float, anchors: AnchorSet, fitted: Coverage | None,
+                uncovered: Uncovered | None = None) -> str:
         if anchors.source != "config":
             return (f"Anchor coverage at IoU 0.5 is {_pct(coverage)} % even with anchors fitted "
                     f"to these boxes: one grid of {len(anchors.sizes)} sizes x "
                     f"{len(anchors.ratios)} ratios at stride {anchors.stride} does not fit them "
                     f"all (try more sizes or ratios, or a smaller stride for small boxes).")
-        if fitted is not None and not fitted.overall[0.5] > coverage:
-            return (f"Anchor coverage at IoU 0.5 is {_pct(coverage)} %, under "
-                    f"{_pct(self.coverage_below)} %, and anchors fitted to these boxes give "
-                    f"{_pct(fitted.overall[0.5])} %, no better: the boxes are too small or too "
-                    f"varied for one grid at stride {anchors.stride} (a larger dataset.min_size "
-                    f"or model.backbone.output_stride=8 may help small boxes).")
-        text = (f"Anchor coverage at IoU 0.5 is {_pct(coverage)} %, under "
-                f"{_pct(self.coverage_below)} %: train with dataset.anchor_sizes=auto "
-                f"dataset.anchor_ratios=auto (anchors fitted to these boxes)")
-        if fitted is not None:
-            text += (f", which here gives sizes {_numbers(fitted.anchors.sizes)} and ratios "
-                     f"{_numbers(fitted.anchors.ratios)} with coverage {_pct(fitted.overall[0.5])}"
-                     f" % at IoU 0.5")
+        text = f"Anchor coverage at IoU 0.5 is {_pct(coverage)} %, under {_pct(self.coverage_below)} %"
+        if uncovered is not None:
+            text += (f": the {uncovered.count} boxes no anchor reaches are about "
+                     f"{uncovered.size_median:.0f} px (sqrt of the area; 10-90 %: "
+                     f"{uncovered.size_p10:.0f}-{uncovered.size_p90:.0f} px, median h/w "
+                     f"{uncovered.ratio_median:.2f})")
+            if uncovered.shape_fits >= 0.5:  # the shapes are there; the centres are too far
+                text += (f" and {_pct(uncovered.shape_fits)} % of them match an anchor shape but "
+                         f"lie between the anchor centres (stride {anchors.stride} px): a larger "
+                         f"dataset.min_size or model.backbone.output_stride=8 brings centres "
+                         f"closer to them")
+            else:
+                text += (f", so add a size near {uncovered.size_median:.0f} to "
+                         f"dataset.anchor_sizes (now {_numbers(anchors.sizes)})")
+                low, high = min(anchors.ratios), max(anchors.ratios)
+                if not low / 1.25 <= uncovered.ratio_median <= high * 1.25:
+                    text += (f" and a ratio near {uncovered.ratio_median:.2f} to "
+                             f"dataset.anchor_ratios (now {_numbers(anchors.ratios)})")
+        if fitted is not None and fitted.overall[0.5] > coverage:
+            text += (f"; anchors fitted to all the boxes (dataset.anchor_sizes=auto "
+                     f"dataset.anchor_ratios=auto: sizes {_numbers(fitted.anchors.sizes)}, ratios "
+                     f"{_numbers(fitted.anchors.ratios)}) cover {_pct(fitted.overall[0.5])} %, but "
+                     f"on the sets measured so far they lowered AP50 while raising coverage "
+                     f"(docs/own_data.md)")
         return text + "."
 
     def imbalance(self, ratio: float) -> str:
@@ -72,7 +85,8 @@ def advice(inspection: DataInspection, rules: Advice = ADVICE) -> list[str]:
     out = []
     coverage = inspection.coverage.overall.get(0.5)
     if coverage is not None and coverage < rules.coverage_below:
-        out.append(rules.anchors(coverage, inspection.coverage.anchors, inspection.fitted))
+        out.append(rules.anchors(coverage, inspection.coverage.anchors, inspection.fitted,
+                                 inspection.uncovered))
     if inspection.imbalance is not None and inspection.imbalance > rules.imbalance_above:
         out.append(rules.imbalance(inspection.imbalance))
     return out

@@ -22,14 +22,14 @@ from detector.data.anchor_choice import fit_grid
 from detector.data.box_stats import BoxTable, model_input_boxes
 from detector.data.report import DatasetError
 from detector.errors import OptionError
-from detector.ops.anchor_fit import anchor_coverage, best_anchor_iou
+from detector.ops.anchor_fit import anchor_coverage, anchor_shapes, best_anchor_iou, shape_iou
 from detector.ops.boxes import batched_box_iou, box_area
 
-__all__ = ["AUTO", "BUCKETS", "DEFAULT_RATIOS", "DEFAULT_SIZES", "COVERAGE_TARGET", "COVERAGE_THRESHOLDS", "DUPLICATE_IOU",
-           "TINY_SIDE", "AnchorSet", "Coverage", "DataInspection", "class_counts",
+__all__ = ["AUTO", "BUCKETS", "COVERAGE_TARGET", "COVERAGE_THRESHOLDS", "DEFAULT_RATIOS",
+           "DEFAULT_SIZES", "DUPLICATE_IOU", "TINY_SIDE", "AnchorSet", "Coverage", "DataInspection", "Uncovered", "class_counts",
            "coverage_rows", "duplicate_mask", "fitted_alternative", "images_without_boxes",
            "imbalance_ratio", "inspect_dataset", "measure_coverage", "resolve_anchors",
-           "size_buckets", "tiny_box_mask"]
+           "size_buckets", "tiny_box_mask", "uncovered_boxes"]
 
 TINY_SIDE = 8.0  # a box with either side under this many model-input pixels is "tiny"
 DUPLICATE_IOU = 0.95  # same image, same class, IoU above this: a duplicate of the earlier box
@@ -65,6 +65,38 @@ class Coverage:
     per_bucket: list[tuple[str, int, dict[float, float | None]]]
 
 
+@dataclass(frozen=True)
+class Uncovered:
+    """The boxes whose best anchor stays under IoU 0.5: how many, their size (sqrt of the area,
+    model-input px: median, 10th and 90th percentile), their median aspect ratio (h/w), and
+    the share of them that an anchor SHAPE fits (IoU >= 0.5 were an anchor centred on the box):
+    those are missed by position, between the grid's anchor centres, not by shape."""
+
+    count: int
+    size_median: float
+    size_p10: float
+    size_p90: float
+    ratio_median: float
+    shape_fits: float
+
+
+def uncovered_boxes(boxes: Tensor, best_iou: Tensor, anchors: AnchorSet,
+                    threshold: float = 0.5) -> Uncovered | None:
+    """boxes (Tensor[N, 4], xyxy) and their best anchor IoU on the grid (Tensor[N]) -> the
+    ``Uncovered`` summary of those under ``threshold``; None when every box reaches it."""
+    low = best_iou < threshold
+    if not bool(low.any()):
+        return None
+    wh = (boxes[low, 2:] - boxes[low, :2]).double().clamp(min=1e-6)
+    size = wh.prod(dim=1).sqrt()
+    q = torch.quantile(size, torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64))
+    ratio = (wh[:, 1] / wh[:, 0]).median()
+    centred = shape_iou(wh, anchor_shapes(anchors.sizes, anchors.ratios)).amax(dim=1)
+    return Uncovered(count=int(low.sum()), size_median=float(q[0]), size_p10=float(q[1]),
+                     size_p90=float(q[2]), ratio_median=float(ratio),
+                     shape_fits=float((centred >= threshold).double().mean()))
+
+
 @dataclass
 class DataInspection:
     """The measurements of one split (see ``inspect_dataset``)."""
@@ -83,6 +115,7 @@ class DataInspection:
     problems_text: str  # its summary()
     coverage: Coverage
     fitted: Coverage | None = None  # the anchors fit_anchors would give, and their coverage
+    uncovered: Uncovered | None = None  # the boxes no anchor reaches at IoU 0.5
 
     @property
     def num_boxes(self) -> int:
@@ -278,5 +311,6 @@ def inspect_dataset(dataset, *, name: str, split: str, min_size: int, max_size: 
         tiny=int(tiny_box_mask(table.boxes).sum()),
         duplicates=int(duplicate_mask(table.boxes, table.labels, table.image_index).sum()),
         problems=problems, problems_text=report.summary() if report is not None else "",
-        coverage=coverage, fitted=fitted)
+        coverage=coverage, fitted=fitted,
+        uncovered=uncovered_boxes(table.boxes, coverage.best_iou, anchors))
     return inspection, table

@@ -26,6 +26,7 @@ from detector.inspection.data_stats import (
     AnchorSet,
     Coverage,
     DataInspection,
+    Uncovered,
     class_counts,
     coverage_rows,
     duplicate_mask,
@@ -36,6 +37,7 @@ from detector.inspection.data_stats import (
     resolve_anchors,
     size_buckets,
     tiny_box_mask,
+    uncovered_boxes,
 )
 
 
@@ -173,15 +175,47 @@ def test_summary_prints_the_coverage_lines_exactly():
 
 
 def test_advice_for_low_coverage_and_imbalance_one_sentence_each():
-    low = _inspection(coverage_05=0.80, counts=[60, 10])  # 1:6
+    """Low coverage: the size (and, outside the grid's ratios, the aspect) of the boxes no anchor
+    reaches, to add to the hand-set grid; small ones also get the stride hint. 1:6 imbalance:
+    loss=focal. One sentence each."""
+    small = Uncovered(count=7, size_median=12.0, size_p10=8.0, size_p90=20.0, ratio_median=3.0,
+                      shape_fits=0.2)
+    low = dataclasses.replace(_inspection(coverage_05=0.80, counts=[60, 10]), uncovered=small)
     said = advice(low)
     assert len(said) == 2
-    assert "dataset.anchor_sizes=auto dataset.anchor_ratios=auto" in said[0]
+    assert "the 7 boxes no anchor reaches are about 12 px" in said[0]
+    assert "add a size near 12 to dataset.anchor_sizes (now [32, 64])" in said[0]
+    assert "a ratio near 3.00 to dataset.anchor_ratios (now [0.5, 1, 2])" in said[0]
+    assert "auto" not in said[0]  # no fitted alternative measured here
     assert "loss=focal" in said[1] and " 6 times" in said[1]
     assert all(text.count(". ") == 0 and text.endswith(".") for text in said)  # one sentence
-    assert advice(_inspection(coverage_05=0.80, counts=[50, 10])) == said[:1]  # 1:5 is fine
+    large = Uncovered(count=3, size_median=150.0, size_p10=120.0, size_p90=200.0,
+                      ratio_median=1.1, shape_fits=0.0)
+    text = advice(dataclasses.replace(low, uncovered=large))[0]
+    assert "add a size near 150" in text and "ratio near" not in text and "stride" not in text
+    between = dataclasses.replace(large, shape_fits=0.9)  # shapes fit, centres too far
+    text = advice(dataclasses.replace(low, uncovered=between))[0]
+    assert "90.0 % of them match an anchor shape but lie between the anchor centres" in text
+    assert "model.backbone.output_stride=8" in text and "add a size" not in text
+    assert advice(dataclasses.replace(_inspection(coverage_05=0.80, counts=[50, 10]),
+                                      uncovered=small)) == said[:1]  # 1:5 is fine
     assert advice(low, Advice(coverage_below=0.5, imbalance_above=10)) == []
     assert ADVICE.coverage_below == 0.95 and ADVICE.imbalance_above == 5.0
+
+
+def test_uncovered_boxes_are_summarised_by_size_and_aspect():
+    """Boxes under IoU 0.5: count, sqrt(area) median and 10/90 % quantiles, median h/w."""
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 20, 80], [0, 0, 30, 30], [0, 0, 5, 5.0]])
+    anchors = AnchorSet(sizes=(10.0,), ratios=(1.0,), stride=16, offset=0.5)
+    found = uncovered_boxes(boxes, torch.tensor([0.2, 0.4, 0.9, 0.1]), anchors)
+    assert found.count == 3 and found.size_median == pytest.approx(10.0)
+    # sizes 5, 10, 40 (sqrt of 20 x 80), quantiles interpolated linearly
+    assert found.size_p10 == pytest.approx(6.0) and found.size_p90 == pytest.approx(34.0)
+    assert found.ratio_median == pytest.approx(1.0)
+    # centred on a 10 x 10 anchor: 10 x 10 fits (IoU 1), 20 x 80 (100 / 1600) and 5 x 5
+    # (25 / 100) do not
+    assert found.shape_fits == pytest.approx(1 / 3)
+    assert uncovered_boxes(boxes, torch.ones(4), anchors) is None
 
 
 def test_markdown_escapes_names_and_holds_the_tables():
@@ -271,10 +305,12 @@ def test_a_split_without_boxes_reports_n_a_never_nan(tmp_path):
     assert (tmp_path / "boxes.png").stat().st_size > 0
 
 
-def test_advice_does_not_recommend_fitted_anchors_that_cover_less():
+def test_advice_names_fitted_anchors_only_when_they_cover_more_and_says_what_they_cost():
     low = _inspection(coverage_05=0.60, counts=[10, 10])
     fitted = dataclasses.replace(low.coverage, overall={0.5: 0.55, 0.7: 0.2})
     said = advice(dataclasses.replace(low, fitted=fitted))
-    assert len(said) == 1 and "auto" not in said[0] and "55.0 %, no better" in said[0]
+    assert len(said) == 1 and "auto" not in said[0]
     better = dataclasses.replace(low.coverage, overall={0.5: 0.75, 0.7: 0.3})
-    assert "dataset.anchor_sizes=auto" in advice(dataclasses.replace(low, fitted=better))[0]
+    text = advice(dataclasses.replace(low, fitted=better))[0]
+    assert "dataset.anchor_sizes=auto" in text and "cover 75.0 %" in text
+    assert "lowered AP50" in text and text.count(". ") == 0
