@@ -124,8 +124,9 @@ def test_configs_that_cannot_do_tta_refuse_it(config, overrides, message):
 
 
 def test_eval_tool_with_tta_and_soft_nms_writes_its_own_files(tiny_checkpoint, tmp_path):
-    """tools/eval.py tta=true nms=linear: runs, and writes final_val_linear_tta_* beside the
-    checkpoint, with other detections than the plain run's final_val_*."""
+    """tools/eval.py tta=true nms=linear: runs, and writes <stem>_linear_tta_* beside the
+    checkpoint, with other detections than the plain run's <stem>_* (the stem names the
+    dataset: this is another one than the checkpoint's own)."""
     root = tmp_path / "coco"
     (root / "val").mkdir(parents=True)
     (root / "annotations").mkdir()
@@ -151,8 +152,9 @@ def test_eval_tool_with_tta_and_soft_nms_writes_its_own_files(tiny_checkpoint, t
     assert plain.returncode == 0, plain.stderr
     done = run_tool("eval.py", [*common, "tta=true", "nms=linear"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    ours = json.loads((checkpoint.parent / "final_val_linear_tta_results.json").read_text())
-    theirs = json.loads((checkpoint.parent / "final_val_results.json").read_text())
+    stem = f"final_eval_coco_{root.name}_val"
+    ours = json.loads((checkpoint.parent / f"{stem}_linear_tta_results.json").read_text())
+    theirs = json.loads((checkpoint.parent / f"{stem}_results.json").read_text())
     assert ours and ours != theirs
     bad = run_tool("eval.py", [*common, "nms=soft"], cwd=tmp_path)
     assert bad.returncode == 2
