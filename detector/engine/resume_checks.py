@@ -21,11 +21,11 @@ phase's optimiser by ``detector.engine.optim.check_optimization``.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
 from detector.checkpoint import CheckpointError, CheckpointMismatchError
+from detector.engine.checked_values import Where, is_number, part, plain_data, short_names, show
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
 
 __all__ = ["MAX_PHASE_ITERATIONS", "FinishedRunError", "Where", "check_resume_state", "part",
@@ -41,91 +41,6 @@ log = logging.getLogger("detector.train")
 MAX_PHASE_ITERATIONS = 10**9  # no phase of a real schedule is longer
 MAX_RANKS = 4096  # random states of this many processes at most
 MT_WORDS = 624  # the Mersenne Twister's state words (NumPy's and Python's generators)
-
-
-def show(value) -> str:
-    """A short description of ``value`` for a one-line message (never a huge repr)."""
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {list(value.shape)}"
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
-    if value is None or isinstance(value, bool | int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return repr(value[:40]) + ("..." if len(value) > 40 else "")
-    return f"a {type(value).__name__}"
-
-
-def part(name) -> str:
-    """A dict key as part of a dotted key in a message: a short identifier as it is, anything
-    else as ``show`` describes it."""
-    return name if isinstance(name, str) and len(name) <= 60 and name.isidentifier() else \
-        show(name)
-
-
-def _names(names: list[str]) -> str:
-    shown = [name[:40] for name in names[:8]]
-    return str(shown)[:-1] + (f", ... ({len(names)} in all)]" if len(names) > 8 else "]")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and (
-        isinstance(value, int) or math.isfinite(value))
-
-
-def plain_data(value, *, budget: int = 1_000_000, depth: int = 4, strings: bool = True) -> bool:
-    """Whether ``value`` is JSON-like data (dicts with string keys, lists; None, bools, finite
-    numbers and, with ``strings``, strings as leaves) of at most ``depth`` levels and ``budget``
-    items in all (a pickle may share one list many times over)."""
-    todo, seen = [(value, 0)], 0
-    while todo:
-        item, level = todo.pop()
-        seen += 1
-        if seen > budget or level > depth:
-            return False
-        if isinstance(item, dict):
-            if not all(isinstance(k, str) for k in item):
-                return False
-            todo += [(v, level + 1) for v in item.values()]
-        elif isinstance(item, list | tuple):
-            todo += [(v, level + 1) for v in item]
-        elif not (item is None or isinstance(item, bool) or _is_number(item)
-                  or (strings and isinstance(item, str))):
-            return False
-    return True
-
-
-class Where:
-    """Where a value comes from (``source``: "checkpoint PATH"), and the one-line refusals
-    naming its key."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def error(self, key: str, what: str, kind: type[CheckpointError] = CheckpointError):
-        return kind(f"{self.source}: {key} {what}")
-
-    def integer(self, value, key: str, low: int, high: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise self.error(key, f"is {show(value)}, not an integer in [{low}, {high}]")
-        return value
-
-    def number(self, value, key: str, *, low: float = -math.inf) -> float:
-        if not _is_number(value) or value < low:
-            raise self.error(key, f"is {show(value)}, not a finite number >= {low:g}")
-        return value
-
-    def mapping(self, value, key: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.error(key, f"is {show(value)}, not a dict")
-        return value
-
-    def sequence(self, value, key: str, length: int | None = None, *, most: int = 10**6) -> list:
-        if not isinstance(value, list | tuple) or len(value) > most or (
-                length is not None and len(value) != length):
-            size = f" of {length} entries" if length is not None else ""
-            raise self.error(key, f"is {show(value)}, not a list{size}")
-        return list(value)
 
 
 def check_resume_state(state, *, source: str, phases: list[Phase], class_names: list | None,
@@ -203,7 +118,7 @@ def _check_average(state, where: Where, iteration: int, ema: torch.nn.Module) ->
     state = where.mapping(state, "ema")
     where.integer(state.get("updates"), "ema.updates", 0, iteration)
     decay = state.get("decay")
-    if decay is not None and not (_is_number(decay) and 0 < decay < 1):
+    if decay is not None and not (is_number(decay) and 0 < decay < 1):
         raise where.error("ema.decay", f"is {show(decay)}, not a number in (0, 1)")
     reference = {k: (v.shape, v.dtype) for k, v in ema.state_dict().items()}
     check_weights(state.get("weights"), where, "ema.weights", reference)
@@ -225,7 +140,7 @@ def _check_schedule(trainer: dict, where: Where, phases: list[Phase]) -> list[in
         raise where.error("trainer.phases", "is not a list of phase names")
     names = [p.name for p in phases]
     if saved != names:
-        raise CheckpointMismatchError(f"{where.source} is of a run with phases {_names(saved)}, "
+        raise CheckpointMismatchError(f"{where.source} is of a run with phases {short_names(saved)}, "
                                       f"this run has {names}: resume with the same schedule")
     lengths = where.sequence(trainer.get("phase_iterations"), "trainer.phase_iterations",
                              len(names))
@@ -247,11 +162,11 @@ def _check_classes(state: dict, where: Where, ours: list | None) -> None:
         return
     if sorted(saved) == sorted(ours):
         raise CheckpointMismatchError(
-            f"{where.source} is for the same classes in another order ({_names(saved)}; this "
-            f"run's dataset: {_names(ours)}): its label numbers would name other classes; "
+            f"{where.source} is for the same classes in another order ({short_names(saved)}; this "
+            f"run's dataset: {short_names(ours)}): its label numbers would name other classes; "
             f"resume with the class order it was trained with")
-    raise CheckpointMismatchError(f"{where.source} is for the classes {_names(saved)}, this "
-                                  f"run's dataset has {_names(ours)}: resume it with its own "
+    raise CheckpointMismatchError(f"{where.source} is for the classes {short_names(saved)}, this "
+                                  f"run's dataset has {short_names(ours)}: resume it with its own "
                                   f"dataset")
 
 
