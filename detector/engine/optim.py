@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from detector.checkpoint import CheckpointMismatchError
-from detector.engine.resume_checks import MAX_PHASE_ITERATIONS, Where, part, plain_data, show
+from detector.engine.checked_values import Where, part, plain_data, show
+from detector.engine.resume_checks import MAX_PHASE_ITERATIONS
 
 __all__ = ["PhaseOptimizer", "check_optimization", "lr_lambda", "param_groups"]
 

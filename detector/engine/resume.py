@@ -29,10 +29,11 @@ from detector.checkpoint import (
     save_periodic_checkpoint,
 )
 from detector.engine import distributed as dist
+from detector.engine.checked_values import Where, show
 from detector.engine.ema import ModelEMA
 from detector.engine.optim import PhaseOptimizer, check_optimization
 from detector.engine.position import Every, TrainingPosition
-from detector.engine.resume_checks import Where, check_resume_state, show
+from detector.engine.resume_checks import check_resume_state
 from detector.engine.schedules import Phase
 from detector.engine.state import BatchStream, capture_rng_state, restore_rng_state
 from detector.run_files import drop_records_after

@@ -25,11 +25,10 @@ import logging
 import torch
 
 from detector.checkpoint import CheckpointError, CheckpointMismatchError
-from detector.engine.checked_values import Where, is_number, part, plain_data, short_names, show
+from detector.engine.checked_values import Where, is_number, plain_data, short_names, show
 from detector.engine.schedules import TAKE_FROM_RPN, Phase
 
-__all__ = ["MAX_PHASE_ITERATIONS", "FinishedRunError", "Where", "check_resume_state", "part",
-           "plain_data", "show"]
+__all__ = ["MAX_PHASE_ITERATIONS", "FinishedRunError", "check_resume_state"]
 
 
 class FinishedRunError(CheckpointMismatchError):
