@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import socket
 
-import numpy as np
 import pytest
 import torch
 from helpers import tiny_training as tiny
@@ -271,29 +269,10 @@ def test_eval_raw_off_scores_only_the_average(shapes_root, tmp_path, monkeypatch
     assert scored == [trainer.ema.module] and "raw_AP" not in metrics
 
 
-def _straight_and_resumed(root, tmp_path, phases, stop_at, **options):
-    straight = tiny.make_trainer(root, tmp_path / "straight", phases=phases, **options)
-    straight.train()
-    stop = tiny.StopAfter(stop_at)
-    first = tiny.make_trainer(root, tmp_path / "run", phases=phases, stop_signal=stop, **options)
-    stop.trainer = first
-    summary = first.train()
-    assert summary["interrupted"] == "test stop" and summary["iterations"] == stop_at
-    second = tiny.make_trainer(root, tmp_path / "run", phases=phases, **options)
-    torch.manual_seed(1234)  # as in a fresh process: everything must come from the file
-    np.random.seed(1234)
-    random.seed(1234)
-    second.models["main"].load_state_dict(tiny.tiny_model().state_dict())
-    second.ema.reset(second.models["main"])
-    second.resume(summary["checkpoint"])
-    second.train()
-    return straight, second, summary
-
-
 @pytest.mark.parametrize(("phases", "stop_at"), [
     (tiny.end_to_end(6), 3), (tiny.four_step(2, 3, 1, 1), 4)], ids=["end_to_end", "four_step"])
 def test_exact_resume_of_the_average(shapes_root, tmp_path, phases, stop_at):
-    straight, resumed, summary = _straight_and_resumed(
+    straight, resumed, summary = tiny.straight_and_resumed(
         shapes_root, tmp_path, phases, stop_at, ema=_ema(decay=0.8, warmup=2))
     saved = load_checkpoint(summary["checkpoint"])["ema"]
     assert saved["updates"] == (stop_at if len(phases) == 1 else stop_at - 2)

@@ -32,29 +32,9 @@ def _assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def _straight_and_resumed(root, tmp_path, phases, stop_at, **options):
-    straight = tiny.make_trainer(root, tmp_path / "straight", phases=phases, **options)
-    straight.train()
-    stop = tiny.StopAfter(stop_at)
-    first = tiny.make_trainer(root, tmp_path / "run", phases=phases, stop_signal=stop, **options)
-    stop.trainer = first
-    summary = first.train()
-    assert summary["interrupted"] == "test stop" and summary["iterations"] == stop_at
-    second = tiny.make_trainer(root, tmp_path / "run", phases=phases, **options)
-    # as in a fresh process: other weights and random state; everything must come from the file
-    torch.manual_seed(1234)
-    np.random.seed(1234)
-    random.seed(1234)
-    second.models["main"].load_state_dict(tiny.tiny_model().state_dict())
-    second.resume(summary["checkpoint"])
-    result = second.train()
-    assert result["interrupted"] is None and result["iterations"] == straight.iteration
-    return straight, second, summary
-
-
 def test_end_to_end_resume_equals_an_uninterrupted_run(shapes_root, tmp_path):
     # 6 steps at batch 2 over 8 images: the stop (after 3) is mid-epoch, the run crosses epochs
-    straight, resumed, summary = _straight_and_resumed(
+    straight, resumed, summary = tiny.straight_and_resumed(
         shapes_root, tmp_path, tiny.end_to_end(6), stop_at=3)
     assert summary["checkpoint"] == periodic_checkpoint_path(tmp_path / "run" / "checkpoints", 3)
     _assert_same(_weights(straight), _weights(resumed))
@@ -86,7 +66,7 @@ def test_resume_is_not_trivially_equal(shapes_root, tmp_path):
                                                      "inside_step3"])
 def test_four_step_resume_continues_inside_the_right_step(shapes_root, tmp_path, stop_at):
     phases = tiny.four_step(2, 3, 2, 2)  # steps: iterations 1-2, 3-5, 6-7, 8-9
-    straight, resumed, summary = _straight_and_resumed(shapes_root, tmp_path, phases, stop_at)
+    straight, resumed, summary = tiny.straight_and_resumed(shapes_root, tmp_path, phases, stop_at)
     state = load_checkpoint(summary["checkpoint"])
     expected_phase = {2: 0, 3: 1, 6: 2}[stop_at]
     assert state["trainer"]["phase_index"] == expected_phase
@@ -95,7 +75,7 @@ def test_four_step_resume_continues_inside_the_right_step(shapes_root, tmp_path,
 
 
 def test_resume_with_data_workers(shapes_root, tmp_path):
-    straight, resumed, _ = _straight_and_resumed(
+    straight, resumed, _ = tiny.straight_and_resumed(
         shapes_root, tmp_path, tiny.end_to_end(5), stop_at=2, num_workers=2)
     _assert_same(_weights(straight), _weights(resumed))
 

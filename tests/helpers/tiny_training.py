@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -151,3 +153,28 @@ class StopAfter:
     @property
     def requested(self) -> bool:
         return self.trainer is not None and self.trainer.iteration + 1 >= self.iterations
+
+
+def straight_and_resumed(root, tmp_path, phases, stop_at, **options):
+    """(an uninterrupted run, the same run stopped after ``stop_at`` steps and resumed into a
+    fresh trainer, the stopped run's summary). The resumed trainer starts from other weights
+    (and another weight average) and random state, as in a fresh process: everything must come
+    from the checkpoint file."""
+    straight = make_trainer(root, tmp_path / "straight", phases=phases, **options)
+    straight.train()
+    stop = StopAfter(stop_at)
+    first = make_trainer(root, tmp_path / "run", phases=phases, stop_signal=stop, **options)
+    stop.trainer = first
+    summary = first.train()
+    assert summary["interrupted"] == "test stop" and summary["iterations"] == stop_at
+    second = make_trainer(root, tmp_path / "run", phases=phases, **options)
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    random.seed(1234)
+    second.models["main"].load_state_dict(tiny_model().state_dict())
+    if second.ema is not None:
+        second.ema.reset(second.models["main"])
+    second.resume(summary["checkpoint"])
+    result = second.train()
+    assert result["interrupted"] is None and result["iterations"] == straight.iteration
+    return straight, second, summary
