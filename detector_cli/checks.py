@@ -283,6 +283,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     if cfg.split not in ("train", "val"):
         raise ConfigError(f"split must be train or val, got {cfg.split!r}")
     _check_tta(cfg, refused="results= (a saved results file)" if cfg.get("results") else None)
+    if not isinstance(cfg.get("proposal_recall", True), bool):
+        raise ConfigError(f"proposal_recall must be true or false, got "
+                          f"{cfg.get('proposal_recall')!r}")
     if cfg.get("nms") not in (None, "hard", "linear", "gaussian"):
         raise ConfigError(f"nms must be null, hard, linear or gaussian, got {cfg.nms!r}")
     sigma = cfg.get("soft_nms_sigma")

@@ -34,6 +34,7 @@ from detector.evaluation import (
     save_results,
 )
 from detector.evaluation.inference import predict, score_detections
+from detector.evaluation.proposal_recall import format_proposal_recall_table, proposal_recall
 from detector.modeling.spec import (
     dataset_from_checkpoint,
     model_from_checkpoint,
@@ -139,6 +140,16 @@ def _voc_metrics(dataset, results: list[dict], names: list[str], img_ids: list[i
     return metrics
 
 
+def _proposal_recall(dataset, proposals: dict, model) -> dict:
+    """Recall of the RPN's proposals per class and size, at the model's test-time proposal count
+    and at 100 (fewer when the model keeps fewer)."""
+    kept = int(model.proposal_generator.post_nms_top_n[1])
+    limits = sorted({min(100, kept), kept})
+    cat_id_to_name = {cat_id: dataset.class_names[label - 1]
+                      for label, cat_id in dataset.label_to_cat_id.items()}
+    return proposal_recall(dataset.coco, proposals, cat_id_to_name=cat_id_to_name, limits=limits)
+
+
 def _print_tables(metrics: dict, names: list[str]) -> None:
     for name in names:
         if name == "coco":
@@ -191,11 +202,17 @@ def run(cfg: DictConfig) -> dict:
     model = build_model(path, state, device, cfg)
     loader = build_dataloader(dataset=dataset, batch_size=cfg.batch_size, train=False,
                               num_workers=cfg.num_workers)
+    tta = bool(cfg.get("tta", False))
+    keep_proposals = bool(cfg.get("proposal_recall", True)) and not tta
     detections = predict(model, loader, device=device,
                          precision=resolve_precision(cfg.precision, device),
-                         forward=forward_with_flip if cfg.get("tta", False) else None)
+                         forward=forward_with_flip if tta else None,
+                         keep_proposals=keep_proposals)
+    proposals = {d["image_id"]: d.pop("proposals") for d in detections if "proposals" in d}
     results = detections_to_coco_results(detections, label_to_cat_id=dataset.label_to_cat_id)
     metrics = score_detections(dataset, detections) if "coco" in names else {}
+    if keep_proposals:
+        metrics["proposal_recall"] = _proposal_recall(dataset, proposals, model)
     metrics.update(_voc_metrics(dataset, results, names,
                                 sorted({d["image_id"] for d in detections})))
     stem = (output_stem(cfg, path, state) + (f"_{cfg.nms}" if cfg.get("nms") else "")
@@ -206,6 +223,8 @@ def run(cfg: DictConfig) -> dict:
     visualize(dataset, detections, path.parent / f"{stem}_detections", cfg.num_visualize,
               cfg.min_score_visualize)
     _print_tables(metrics, names)
+    if "proposal_recall" in metrics:
+        print(format_proposal_recall_table(metrics["proposal_recall"]))
     log.info("%s  (%s_metrics.json, results and drawings beside %s)", _summary(metrics), stem,
              path)
     return metrics

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from detector.evaluation.coco_eval import detections_to_coco_results, evaluate_coco
 from detector.evaluation.voc_eval import evaluate_voc
+from detector.modeling.postprocess import boxes_to_original
 from detector.runtime import autocast, to_device
 
 __all__ = ["EvaluationStopped", "evaluate", "predict", "score_detections", "voc_metrics"]
@@ -42,6 +43,7 @@ def predict(
     desc: str = "eval",
     should_stop: Callable[[], bool] | None = None,
     forward: Callable[[nn.Module, Tensor, Tensor], dict] | None = None,
+    keep_proposals: bool = False,
 ) -> list[dict]:
     """Detections for every image of ``loader``, in original-image pixels, on the CPU.
 
@@ -51,9 +53,12 @@ def predict(
         forward: how a batch goes through the model, ``forward(model, images, image_sizes)``
             -> raw outputs for ``model.detect`` (None: ``model(images, image_sizes,
             detect=True)``); e.g. ``detector.modeling.tta.forward_with_flip`` (test-time flip).
+        keep_proposals: also return each image's RPN proposals (``proposals [R,4]`` xyxy,
+            original-image pixels, best-scored first; for ``proposal_recall``).
 
     Returns:
-        list of dicts with ``image_id`` (int), ``boxes [D,4]`` xyxy, ``scores [D]``, ``labels [D]``.
+        list of dicts with ``image_id`` (int), ``boxes [D,4]`` xyxy, ``scores [D]``, ``labels [D]``
+        (and ``proposals [R,4]`` with ``keep_proposals``).
     """
     was_training = model.training
     model.eval()
@@ -72,6 +77,8 @@ def predict(
                            if forward is None else
                            forward(model, batch["images"], batch["image_sizes"]))
             per_image = model.detect(outputs, batch["scales"])
+            if keep_proposals:
+                _attach_proposals(per_image, outputs, batch["scales"])
             for image_id, det in zip(batch["image_ids"].tolist(), per_image, strict=True):
                 detections.append({"image_id": image_id, **{k: v.cpu() for k, v in det.items()}})
             bar.update()
@@ -80,6 +87,13 @@ def predict(
         del batches  # shut the loader's workers down now, not when a traceback is freed
         model.train(was_training)
     return detections
+
+
+def _attach_proposals(per_image: list[dict], outputs: dict, scales: Tensor) -> None:
+    """Add ``proposals [R,4]`` (the valid ones, original-image pixels) to each image's dict."""
+    boxes = boxes_to_original(outputs["proposals"].float(), scales)
+    for det, image_boxes, valid in zip(per_image, boxes, outputs["proposal_valid"], strict=True):
+        det["proposals"] = image_boxes[valid]
 
 
 def _stop_asked(should_stop: Callable[[], bool] | None, images_done: int) -> bool:

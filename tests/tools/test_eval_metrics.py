@@ -203,6 +203,16 @@ def test_proposals_sets_the_test_time_top_n_and_names_the_outputs(tiny_checkpoin
     assert done.returncode == 0, done.stderr
     stem = f"final_eval_coco_{coco_root.name}_val_proposals7"
     assert (checkpoint.parent / f"{stem}_metrics.json").is_file()
+    # the proposals' recall is measured at the count kept (7 < 100: one column) and printed
+    recall = json.loads((checkpoint.parent / f"{stem}_metrics.json").read_text())["proposal_recall"]
+    assert recall["limits"] == [7] and recall["iou_thresholds"] == [0.5, 0.7]
+    assert recall["rows"]["all"]["boxes"] > 0 and "R50@7" in done.stdout
+    quiet = run_tool("eval.py", [*common, "proposals=7", "proposal_recall=false"], cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "proposal_recall" not in json.loads((checkpoint.parent / f"{stem}_metrics.json")
+                                               .read_text())
+    _one_line_error(run_tool("eval.py", [*common, "proposal_recall=2"], cwd=tmp_path),
+                    r"proposal_recall must be true or false")
     for bad in ("proposals=0", "proposals=1.5", "proposals=true"):
         refused = run_tool("eval.py", [*common, bad], cwd=tmp_path)
         _one_line_error(refused, r"proposals must be null or an integer in \[1, 100000\]")
