@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detector.data.transforms import boxes_to_original
 from detector.evaluation.coco_eval import detections_to_coco_results, evaluate_coco
 from detector.evaluation.voc_eval import evaluate_voc
-from detector.modeling.postprocess import boxes_to_original
 from detector.runtime import autocast, to_device
 
 __all__ = ["EvaluationStopped", "evaluate", "predict", "score_detections", "voc_metrics"]
