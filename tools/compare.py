@@ -2,7 +2,8 @@
 
 Arguments are run folders, sweep folders (outputs/multirun/<date_time>) or globs
 ('outputs/focal_end_to_end/*'). Writes summary.md, summary.csv, curves.png, pr_curves.png and,
-when the runs differ in one numeric key (e.g. optimizer.lr), lr_sweep.png into --out (default:
+when the runs differ in one numeric key that changes the training (e.g. optimizer.lr; not
+train.eval_period, log_period, checkpoint_period, ...), lr_sweep.png into --out (default:
 <the one folder given>/compare, or outputs/compare/<date_time>); prints the summary and where the
 report is. Runs that differ only by seed are grouped (mean +- std); for two groups the
 difference comes with a 95 % t-interval, paired by seed when the seeds match. A run whose files

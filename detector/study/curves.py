@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from detector.run_files import read_metrics_jsonl
+from detector.study.figure_style import line_style, plain_log_axis
 from detector.untrusted import plain_text
 
 LOSS_KEYS: tuple[str, ...] = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box")
@@ -100,13 +102,24 @@ def plot_metrics(
         smooth: moving-average window applied to loss curves (1 = raw).
     """
     records = read_metrics_jsonl(metrics_jsonl_path)
+    fig = metrics_figure(records, keys=keys, smooth=smooth)
+    if not fig.axes:
+        warnings.warn(f"nothing to plot in {metrics_jsonl_path}", stacklevel=2)
+    return _save_figure(fig, out_png)
+
+
+@plain_text
+def metrics_figure(records: list[dict], *, keys: Sequence[str] | None = None,
+                   smooth: int = 1) -> Figure:
+    """The figure of :func:`plot_metrics` from ``metrics.jsonl`` records (no axes, a
+    placeholder text, when nothing is to be drawn). Series with few points get markers, so a
+    short run's single log point shows."""
     panels = _panels(records, DEFAULT_KEYS if keys is None else keys)
     ncols = min(3, max(1, len(panels)))
     nrows = max(1, math.ceil(len(panels) / ncols))
     fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     if not panels:
-        warnings.warn(f"nothing to plot in {metrics_jsonl_path}", stacklevel=2)
         fig.text(0.5, 0.5, "no metrics to plot", ha="center", va="center")
     for i, (title, by_key, log_y) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -115,16 +128,20 @@ def plot_metrics(
                 label = " ".join(s for s in (key if len(by_key) > 1 else "", group) if s)
                 if log_y:
                     xs, ys = _smoothed(xs, ys, smooth)
-                ax.plot(xs, ys, label=label or None, marker="o" if title == _EVAL_TITLE else None)
+                ax.plot(xs, ys, label=label or None, **line_style(len(xs)))
+        if title == _EVAL_TITLE:
+            ax.margins(y=0.25)  # room for the legend off the (few) evaluation points
         _style_axes(ax, title, log_y)
-    return _save_figure(fig, out_png)
+    return fig
 
 
 def _style_axes(ax: Any, title: str, log_y: bool) -> None:
     ax.set_title(title)
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if log_y:
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
     ax.grid(True, alpha=0.3)
     if any(not line.get_label().startswith("_") for line in ax.get_lines()):
         ax.legend(fontsize="small")

@@ -21,10 +21,11 @@ from detector.errors import UserError
 from detector.study.analysis import RunAnalysis
 from detector.study.coco_checks import inside
 from detector.study.errors import FP_TYPES
+from detector.study.figure_style import fit_title
 from detector.untrusted import plain_text, shown, writable_dir, writable_file
 from detector.visualize import draw_detections
 
-__all__ = ["VERDICT_COLORS", "worst_images", "write_gallery"]
+__all__ = ["VERDICT_COLORS", "panel_figure", "worst_images", "write_gallery"]
 
 #: RGB per verdict: true positives, each false-positive type, misses (dashed boxes)
 VERDICT_COLORS: dict[str, tuple[int, int, int]] = {
@@ -70,20 +71,28 @@ def _draw(analysis: RunAnalysis, image_id: int, image: np.ndarray) -> np.ndarray
 
 
 @plain_text
-def _save_panel(drawn: np.ndarray, title: str, path: Path) -> Path:
+def panel_figure(drawn: np.ndarray, title: str) -> Figure:
+    """One drawn image (``drawn`` ndarray[H, W, 3] uint8) beside a legend of the verdict
+    colours, under ``title`` wrapped to the image's width (measured, so none of it is cut)."""
     height, width = drawn.shape[:2]
-    fig = Figure(figsize=(width / 90 + 2.2, height / 90 + 0.5), layout="constrained")
+    fig = Figure(figsize=(width / 90 + 2.2, height / 90 + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.imshow(drawn)
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
     handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.2",
                      linestyle="--" if name == "miss" else "-",
                      label="miss (dashed)" if name == "miss" else name)
                for name, c in VERDICT_COLORS.items()]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="verdict",
                title_fontsize=8)
+    fit_title(fig, ax, title, fontsize=9)
+    return fig
+
+
+@plain_text
+def _save_panel(drawn: np.ndarray, title: str, path: Path) -> Path:
+    fig = panel_figure(drawn, title)
     writable_dir(path.parent)
     fig.savefig(writable_file(path), dpi=90)
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,13 +17,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from detector.run_files import COMPLETED, DIVERGED
+from detector.study.figure_style import line_style, plain_log_axis
 from detector.study.runs import Run
 from detector.study.summary import SEED_KEY, Group, Study, value_of
 from detector.untrusted import finite_number, plain_text, shown
 
-__all__ = ["CURVE_KEYS", "numeric_key", "plot_curves", "plot_pr_curves", "plot_sweep"]
+__all__ = ["CURVE_KEYS", "NOT_TRAINING", "changes_training", "curves_figure", "numeric_key",
+           "plot_curves", "plot_pr_curves", "plot_sweep", "sweep_figure"]
 
 MAX_PR_PANELS = 120  # classes drawn in pr_curves.png (the first ones)
 CURVE_KEYS = ("loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "grad_norm",
@@ -91,18 +95,29 @@ def _draw_group(ax, iters: np.ndarray, values: np.ndarray, color: str, label: st
         mean = np.nanmean(values, axis=0)
         count = np.sum(~np.isnan(values), axis=0)
         std = np.where(count > 1, np.nanstd(values, axis=0, ddof=min(1, len(values) - 1)), 0)
-    marker = "o" if np.sum(~np.isnan(mean)) <= 5 else None
-    ax.plot(iters, mean, color=color, label=f"{label} (n={len(values)})", marker=marker)
+    ax.plot(iters, mean, color=color, label=f"{label} (n={len(values)})",
+            **line_style(int(np.sum(~np.isnan(mean)))))
     if len(values) > 1:
         ax.fill_between(iters, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+_PHASE_DASHES = (":", "--", "-.", (0, (1, 4)), (0, (5, 2, 1, 2, 1, 2)), (0, (8, 3)))
 
 
 @plain_text
 def plot_curves(study: Study, out_png: str | os.PathLike) -> Path:
     """Every loss term, the gradient norm and AP/AP50 against iteration, one line per group."""
+    return _save(curves_figure(study), out_png)
+
+
+@plain_text
+def curves_figure(study: Study) -> Figure:
+    """The figure of :func:`plot_curves`: a panel per key; the groups and the schedule phases'
+    starts (grey, a dash pattern each, drawn in every panel) named in one legend beside the
+    panels, so that no label lies on a curve."""
     keys = [k for k in CURVE_KEYS if any(k in r for run in study.runs for r in run.records)]
-    fig, ncols = _figure(max(1, len(keys)), 3, (4.6, 3.2))
-    phases = _phase_starts(study.runs)
+    phases = sorted(_phase_starts(study.runs).items())
+    fig, ncols = _figure(max(1, len(keys)), 3, (4.6, 3.2), legend_in=2.8)
     if not keys:
         fig.text(0.5, 0.5, "no metrics.jsonl records to plot", ha="center", va="center")
     for i, key in enumerate(keys):
@@ -111,20 +126,27 @@ def plot_curves(study: Study, out_png: str | os.PathLike) -> Path:
             iters, values = _grid(group.runs, key)
             if iters.size:
                 _draw_group(ax, iters, values, f"C{g % 10}", group.label)
-        for start, name in sorted(phases.items()):
-            ax.axvline(start, color="0.4", linestyle=":", linewidth=1)
-            if i == 0:
-                ax.text(start, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
-                        rotation=90, va="top", color="0.3")
+        for p, (start, name) in enumerate(phases):
+            ax.axvline(start, color="0.35", linewidth=1, linestyle=_PHASE_DASHES[p % 6],
+                       label=f"{name} starts (it {start:g})")
         if key.startswith("loss") or key == "grad_norm":
             ax.set_yscale("log")
+            plain_log_axis(ax.yaxis)
         elif key.startswith("AP"):
             ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set(title=key, xlabel="iteration", ylabel=key)
         ax.grid(True, alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize="x-small")
-    return _save(fig, out_png)
+    handles: dict[str, object] = {}  # the same groups and phases in each panel: one legend
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        labels = [textwrap.fill(label, 36) for label in handles]
+        fig.legend(list(handles.values()), labels, fontsize="x-small", loc="upper right",
+                   bbox_to_anchor=(1.0, 1 - 0.35 / fig.get_figheight()),
+                   title="groups; schedule phases", title_fontsize="x-small")
+    return fig
 
 
 # --- learning-rate (or any numeric key) sweep ------------------------------------------------
@@ -140,10 +162,25 @@ def _as_float(value) -> float | None:
     return finite_number(value)
 
 
+#: config keys that do not change what is trained (logging, evaluation, checkpoints, where and
+#: how fast it runs): never the studied variable of a sweep
+NOT_TRAINING = frozenset({
+    "output_dir", "name", "device", "resume", "num_workers", "train.progress",
+    "train.log_period", "train.eval_period", "train.eval_batch_size", "train.eval_metric",
+    "train.checkpoint_period", "train.keep_checkpoints", "train.histogram_period",
+    "train.best_metric", "train.best_mode", "train.ema_eval_raw"})
+
+
+def changes_training(key: str) -> bool:
+    """Whether a config key can change the trained model (``optimizer.lr`` does,
+    ``train.eval_period`` does not: :data:`NOT_TRAINING`, and ``hydra.*``)."""
+    return key not in NOT_TRAINING and not key.startswith("hydra.")
+
+
 def numeric_key(study: Study) -> str | None:
-    """The one differing key (seed aside) whose values are all numbers, with at least two
-    distinct values; None if there is no such key or more than one."""
-    found = [k for k in study.keys if k != SEED_KEY
+    """The one differing key (seed aside) that changes the training and whose values are all
+    numbers, with at least two distinct values; None if there is no such key or more than one."""
+    found = [k for k in study.keys if k != SEED_KEY and changes_training(k)
              and all(_as_float(value_of(r, k)) is not None for r in study.runs)
              and len({_as_float(value_of(r, k)) for r in study.runs}) > 1]
     return found[0] if len(found) == 1 else None
@@ -151,10 +188,16 @@ def numeric_key(study: Study) -> str | None:
 
 @plain_text
 def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str = "AP50") -> Path:
-    """Final ``metric`` against ``key`` (log x when all values are positive); one line per
-    combination of the other keys, mean over seeds with the runs as dots; diverged runs as red
-    crosses on the axis (AP 0), labelled with the iteration where they diverged; the legend
-    beside the axes."""
+    """Final ``metric`` against ``key`` as a PNG (see :func:`sweep_figure`)."""
+    return _save(sweep_figure(study, key, metric), out_png)
+
+
+@plain_text
+def sweep_figure(study: Study, key: str, metric: str = "AP50") -> Figure:
+    """Final ``metric`` against ``key`` (log x, plain decimal ticks, when all values are
+    positive: learning rates); one line per combination of the other keys, mean over seeds with
+    the runs as dots; diverged runs as red crosses on the axis (AP 0), labelled with the
+    iteration where they diverged; the legend beside the axes."""
     fig, _ = _figure(1, 1, (7.0, 4.5), legend_in=2.6)
     ax = fig.add_subplot(1, 1, 1)
     others = [k for k in study.keys if k not in (key, SEED_KEY)]
@@ -179,6 +222,7 @@ def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str =
                         textcoords="offset points", xytext=(0, 8), ha="center", color="red")
     if all(_as_float(value_of(r, key)) > 0 for r in study.runs):
         ax.set_xscale("log")
+        plain_log_axis(ax.xaxis)
     if any(r.status == DIVERGED for r in study.runs):  # a legend entry that shows the cross
         ax.plot([], [], marker="x", markersize=10, markeredgewidth=2, color="red",
                 linestyle="none", label="diverged (reason: summary.md)")
@@ -186,7 +230,7 @@ def plot_sweep(study: Study, key: str, out_png: str | os.PathLike, metric: str =
     ax.set_ylim(bottom=0, top=max(0.05, ax.get_ylim()[1]))
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    return _save(fig, out_png)
+    return fig
 
 
 # --- precision-recall ------------------------------------------------------------------------

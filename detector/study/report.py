@@ -1,5 +1,6 @@
 """A comparison report: runs in, one folder out with summary.md, summary.csv, curves.png,
-pr_curves.png and (runs that differ in one numeric key) lr_sweep.png.
+pr_curves.png and (runs that differ in one numeric key that changes the training, see
+:func:`detector.study.plots.numeric_key`) lr_sweep.png.
 
     from detector.study import compare
     report = compare(["outputs/multirun/2026-11-30_12-00-00"], "outputs/compare")
