@@ -58,6 +58,7 @@ from detector_cli.checks import (
     check_train_config,
     resume_checkpoint,
 )
+from detector_cli.class_counts import settle_class_weights
 from detector_cli.cli import (
     USER_ERRORS,
     command_arg,
@@ -155,6 +156,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, device: torch.device,
     options = build_options(cfg, device)  # before any data is read
     train_set, val_set = build_datasets(cfg)
     settle_anchors(cfg, train_set)  # dataset.anchor_*=auto: numbers in cfg before the model
+    settle_class_weights(cfg, train_set)  # loss.class_balance: numbers before the criterion
     model = hydra.utils.instantiate(cfg.model, num_classes=len(train_set.class_names))
     if dist.get_rank():  # the same initial weights everywhere, then per-rank RPN/ROI sampling
         seed_everything(cfg.seed + dist.get_rank())

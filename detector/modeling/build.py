@@ -137,10 +137,16 @@ def build_criterion(
     anchor_border: float | None = None,
     roi_box_beta: float = 1.0,
     roi_normalize_by_positives: bool = False,
+    roi_hard_examples: int | None = None,
+    roi_hard_nms_iou: float = 0.7,
     weights: dict[str, float] | None = None,
 ) -> FasterRCNNCriterion:
     """The four losses. ``rpn_num_samples=None`` trains the RPN sampling-free on every non-ignored
-    anchor (pair it with a focal ``rpn_cls_loss`` and ``rpn_objectness_prior=0.01``)."""
+    anchor (pair it with a focal ``rpn_cls_loss`` and ``rpn_objectness_prior=0.01``).
+    ``roi_hard_examples=N`` turns on online hard example mining in the ROI head: the loss counts
+    the N hardest RoIs per image after an NMS at ``roi_hard_nms_iou`` on their losses (pair it
+    with a model that keeps every proposal, ``build_model(roi_num_samples=None)``; see
+    ``ROICriterion``). The RPN keeps its own sampling either way."""
     rpn_matcher = Matcher(
         thresholds=(rpn_bg_iou, rpn_fg_iou), labels=(0, -1, 1), allow_low_quality_matches=True
     )
@@ -154,6 +160,7 @@ def build_criterion(
         roi=ROICriterion(
             cls_loss=roi_cls_loss, box_beta=roi_box_beta,
             normalize_by_positives=roi_normalize_by_positives,
+            hard_examples=roi_hard_examples, hard_nms_iou=roi_hard_nms_iou,
         ),
         weights=weights,
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detector.errors import OptionError
 from detector.ops.boxes import BoxCoder
+from detector.ops.hard_examples import hard_example_mask
 from detector.ops.matcher import Matcher
 from detector.ops.packing import gather_rows, pack_rows, use_compaction
 from detector.ops.targets import assign_targets
@@ -24,7 +26,8 @@ class ROISampler(nn.Module):
     Ground-truth boxes are appended to the proposals, every candidate is matched to the ground
     truth, and ``num_samples`` per image are drawn with at most ``positive_fraction`` foreground
     (paper: 128 of them at 0.25; 512 here by default as in later implementations). With
-    ``num_samples=None`` every non-ignored candidate is kept (sampling-free focal loss).
+    ``num_samples=None`` every non-ignored candidate is kept (sampling-free focal loss, or online
+    hard example mining: ``ROICriterion(hard_examples=...)`` then picks the RoIs the loss counts).
 
     Args:
         matcher (Matcher): proposal/GT matching, e.g. fg IoU >= 0.5, bg in [0.0, 0.5).
@@ -163,37 +166,64 @@ class ROICriterion(nn.Module):
     Normalisation: with a sampler both terms are divided by the number of sampled RoIs; with
     ``normalize_by_positives=True`` (sampling-free focal loss) by the number of foreground RoIs.
 
+    Online hard example mining (``hard_examples=N``; Shrivastava et al. 2016): the sampler keeps
+    every proposal, each RoI's classification + box loss (detached) ranks it, an NMS at
+    ``hard_nms_iou`` over each image's RoIs scored by that loss drops near-duplicates, and the
+    ``N`` hardest survivors per image are the ones the loss counts (``detector.ops.hard_examples``).
+    Both terms are then divided by the number of kept RoIs (by the kept foreground ones with
+    ``normalize_by_positives``), and only the kept RoIs receive a gradient. Needs the
+    outputs' ``rois``.
+
     Args:
         cls_loss (callable): ``(logits[N, K+1], targets[N] long) -> [N]`` (cross-entropy or
             softmax focal, see ``detector.ops.losses``).
         box_beta (float): smooth-L1 beta (1.0).
         normalize_by_positives (bool): see above.
+        hard_examples (int, optional): RoIs per image kept by hard example mining; None: off
+            (every sampled RoI counts).
+        hard_nms_iou (float): IoU above which a RoI is dropped next to a harder one (0.7).
     """
 
-    def __init__(self, *, cls_loss, box_beta: float = 1.0, normalize_by_positives: bool = False):
+    def __init__(self, *, cls_loss, box_beta: float = 1.0, normalize_by_positives: bool = False,
+                 hard_examples: int | None = None, hard_nms_iou: float = 0.7):
         super().__init__()
+        if hard_examples is not None and (isinstance(hard_examples, bool)
+                                          or int(hard_examples) != hard_examples
+                                          or hard_examples < 1):
+            raise OptionError("hard_examples", f"hard_examples must be a positive integer or "
+                              f"None, got {hard_examples!r}")
+        if not 0.0 < hard_nms_iou <= 1.0:
+            raise OptionError("hard_nms_iou", f"hard_nms_iou must be in (0, 1], got "
+                              f"{hard_nms_iou!r}")
         self.cls_loss = cls_loss
         self.box_beta = float(box_beta)
         self.normalize_by_positives = bool(normalize_by_positives)
+        self.hard_examples = None if hard_examples is None else int(hard_examples)
+        self.hard_nms_iou = float(hard_nms_iou)
 
     def forward(self, outputs: dict, targets: dict | None = None) -> dict[str, Tensor]:
         """outputs: ``pred_roi_logits [B, S, K+1]``, ``pred_roi_deltas [B, S, 4K]``,
-        ``gt_roi_labels [B, S]``, ``gt_roi_deltas [B, S, 4]``. Returns ``{"loss_cls",
-        "loss_box"}`` (float32)."""
+        ``gt_roi_labels [B, S]``, ``gt_roi_deltas [B, S, 4]`` (and ``rois [B, S, 4]`` with
+        ``hard_examples``). Returns ``{"loss_cls", "loss_box"}`` (float32)."""
         labels = outputs["gt_roi_labels"]
-        used = (labels >= 0).float()
-        positive = labels > 0
-        count = positive.float() if self.normalize_by_positives else used
-        normaliser = count.sum().clamp(min=1.0)
+        used = labels >= 0
         logits = outputs["pred_roi_logits"]
         cls = self.cls_loss(logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).flatten())
+        cls = cls.view(labels.shape)
         deltas = outputs["pred_roi_deltas"].float().unflatten(-1, (-1, 4))  # [B, S, K, 4]
         class_idx = (labels - 1).clamp(min=0)
         own = deltas.gather(2, class_idx[..., None, None].expand(*labels.shape, 1, 4)).squeeze(2)
         box = torch.nn.functional.smooth_l1_loss(
             own, outputs["gt_roi_deltas"].float(), beta=self.box_beta, reduction="none"
         ).sum(dim=-1)
+        box = torch.where(labels > 0, box, 0.0)
+        if self.hard_examples is not None:
+            used = hard_example_mask(outputs["rois"], cls + box, used, num=self.hard_examples,
+                                     iou_threshold=self.hard_nms_iou)
+        positive = used & (labels > 0)
+        count = positive if self.normalize_by_positives else used
+        normaliser = count.float().sum().clamp(min=1.0)
         return {
-            "loss_cls": (cls * used.flatten()).sum() / normaliser,
-            "loss_box": (box * positive.float()).sum() / normaliser,
+            "loss_cls": torch.where(used, cls, 0.0).sum() / normaliser,
+            "loss_box": torch.where(positive, box, 0.0).sum() / normaliser,
         }
