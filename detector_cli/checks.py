@@ -293,6 +293,10 @@ def check_eval_config(cfg: DictConfig) -> None:
                                   and 1e-6 <= sigma <= 100):
         raise ConfigError(f"soft_nms_sigma must be null or a number in [1e-06, 100], "
                           f"got {sigma!r}")
+    threshold = cfg.get("score_threshold")
+    if threshold is not None and not (isinstance(threshold, int | float)
+                                      and not isinstance(threshold, bool) and 0 <= threshold < 1):
+        raise ConfigError(f"score_threshold must be null or a number in [0, 1), got {threshold!r}")
     proposals = cfg.get("proposals")
     if proposals is not None and not (isinstance(proposals, int) and not isinstance(proposals, bool)
                                       and 1 <= proposals <= 100_000):

@@ -61,9 +61,9 @@ log = logging.getLogger("eval")
 
 def build_model(path: Path, state: dict, device: torch.device, cfg: DictConfig | None = None):
     """The checkpoint's model, through the one checked route (``detector.modeling.spec``), with
-    ``cfg.nms`` / ``cfg.soft_nms_sigma`` replacing its post-processing's and ``cfg.proposals``
-    the RPN's proposals kept at test time (after its NMS; the pre-NMS top-n raised to at least
-    as many) where given."""
+    ``cfg.nms`` / ``cfg.soft_nms_sigma`` / ``cfg.score_threshold`` replacing its
+    post-processing's and ``cfg.proposals`` the RPN's proposals kept at test time (after its NMS;
+    the pre-NMS top-n raised to at least as many) where given."""
     model = model_from_checkpoint(state, source=path)
     post = model.postprocessor
     cfg = cfg if cfg is not None else {}
@@ -71,6 +71,8 @@ def build_model(path: Path, state: dict, device: torch.device, cfg: DictConfig |
         post.nms = cfg.nms
     if cfg.get("soft_nms_sigma") is not None:
         post.soft_nms_sigma = float(cfg.soft_nms_sigma)
+    if cfg.get("score_threshold") is not None:  # checked by check_eval_config
+        post.score_threshold = float(cfg.score_threshold)
     if cfg.get("proposals") is not None:  # checked by check_eval_config
         rpn = model.proposal_generator
         n = int(cfg.get("proposals"))
@@ -217,6 +219,7 @@ def run(cfg: DictConfig) -> dict:
                                 sorted({d["image_id"] for d in detections})))
     stem = (output_stem(cfg, path, state) + (f"_{cfg.nms}" if cfg.get("nms") else "")
             + (f"_proposals{cfg.proposals}" if cfg.get("proposals") is not None else "")
+            + (f"_score{cfg.score_threshold:g}" if cfg.get("score_threshold") is not None else "")
             + ("_tta" if cfg.get("tta", False) else ""))
     save_metrics(path.parent / f"{stem}_metrics.json", metrics)
     save_results(path.parent / f"{stem}_results.json", results)
