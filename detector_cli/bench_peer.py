@@ -180,6 +180,9 @@ def prepare(cfg: DictConfig):
     num_classes = len(train_set.class_names)
     ours = hydra.utils.instantiate(cfg.model, num_classes=num_classes)
     overrides = OmegaConf.to_container(cfg.peer_overrides, resolve=True)
+    # one evaluation for both: the peer drops class scores under our model's cut (torchvision's
+    # own default is 0.05), unless peer_overrides.box_score_thresh says otherwise
+    overrides.setdefault("box_score_thresh", float(cfg.model.score_threshold))
     try:
         model = build_peer(trunk=ours.backbone, num_classes=num_classes,
                            anchor_sizes=list(cfg.model.anchor_sizes),

@@ -104,6 +104,7 @@ def test_refused_in_one_line_before_anything_is_written(tiny, tmp_path, args, me
 def test_one_run_alone_and_the_peer_overrides_in_its_settings(tiny, tmp_path):
     done = run_tool("bench_peer.py", [*tiny, TWO, "runs=[peer]", "schedule.lr.warmup_iters=0",
                                       "+peer_overrides.box_batch_size_per_image=16",
+                                      "model.score_threshold=0.3",
                                       f"output_dir={tmp_path / 'out'}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
@@ -111,5 +112,7 @@ def test_one_run_alone_and_the_peer_overrides_in_its_settings(tiny, tmp_path):
     record = json.loads((out / "comparison.json").read_text())
     assert [r["name"] for r in record["runs"]] == ["peer"]
     assert record["peer_settings"]["roi_num_samples"] == "16"
+    # one evaluation for both: the peer's class-score cut is ours unless overridden
+    assert record["peer_settings"]["score_threshold"] == "0.3"
     assert record["peer_overrides"] == {"box_batch_size_per_image": 16}
     assert "| peer | finished |" in (out / "comparison.md").read_text()
