@@ -177,7 +177,7 @@ def test_summary_prints_the_coverage_lines_exactly():
 def test_advice_for_low_coverage_and_imbalance_one_sentence_each():
     """Low coverage: the size (and, outside the grid's ratios, the aspect) of the boxes no anchor
     reaches, to add to the hand-set grid; small ones also get the stride hint. 1:6 imbalance:
-    loss=focal. One sentence each."""
+    compare the losses. One sentence each."""
     small = Uncovered(count=7, size_median=12.0, size_p10=8.0, size_p90=20.0, ratio_median=3.0,
                       shape_fits=0.2)
     low = dataclasses.replace(_inspection(coverage_05=0.80, counts=[60, 10]), uncovered=small)
@@ -187,7 +187,7 @@ def test_advice_for_low_coverage_and_imbalance_one_sentence_each():
     assert "add a size near 12 to dataset.anchor_sizes (now [32, 64])" in said[0]
     assert "a ratio near 3.00 to dataset.anchor_ratios (now [0.5, 1, 2])" in said[0]
     assert "auto" not in said[0]  # no fitted alternative measured here
-    assert "loss=focal" in said[1] and " 6 times" in said[1]
+    assert "loss=ce, focal, ohem" in said[1] and " 6 times" in said[1]
     assert all(text.count(". ") == 0 and text.endswith(".") for text in said)  # one sentence
     large = Uncovered(count=3, size_median=150.0, size_p10=120.0, size_p90=200.0,
                       ratio_median=1.1, shape_fits=0.0)
