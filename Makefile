@@ -78,7 +78,7 @@ study: install  ## CE vs focal, 2 seeds each, 300 iterations (~30 min on a 2-cor
 IMBALANCED_ITERATIONS ?= 300
 IMBALANCED_EVAL_PERIOD ?= 150
 IMBALANCED_ARMS ?= ce_imbalanced,focal_imbalanced,ohem_imbalanced,class_balanced_ce_imbalanced,class_balanced_focal_imbalanced
-study-imbalanced: install  ## CE, focal, OHEM, class-balanced CE and focal on the imbalanced shapes set (star ~1/10 of each other shape), 3 seeds, RoIAlign, 300 iterations (~45 min on 2 cores, bf16), then compare + analyze
+study-imbalanced: install  ## CE, focal, OHEM, class-balanced CE and focal on the imbalanced shapes set (star ~1/10 of each other shape), 3 seeds, RoIAlign, 300 iterations (48 min of runs on a 2-core bf16 CPU, measured two at a time), then compare + analyze
 	$(BIN)/python tools/train_net.py -m experiment=$(IMBALANCED_ARMS) seed=0,1,2 \
 		model=vgg16_bn_align schedule.iterations=$(IMBALANCED_ITERATIONS) \
 		train.eval_period=$(IMBALANCED_EVAL_PERIOD) hydra.sweep.dir=$(STUDY_DIR) $(ARGS)
