@@ -130,6 +130,24 @@ def test_predict_one_entry_per_image_in_original_pixels(dataset):
         assert torch.allclose(det["scores"], resized["scores"])
 
 
+def test_kept_proposals_are_the_valid_ones_in_original_pixels(dataset):
+    model = _tiny_model(num_classes=2).eval()
+    batches = list(build_dataloader(dataset=dataset, batch_size=2, train=False))
+    batches[0]["scales"] = torch.tensor([[2.0, 0.5], [1.5, 3.0]])
+    kept = predict(model, batches, device=torch.device("cpu"), progress=False,
+                   keep_proposals=True)
+    plain = predict(model, batches, device=torch.device("cpu"), progress=False)
+    assert all("proposals" not in d for d in plain)
+    with torch.no_grad():
+        outputs = model(batches[0]["images"], batches[0]["image_sizes"], detect=True)
+    for i, (sy, sx) in enumerate(batches[0]["scales"].tolist()):
+        valid = outputs["proposal_valid"][i]
+        expected = outputs["proposals"][i][valid] / torch.tensor([sx, sy, sx, sy])
+        assert 0 < expected.shape[0] <= 10  # the test-time top-n
+        torch.testing.assert_close(kept[i]["proposals"], expected)
+        assert torch.equal(kept[i]["boxes"], plain[i]["boxes"])  # detections unchanged
+
+
 # ---------------------------------------------------------------------------- evaluate
 class _GroundTruthModel(nn.Module):
     """Detects exactly the ground truth of each image, in loader order (original pixels)."""
