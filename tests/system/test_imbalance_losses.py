@@ -150,7 +150,7 @@ def test_class_balanced_focal_two_stage_run(workdir, shapes_root):
     assert roi_loss["gamma"] == 2.0 and roi_loss["alpha"] == config["loss"]["class_balance"][
         "weights"]
     assert len(roi_loss["alpha"]) == 5 and CB_LINE in output
-    assert config["loss"]["criterion"]["rpn_num_samples"] is None  # loss=focal's RPN
+    assert config["loss"]["criterion"]["rpn_num_samples"] == 256  # loss=focal's sampled RPN
 
 
 @pytest.mark.slow

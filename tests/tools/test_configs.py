@@ -204,7 +204,27 @@ def test_sampled_rpn_box_weight_keeps_the_papers_balance(dataset, hydra_compose,
     assert criterion.weights["loss_rpn_box"] == pytest.approx(expected, rel=0.1)
     focal = hydra.utils.instantiate(_train_cfg(
         hydra_compose, ["experiment=focal", f"dataset={dataset}"], tmp_path).loss.criterion)
-    assert focal.rpn.num_samples is None and focal.weights["loss_rpn_box"] == 1.0
+    # loss=focal samples the RPN's anchors as CE does, so it keeps CE's box weight
+    assert focal.rpn.num_samples == criterion.rpn.num_samples == 256
+    assert focal.rpn.positive_fraction == criterion.rpn.positive_fraction == 0.5
+    assert focal.weights["loss_rpn_box"] == criterion.weights["loss_rpn_box"]
+    dense = hydra.utils.instantiate(_train_cfg(
+        hydra_compose, ["experiment=focal", "loss=focal_sampling_free", f"dataset={dataset}"],
+        tmp_path).loss.criterion)
+    assert dense.rpn.num_samples is None and dense.weights["loss_rpn_box"] == 1.0
+
+
+def test_sampling_free_focal_differs_from_focal_only_in_the_rpns_sampling(hydra_compose,
+                                                                         tmp_path):
+    focal = OmegaConf.to_container(_train_cfg(hydra_compose, ["experiment=focal"], tmp_path).loss)
+    dense = OmegaConf.to_container(_train_cfg(
+        hydra_compose, ["experiment=focal", "loss=focal_sampling_free"], tmp_path).loss)
+    assert dense.pop("name") == "focal_sampling_free" and focal.pop("name") == "focal"
+    assert dense["criterion"].pop("rpn_num_samples") is None
+    assert focal["criterion"].pop("rpn_num_samples") == 256
+    assert dense["criterion"]["weights"].pop("loss_rpn_box") == 1.0
+    assert focal["criterion"]["weights"].pop("loss_rpn_box") == "${dataset.rpn_box_weight}"
+    assert dense == focal  # the same focal terms, prior and weights otherwise
 
 
 def test_focal_dense_drops_roi_sampling(hydra_compose, tmp_path):
