@@ -20,10 +20,11 @@ from detector.inspection.data_stats import (
     DataInspection,
     Uncovered,
 )
+from detector.inspection.rpn_positives import RPNPositives
 from detector.untrusted import shown, shown_text
 
-__all__ = ["ADVICE", "Advice", "advice", "coverage_line", "report_markdown", "summary_lines",
-           "write_report"]
+__all__ = ["ADVICE", "Advice", "advice", "coverage_line", "report_markdown", "rpn_line",
+           "summary_lines", "write_report"]
 
 PRINTED_CLASSES = 12  # the summary names the classes with most boxes; report.md has them all
 
@@ -140,7 +141,16 @@ def summary_lines(inspection: DataInspection) -> list[str]:
     if i.fitted is not None:
         lines += [_anchor_line(i.fitted.anchors),
                   *(f"  with them: {coverage_line(t, f)}" for t, f in i.fitted.overall.items())]
+    if i.rpn is not None:
+        lines.append(rpn_line(i.rpn))
     return lines + [f"advice: {text}" for text in advice(i)]
+
+
+def rpn_line(rpn: RPNPositives) -> str:
+    """``RPN positive anchors per image: 7.1 (median 4) of 2,033 in the loss ...``"""
+    return (f"RPN positive anchors per image: {rpn.positives:.1f} (median {rpn.median:g}) of "
+            f"{rpn.used:,.0f} a sampling-free RPN's loss sees (loss=focal_sampling_free divides its "
+            f"terms by the positives; a sampled RPN averages 256 anchors per image)")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -188,6 +198,8 @@ def report_markdown(inspection: DataInspection, figures: Sequence[str] = ()) -> 
              "## Data problems the loader reported", "",
              problems if i.problems else "None found.",
              "", *_coverage_section("Anchor coverage", i.coverage)]
+    if i.rpn is not None:
+        lines += [f"- {rpn_line(i.rpn)}", ""]
     if i.fitted is not None:
         lines += _coverage_section("Anchor coverage with fitted anchors", i.fitted)
     lines += ["## Advice", "", *([f"- {text}" for text in advice(i)] or ["- none"]), ""]

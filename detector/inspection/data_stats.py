@@ -22,6 +22,7 @@ from detector.data.anchor_choice import fit_grid
 from detector.data.box_stats import BoxTable, model_input_boxes
 from detector.data.report import DatasetError
 from detector.errors import OptionError
+from detector.inspection.rpn_positives import RPNPositives, rpn_positives
 from detector.ops.anchor_fit import anchor_coverage, anchor_shapes, best_anchor_iou, shape_iou
 from detector.ops.boxes import batched_box_iou, box_area
 
@@ -116,6 +117,7 @@ class DataInspection:
     coverage: Coverage
     fitted: Coverage | None = None  # the anchors fit_anchors would give, and their coverage
     uncovered: Uncovered | None = None  # the boxes no anchor reaches at IoU 0.5
+    rpn: RPNPositives | None = None  # positive anchors per image under the RPN's matcher
 
     @property
     def num_boxes(self) -> int:
@@ -283,11 +285,13 @@ def fitted_alternative(table: BoxTable, anchors: AnchorSet, class_names: Sequenc
 def inspect_dataset(dataset, *, name: str, split: str, min_size: int, max_size: int, sizes,
                     ratios, stride: int, offset: float, seed: int = 0,
                     baseline_sizes=DEFAULT_SIZES, baseline_ratios=DEFAULT_RATIOS,
-                    coverage_target: float = COVERAGE_TARGET) -> tuple[DataInspection, BoxTable]:
+                    coverage_target: float = COVERAGE_TARGET, rpn_fg_iou: float = 0.7,
+                    rpn_bg_iou: float = 0.3) -> tuple[DataInspection, BoxTable]:
     """Measure a built dataset (``DetectionDataset``: records in original pixels, a
     ``DataReport``) at model-input scale (resize to ``min_size``/``max_size``), with the anchors
     ``sizes`` x ``ratios`` (or ``"auto"``) at ``stride``/``offset``; when the coverage at 0.5
-    is under ``coverage_target`` the fitted anchors' coverage comes too (``fitted``)."""
+    is under ``coverage_target`` the fitted anchors' coverage comes too (``fitted``); ``rpn``
+    counts the anchors the RPN's matcher (``rpn_fg_iou``/``rpn_bg_iou``) makes positive."""
     table = model_input_boxes(dataset, min_size=min_size, max_size=max_size)
     names = [str(n) for n in dataset.class_names]
     counts = class_counts(table.labels, len(names))
@@ -312,5 +316,7 @@ def inspect_dataset(dataset, *, name: str, split: str, min_size: int, max_size: 
         duplicates=int(duplicate_mask(table.boxes, table.labels, table.image_index).sum()),
         problems=problems, problems_text=report.summary() if report is not None else "",
         coverage=coverage, fitted=fitted,
-        uncovered=uncovered_boxes(table.boxes, coverage.best_iou, anchors))
+        uncovered=uncovered_boxes(table.boxes, coverage.best_iou, anchors),
+        rpn=rpn_positives(table, sizes=anchors.sizes, ratios=anchors.ratios, stride=anchors.stride,
+                          offset=anchors.offset, fg_iou=rpn_fg_iou, bg_iou=rpn_bg_iou))
     return inspection, table

@@ -268,6 +268,9 @@ def test_inspect_dataset_measures_at_model_input_scale():
     assert inspection.problems == {"clipped_box": 2, "empty_image_filtered": 1}
     assert inspection.num_images == 3 and inspection.image_size_range == (50, 100)
     assert inspection.coverage.anchors.source == "config"
+    assert inspection.rpn.images == 3 and inspection.rpn.positives >= 1 / 3  # each box's best
+    assert any(line.startswith("RPN positive anchors per image: ") for line in
+               summary_lines(inspection))
 
 
 def test_auto_anchors_are_fitted_and_said_so():

@@ -105,6 +105,10 @@ def test_raccoon_counts_match_the_xml_files(raccoon_root, tmp_path):
     assert f", 1 class, {objects} boxes;" in done.stdout
     assert COVERAGE.search(done.stdout)
     assert f"| raccoon | {objects} |" in (tmp_path / "report.md").read_text()
+    # every raccoon image has a box, so at least its best anchor is positive
+    positives = re.search(r"^RPN positive anchors per image: ([0-9.]+) \(median", done.stdout, re.M)
+    assert positives and float(positives.group(1)) >= 1.0
+    assert "- RPN positive anchors per image: " in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args", [
