@@ -91,7 +91,9 @@ def run(cfg: DictConfig) -> Path:
         dataset, name=label, split=cfg.split, min_size=cfg.dataset.min_size,
         max_size=cfg.dataset.max_size, sizes=sizes, ratios=ratios, stride=stride,
         offset=float(cfg.model.anchor_offset), seed=cfg.seed,
-        baseline_sizes=baseline[SIZES], baseline_ratios=baseline[RATIOS])
+        baseline_sizes=baseline[SIZES], baseline_ratios=baseline[RATIOS],
+        rpn_fg_iou=float(cfg.loss.criterion.rpn_fg_iou),
+        rpn_bg_iou=float(cfg.loss.criterion.rpn_bg_iou))
     out = output_folder(cfg)
     figures = []
     if cfg.num_images:
