@@ -147,9 +147,9 @@ def summary_lines(inspection: DataInspection) -> list[str]:
 
 
 def rpn_line(rpn: RPNPositives) -> str:
-    """``RPN positive anchors per image: 7.1 (median 4) of 2,033 in the loss ...``"""
-    return (f"RPN positive anchors per image: {rpn.positives:.1f} (median {rpn.median:g}) of "
-            f"{rpn.used:,.0f} a sampling-free RPN's loss sees (loss=focal_sampling_free divides its "
+    """``RPN positive anchors per image: 7.1 (median 4) among 2,033 in a sampling-free ...``"""
+    return (f"RPN positive anchors per image: {rpn.positives:.1f} (median {rpn.median:g}) among "
+            f"{rpn.used:,.0f} in a sampling-free RPN's loss (loss=focal_sampling_free divides its "
             f"terms by the positives; a sampled RPN averages 256 anchors per image)")
 
 

@@ -20,7 +20,7 @@ from detector.ops.matcher import Matcher
 
 __all__ = ["RPNPositives", "rpn_positives"]
 
-IMAGES_PER_CHUNK = 64  # images whose [A, G] IoU is held at once
+IOU_ELEMENTS = 2**24  # IoU values held at once ([images, A, G] per chunk, ~64 MB)
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,9 @@ def rpn_positives(table: BoxTable, *, sizes, ratios, stride: int, offset: float,
     valid[image_index, rank] = True
     counts: list[Tensor] = []
     used: list[Tensor] = []
-    for start in range(0, m, IMAGES_PER_CHUNK):  # chunks bound the memory, not a loop per image
-        chunk = slice(start, start + IMAGES_PER_CHUNK)
+    step = max(1, IOU_ELEMENTS // (len(anchors) * g))
+    for start in range(0, m, step):  # chunks of images bound the memory (COCO: ~63k anchors)
+        chunk = slice(start, start + step)
         labels = matcher.labels_only(batched_box_iou(anchors, padded[chunk], valid[chunk]))
         labels = labels.masked_fill(~anchors_inside(anchors, table.image_sizes[chunk]), -1)
         counts.append((labels == 1).sum(dim=1))

@@ -104,5 +104,16 @@ def test_matches_the_training_criterions_assignment(seed):
 def test_the_printed_line_names_both_normalisers():
     result = rpn_positives(_table([[[0, 0, 16, 16]], []], [[32, 32], [32, 32]]), **GRID)
     line = rpn_line(result)
-    assert line.startswith("RPN positive anchors per image: 0.5 (median 0) of 4 ")
+    assert line.startswith("RPN positive anchors per image: 0.5 (median 0) among 4 in ")
     assert "loss=focal_sampling_free" in line and "256" in line
+
+
+def test_chunking_the_images_changes_nothing(monkeypatch):
+    """One image per chunk (a tiny IoU budget) against all at once."""
+    import detector.inspection.rpn_positives as module
+
+    table = _table([[[0, 0, 16, 20]], [], [[16, 0, 32, 10], [2, 2, 6, 6]]],
+                   [[32, 32], [16, 32], [32, 32]])
+    whole = rpn_positives(table, **GRID)
+    monkeypatch.setattr(module, "IOU_ELEMENTS", 1)
+    assert rpn_positives(table, **GRID) == whole
