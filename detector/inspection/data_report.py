@@ -150,7 +150,9 @@ def rpn_line(rpn: RPNPositives) -> str:
     """``RPN positive anchors per image: 7.1 (median 4) among 2,033 in a sampling-free ...``"""
     return (f"RPN positive anchors per image: {rpn.positives:.1f} (median {rpn.median:g}) among "
             f"{rpn.used:,.0f} in a sampling-free RPN's loss (loss=focal_sampling_free divides its "
-            f"terms by the positives; a sampled RPN averages 256 anchors per image)")
+            f"terms by the positives; a sampled RPN averages 256 anchors per image)"
+            + (f"; {rpn.images:,} of {rpn.total_images:,} images measured"
+               if rpn.images < rpn.total_images else ""))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -318,5 +318,6 @@ def inspect_dataset(dataset, *, name: str, split: str, min_size: int, max_size: 
         coverage=coverage, fitted=fitted,
         uncovered=uncovered_boxes(table.boxes, coverage.best_iou, anchors),
         rpn=rpn_positives(table, sizes=anchors.sizes, ratios=anchors.ratios, stride=anchors.stride,
-                          offset=anchors.offset, fg_iou=rpn_fg_iou, bg_iou=rpn_bg_iou))
+                          offset=anchors.offset, fg_iou=rpn_fg_iou, bg_iou=rpn_bg_iou,
+                          seed=seed))
     return inspection, table

@@ -20,6 +20,7 @@ from detector.ops.matcher import Matcher
 
 __all__ = ["RPNPositives", "rpn_positives"]
 
+MAX_IMAGES = 2000  # a larger split is measured on a random sample of this many images
 IOU_ELEMENTS = 2**24  # IoU values held at once ([images, A, G] per chunk, ~64 MB)
 
 
@@ -30,20 +31,26 @@ class RPNPositives:
     loss (positive or background, < bg IoU)."""
 
     images: int
+    total_images: int  # images in the split; more than ``images`` when a sample was measured
     positives: float
     median: float
     used: float
 
 
 def rpn_positives(table: BoxTable, *, sizes, ratios, stride: int, offset: float,
-                  fg_iou: float = 0.7, bg_iou: float = 0.3) -> RPNPositives | None:
+                  fg_iou: float = 0.7, bg_iou: float = 0.3, max_images: int = MAX_IMAGES,
+                  seed: int = 0) -> RPNPositives | None:
     """The RPN's matching rule (``detector.modeling.build_criterion``: IoU >= ``fg_iou``
     foreground, < ``bg_iou`` background, each box keeps its best anchors; anchors whose centre lies
     outside the image ignored) applied to every image of ``table`` on one grid covering the
-    largest image, as a batch padded to it is matched in training. None without images."""
-    m = int(table.image_sizes.shape[0])
-    if m == 0:
+    largest image, as a batch padded to it is matched in training. Over ``max_images`` images a
+    random sample of that many (``seed``) is measured. None without images."""
+    total = int(table.image_sizes.shape[0])
+    if total == 0:
         return None
+    if total > max_images:
+        table = _sample(table, max_images, seed)
+    m = int(table.image_sizes.shape[0])
     generator = AnchorGenerator(sizes=sizes, ratios=ratios, stride=stride, offset=offset)
     h, w = (int(v) for v in table.image_sizes.amax(dim=0))
     anchors = generator.grid_anchors((math.ceil(h / stride), math.ceil(w / stride)))
@@ -69,6 +76,18 @@ def rpn_positives(table: BoxTable, *, sizes, ratios, stride: int, offset: float,
         counts.append((labels == 1).sum(dim=1))
         used.append((labels >= 0).sum(dim=1))
     positives = torch.cat(counts).double()
-    return RPNPositives(images=m, positives=float(positives.mean()),
+    return RPNPositives(images=m, total_images=total, positives=float(positives.mean()),
                         median=float(positives.median()),
                         used=float(torch.cat(used).double().mean()))
+
+
+def _sample(table: BoxTable, count: int, seed: int) -> BoxTable:
+    """``count`` random images of ``table`` (``seed``), their boxes renumbered."""
+    keep = torch.randperm(int(table.image_sizes.shape[0]),
+                          generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    new_index = torch.full((int(table.image_sizes.shape[0]),), -1, dtype=torch.long)
+    new_index[keep] = torch.arange(count)
+    mapped = new_index[table.image_index]
+    rows = mapped >= 0
+    return BoxTable(boxes=table.boxes[rows], labels=table.labels[rows], image_index=mapped[rows],
+                    image_sizes=table.image_sizes[keep])

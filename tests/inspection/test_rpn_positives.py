@@ -117,3 +117,15 @@ def test_chunking_the_images_changes_nothing(monkeypatch):
     whole = rpn_positives(table, **GRID)
     monkeypatch.setattr(module, "IOU_ELEMENTS", 1)
     assert rpn_positives(table, **GRID) == whole
+
+
+def test_a_large_split_is_measured_on_a_seeded_sample():
+    """Three images, each with one exact box (one positive) but the middle one empty: a sample of
+    two says how many it measured, and the same seed picks the same images."""
+    table = _table([[[0, 0, 16, 16]], [], [[16, 16, 32, 32]]], [[32, 32]] * 3)
+    sample = rpn_positives(table, **GRID, max_images=2, seed=3)
+    assert (sample.images, sample.total_images) == (2, 3)
+    assert sample.positives in (0.5, 1.0) and sample.used == 4.0
+    assert rpn_positives(table, **GRID, max_images=2, seed=3) == sample
+    assert rpn_line(sample).endswith("; 2 of 3 images measured")
+    assert "measured" not in rpn_line(rpn_positives(table, **GRID))
