@@ -44,7 +44,7 @@ lint: install
 inspect-data: install  ## look at the data before training: contact sheet, box sizes vs anchors, counts, anchor coverage (ARGS="experiment=raccoon")
 	$(BIN)/python tools/inspect_data.py $(ARGS)
 
-train: install  ## focal-loss Faster R-CNN on the generated shapes set (2-core CPU: ~9 min with bf16, ~25 min fp32 on AVX2)
+train: install  ## focal-loss Faster R-CNN on the generated shapes set (2-core CPU: ~5-9 min with bf16, ~25 min fp32 on AVX2)
 	$(BIN)/python tools/train_net.py experiment=focal $(ARGS)
 
 eval: install  ## COCO mAP of the newest finished, evaluated run (checkpoint=PATH pins one)
